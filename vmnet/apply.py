@@ -1,0 +1,38 @@
+"""Executing a plan: steps in order; on any failure, the done steps' twins in reverse."""
+
+from __future__ import annotations
+
+import logging
+
+from vmnet import fault
+from vmnet.errors import VmnetError
+from vmnet.kernel.base import Kernel
+from vmnet.steps import Step
+
+log = logging.getLogger("vmnet")
+
+
+def apply_steps(k: Kernel, steps: list[Step]) -> None:
+    """Run `steps`; if one fails, undo the ones done, then re-raise."""
+    done: list[Step] = []
+    try:
+        for step in steps:
+            fault.point(f"step:{type(step).__name__}")
+            log.debug("%s", step.ip())
+            step.run(k)
+            done.append(step)
+    except BaseException:
+        rollback(k, done)
+        raise
+
+
+def rollback(k: Kernel, done: list[Step]) -> None:
+    for step in reversed(done):
+        twin = step.undo()
+        if twin is None:
+            continue
+        try:
+            log.debug("rollback: %s", twin.ip())
+            twin.run(k)
+        except VmnetError as e:  # keep undoing the rest; report what stayed
+            log.warning("rollback of %r failed: %s", step, e.one_line())

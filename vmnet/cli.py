@@ -1,0 +1,207 @@
+"""The `vmnet` command line: parse, call one operation, print.  Thin on purpose."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from vmnet.errors import VmnetError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Globals:
+    netns: str | None
+    state_dir: str
+    config: str | None
+    lock_timeout: float
+
+    def context(self) -> Any:
+        from vmnet.ops import Context
+
+        return Context(state_dir=self.state_dir, lock_timeout=self.lock_timeout)
+
+    def load_config(self) -> Any:
+        from vmnet.config import load_config
+
+        return load_config(self.config)
+
+
+def fail(e: VmnetError) -> NoReturn:
+    click.echo(f"vmnet: error: {e.one_line()}", err=True)
+    sys.exit(e.exit_code)
+
+
+class VmnetGroup(click.Group):
+    """Turns VmnetError into one line on stderr and its exit code: no tracebacks."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VmnetError as e:
+            fail(e)
+
+
+@click.group(cls=VmnetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--netns", metavar="NAME", help="Work inside this named network namespace.")
+@click.option("--state-dir", envvar="VMNET_STATE_DIR", default="/run/vmnet", show_default=True,
+              metavar="DIR", help="Where vmnet keeps its records (also $VMNET_STATE_DIR).")
+@click.option("--config", "config", envvar="VMNET_CONFIG", metavar="PATH",
+              help="TOML config (default /etc/vmnet/vmnet.toml; also $VMNET_CONFIG).")
+@click.option("--lock-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for another vmnet command in this namespace.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each kernel change as `ip` would.")
+@click.version_option(package_name="vmnet")
+@click.pass_context
+def main(ctx: click.Context, netns: str | None, state_dir: str, config: str | None,
+         lock_timeout: float, verbose: bool) -> None:
+    """Give QEMU/KVM virtual machines their network: user-owned taps on Linux bridges."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="vmnet: %(message)s")
+    if netns:
+        from vmnet.kernel.netns import enter
+
+        try:
+            enter(netns)
+        except VmnetError as e:
+            fail(e)
+    ctx.obj = Globals(netns=netns, state_dir=state_dir, config=config,
+                      lock_timeout=lock_timeout)
+
+
+def override_options(f: F) -> F:
+    """The flags that override config for `up` (and `run`, `qemu-args`, ...)."""
+    opts = [
+        click.option("--bridge", metavar="NAME", help="Bridge for every NIC."),
+        click.option("--uplink", metavar="IFACE", help="Enslave this interface to the bridge."),
+        click.option("--user", metavar="USER", help="Tap owner (name or uid)."),
+        click.option("--group", metavar="GROUP", help="Tap group (name or gid)."),
+        click.option("--nics", type=int, metavar="N", help="Number of NICs."),
+        click.option("--queues", type=int, metavar="Q", help="Queues per NIC (1..256)."),
+        click.option("--mac", "macs", multiple=True, metavar="MAC",
+                     help="Guest MAC (repeat for NIC 1, 2, ...)."),
+        click.option("--mtu", type=int, help="MTU of the taps."),
+        click.option("--no-vnet-hdr", is_flag=True, default=False,
+                     help="Open taps without IFF_VNET_HDR (vnet_hdr=off)."),
+        click.option("--model", metavar="DEVICE", help="QEMU NIC model (virtio-net-pci)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def overrides(kw: dict[str, Any]) -> Any:
+    from vmnet.config import Overrides
+
+    return Overrides(bridge=kw.get("bridge"), uplink=kw.get("uplink"), user=kw.get("user"),
+                     group=kw.get("group"), nics=kw.get("nics"), queues=kw.get("queues"),
+                     macs=tuple(kw.get("macs") or ()), mtu=kw.get("mtu"),
+                     vnet_hdr=False if kw.get("no_vnet_hdr") else None,
+                     model=kw.get("model"))
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@main.command()
+@click.argument("vms", nargs=-1, metavar="VM...")
+@click.option("--all", "all_vms", is_flag=True, help="Every VM in the config file.")
+@override_options
+@click.option("--dry-run", is_flag=True, help="Print the planned steps as `ip` commands.")
+@click.pass_obj
+def up(g: Globals, /, vms: tuple[str, ...], all_vms: bool, dry_run: bool, **kw: Any) -> None:
+    """Create VM's taps (and its bridge if missing), owned by its user."""
+    from vmnet import ops
+    from vmnet.config import resolve_vm
+    from vmnet.render.qemu import vm_args
+
+    cfg = g.load_config()
+    names = _names(vms, all_vms, cfg)
+    ov = overrides(kw)
+    models = [resolve_vm(cfg, n, ov) for n in names]
+    ctx = g.context()
+    for vm in models:
+        res = ops.up(ctx, vm, dry_run=dry_run)
+        if dry_run:
+            click.echo(f"# {vm.name}: planned steps" + ("" if res.plan.steps else " (none)"))
+            for s in res.plan.steps:
+                click.echo(s.ip())
+            continue
+        if res.plan.noop:
+            click.echo(f"{vm.name}: already up")
+        for nic in vm.nics:
+            owner = vm.user if vm.uid is not None else "-"
+            group = "" if vm.gid is None else f", group {vm.gid}"
+            click.echo(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
+                       f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
+        click.echo("QEMU options: " + " ".join(_shell(a) for a in vm_args(vm)))
+
+
+def _shell(word: str) -> str:
+    import shlex
+
+    return shlex.quote(word)
+
+
+def _names(vms: tuple[str, ...], all_vms: bool, cfg: Any) -> list[str]:
+    from vmnet import validate
+    from vmnet.errors import InputError
+
+    if all_vms and vms:
+        raise InputError("give VM names or --all, not both")
+    names = sorted(cfg.vms) if all_vms else list(vms)
+    if not names:
+        raise InputError("no VM named" + (" (the config declares none)" if all_vms else
+                                          ": give a VM name, e.g. `vmnet up vm1`"))
+    for n in names:
+        validate.vm_name(n)
+    return names
+
+
+@main.command()
+@click.argument("vms", nargs=-1, metavar="VM...")
+@click.option("--all", "all_vms", is_flag=True, help="Every VM vmnet has a record of.")
+@click.option("--force", is_flag=True, help="Remove taps even while a process holds them.")
+@click.option("--dry-run", is_flag=True, help="Print the planned steps as `ip` commands.")
+@click.pass_obj
+def down(g: Globals, vms: tuple[str, ...], all_vms: bool, force: bool, dry_run: bool) -> None:
+    """Remove VM's taps, and bridges vmnet made that nothing uses any more."""
+    from vmnet import ops, validate
+    from vmnet.errors import InputError
+
+    ctx = g.context()
+    if all_vms and vms:
+        raise InputError("give VM names or --all, not both")
+    names = sorted(ctx.store().vms()) if all_vms else list(vms)
+    if not names and not all_vms:
+        raise InputError("give a VM name, e.g. `vmnet down vm1`")
+    for n in names:
+        validate.vm_name(n)
+    if not names:
+        click.echo("nothing to do")
+    for n in names:
+        res = ops.down(ctx, n, force=force, dry_run=dry_run)
+        for note in res.plan.skipped:
+            click.echo(f"{n}: {note}", err=True)
+        if dry_run:
+            click.echo(f"# {n}: planned steps" + ("" if res.plan.steps else " (none)"))
+            for s in res.plan.steps:
+                click.echo(s.ip())
+        elif res.plan.noop and not res.had_record:
+            click.echo(f"{n}: nothing to do")
+        else:
+            gone = ", ".join(res.plan.taps) or "no taps left"
+            extra = f"; bridge {', '.join(res.plan.drop_bridges)} released" \
+                if res.plan.drop_bridges else ""
+            click.echo(f"{n}: removed {gone}{extra}")
+
+
+from vmnet import cli_status as _cli_status  # noqa: E402,F401  (registers commands)

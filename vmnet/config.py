@@ -1,0 +1,333 @@
+"""Config file (TOML) and CLI overrides -> the validated model.
+
+Precedence: CLI flags > config file > built-in defaults.  Errors name the
+file and key (or the flag).  This module reads files and the user database;
+the model it returns is plain data.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import tomllib
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from vmnet import validate as v
+from vmnet.errors import ConfigError, InputError, NotFoundError
+from vmnet.model import (
+    DEFAULT_BRIDGE,
+    DEFAULT_NETWORK,
+    Network,
+    Nic,
+    Vm,
+    default_mac,
+    default_tap_name,
+)
+
+DEFAULT_CONFIG = "/etc/vmnet/vmnet.toml"
+
+_NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address"}
+_VM_KEYS = {"user", "group", "nics"}
+_NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model"}
+_TOP_KEYS = {"networks", "vms", "defaults"}
+_DEFAULTS_KEYS = {"network"}
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    network: str | None = None
+    mac: str | None = None
+    queues: int | None = None
+    mtu: int | None = None
+    tap: str | None = None
+    vnet_hdr: bool | None = None
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    user: str | None = None
+    group: str | None = None
+    nics: tuple[NicSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str | None
+    networks: dict[str, Network]
+    vms: dict[str, VmSpec]
+    default_network: str = DEFAULT_NETWORK
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the CLI (or a hook/script) says about a VM; None means 'not given'."""
+
+    bridge: str | None = None
+    uplink: str | None = None
+    user: str | None = None
+    group: str | None = None
+    nics: int | None = None
+    queues: int | None = None
+    macs: tuple[str, ...] = ()
+    mtu: int | None = None
+    vnet_hdr: bool | None = None
+    model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def builtin_network() -> Network:
+    return Network(name=DEFAULT_NETWORK, bridge=DEFAULT_BRIDGE)
+
+
+def _check_keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} "
+                          f"(allowed: {', '.join(sorted(allowed))})")
+    return table
+
+
+def _typed(value: Any, typ: type, where: str) -> Any:
+    if value is None:
+        return None
+    if typ is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if not isinstance(value, typ):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _network(name: str, t: dict[str, Any], where: str) -> Network:
+    _check_keys(t, _NETWORK_KEYS, where)
+    if "bridge" not in t:
+        raise ConfigError(f"{where}: 'bridge' is required")
+    try:
+        return Network(
+            name=name,
+            bridge=_typed(t["bridge"], str, f"{where}.bridge"),
+            uplink=_typed(t.get("uplink"), str, f"{where}.uplink"),
+            mtu=_typed(t.get("mtu"), int, f"{where}.mtu"),
+            stp=bool(_typed(t.get("stp", False), bool, f"{where}.stp")),
+            forward_delay=_typed(t.get("forward_delay", 0), int, f"{where}.forward_delay"),
+            address=_typed(t.get("address"), str, f"{where}.address"),
+        )
+    except InputError as e:
+        raise ConfigError(f"{where}: {e.message}") from None
+
+
+def _nic(t: Any, where: str) -> NicSpec:
+    _check_keys(t, _NIC_KEYS, where)
+    spec = NicSpec(
+        network=_typed(t.get("network"), str, f"{where}.network"),
+        mac=_typed(t.get("mac"), str, f"{where}.mac"),
+        queues=_typed(t.get("queues"), int, f"{where}.queues"),
+        mtu=_typed(t.get("mtu"), int, f"{where}.mtu"),
+        tap=_typed(t.get("tap"), str, f"{where}.tap"),
+        vnet_hdr=_typed(t.get("vnet_hdr"), bool, f"{where}.vnet_hdr"),
+        model=_typed(t.get("model"), str, f"{where}.model"),
+    )
+    try:
+        if spec.mac is not None:
+            v.mac(spec.mac, f"{where}.mac")
+        if spec.queues is not None:
+            v.queues(spec.queues, f"{where}.queues")
+        if spec.mtu is not None:
+            v.mtu(spec.mtu, f"{where}.mtu")
+        if spec.tap is not None:
+            v.tap_name(spec.tap, f"{where}.tap")
+        if spec.model is not None:
+            _model(spec.model, f"{where}.model")
+    except InputError as e:
+        raise ConfigError(e.message) from None
+    return spec
+
+
+def _model(value: str, what: str) -> str:
+    if not value or not all(c.isalnum() or c in "-_" for c in value):
+        raise InputError(f"{what}: {value!r} is not a QEMU device model name")
+    return value
+
+
+def parse_config(text: str, path: str | None = None) -> Config:
+    """Parse TOML text into a Config; errors name the file, line or key."""
+    src = path or "<config>"
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{src}: malformed TOML: {e}") from None
+    _check_keys(data, _TOP_KEYS, src)
+    networks: dict[str, Network] = {DEFAULT_NETWORK: builtin_network()}
+    for name, t in _check_keys(data.get("networks", {}), set(data.get("networks", {})),
+                               f"{src}: [networks]").items():
+        networks[name] = _network(name, t, f"{src}: networks.{name}")
+    bridges: dict[str, str] = {}
+    for n in networks.values():
+        if n.bridge in bridges and bridges[n.bridge] != n.name and n.name != DEFAULT_NETWORK:
+            raise ConfigError(f"{src}: networks {bridges[n.bridge]!r} and {n.name!r} "
+                              f"use the same bridge {n.bridge!r}")
+        bridges.setdefault(n.bridge, n.name)
+    defaults = _check_keys(data.get("defaults", {}), _DEFAULTS_KEYS, f"{src}: [defaults]")
+    default_network = _typed(defaults.get("network", DEFAULT_NETWORK), str,
+                             f"{src}: defaults.network")
+    if default_network not in networks:
+        raise ConfigError(f"{src}: defaults.network names unknown network {default_network!r}")
+    vms: dict[str, VmSpec] = {}
+    for name, t in _check_keys(data.get("vms", {}), set(data.get("vms", {})),
+                               f"{src}: [vms]").items():
+        where = f"{src}: vms.{name}"
+        try:
+            v.vm_name(name, where)
+        except InputError as e:
+            raise ConfigError(e.message) from None
+        _check_keys(t, _VM_KEYS, where)
+        nics_raw = t.get("nics", [])
+        if not isinstance(nics_raw, list):
+            raise ConfigError(f"{where}.nics: expected an array of tables ([[vms.{name}.nics]])")
+        nics = tuple(_nic(n, f"{where}.nics[{i}]") for i, n in enumerate(nics_raw))
+        for i, nic in enumerate(nics):
+            if nic.network is not None and nic.network not in networks:
+                raise ConfigError(f"{where}.nics[{i}].network: unknown network "
+                                  f"{nic.network!r}")
+        user = t.get("user")
+        group = t.get("group")
+        for key, val in (("user", user), ("group", group)):
+            if val is not None and not isinstance(val, str | int):
+                raise ConfigError(f"{where}.{key}: expected a name or a numeric id")
+        vms[name] = VmSpec(user=None if user is None else str(user),
+                           group=None if group is None else str(group), nics=nics)
+    return Config(path=path, networks=networks, vms=vms, default_network=default_network)
+
+
+def load_config(path: str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load from --config, $VMNET_CONFIG or /etc/vmnet/vmnet.toml (optional)."""
+    env = dict(os.environ) if env is None else env
+    explicit = path or env.get("VMNET_CONFIG") or None
+    target = explicit or DEFAULT_CONFIG
+    try:
+        with open(target, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {target} does not exist") from None
+        return Config(path=None, networks={DEFAULT_NETWORK: builtin_network()}, vms={})
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {target}: {e.strerror}") from None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{target}: not UTF-8 text") from None
+    return parse_config(text, target)
+
+
+# -- users ---------------------------------------------------------------
+def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
+    if value.isdigit():
+        uid = int(value)
+        if uid > 0xFFFFFFFE:
+            raise InputError(f"{what}: uid {uid} is out of range")
+        try:
+            return uid, pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return uid, value
+    try:
+        pw = pwd.getpwnam(value)
+    except KeyError:
+        raise NotFoundError(f"{what}: unknown user {value!r}",
+                            hint="give an existing user name or a numeric uid") from None
+    return pw.pw_uid, pw.pw_name
+
+
+def resolve_group(value: str, what: str = "--group") -> int:
+    if value.isdigit():
+        gid = int(value)
+        if gid > 0xFFFFFFFE:
+            raise InputError(f"{what}: gid {gid} is out of range")
+        return gid
+    try:
+        return grp.getgrnam(value).gr_gid
+    except KeyError:
+        raise NotFoundError(f"{what}: unknown group {value!r}",
+                            hint="give an existing group name or a numeric gid") from None
+
+
+def invoking_user(env: dict[str, str]) -> str:
+    """SUDO_USER when run through sudo, else the caller (root for vmnet's usual use)."""
+    sudo = env.get("SUDO_USER")
+    if sudo and sudo != "root":
+        return sudo
+    return str(os.getuid())
+
+
+# -- resolution ----------------------------------------------------------
+def _network_for(cfg: Config, name: str | None, ov: Overrides) -> Network:
+    if ov.bridge is not None:
+        v.ifname(ov.bridge, "--bridge")
+        net = next((n for n in cfg.networks.values() if n.bridge == ov.bridge), None)
+        if net is None:
+            net = Network(name=ov.bridge, bridge=ov.bridge)
+    else:
+        net = cfg.networks[name or cfg.default_network]
+    if ov.uplink is not None:
+        v.ifname(ov.uplink, "--uplink")
+        if ov.uplink == net.bridge:
+            raise InputError(f"--uplink: {ov.uplink!r} is the bridge itself")
+        net = replace(net, uplink=ov.uplink)
+    return net
+
+
+def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
+               env: dict[str, str] | None = None) -> Vm:
+    """Build the validated Vm for `name` from config, overrides and defaults."""
+    ov = ov or Overrides()
+    env = dict(os.environ) if env is None else env
+    v.vm_name(name)
+    spec = cfg.vms.get(name, VmSpec())
+    if ov.nics is not None:
+        v.int_range(ov.nics, "--nics", 1, v.MAX_NICS)
+    if ov.queues is not None:
+        v.queues(ov.queues, "--queues")
+    if ov.mtu is not None:
+        v.mtu(ov.mtu, "--mtu")
+    for i, m in enumerate(ov.macs):
+        v.mac(m, f"--mac (#{i + 1})")
+    if ov.model is not None:
+        _model(ov.model, "--model")
+    count = ov.nics or len(spec.nics) or 1
+    if len(ov.macs) > count:
+        raise InputError(f"--mac given {len(ov.macs)} times for {count} NIC(s)")
+
+    user_src = ov.user if ov.user is not None else spec.user
+    group_src = ov.group if ov.group is not None else spec.group
+    uid: int | None
+    user: str | None
+    if user_src is not None:
+        uid, user = resolve_user(user_src, "--user" if ov.user is not None
+                                 else f"vms.{name}.user")
+    elif group_src is not None:
+        uid, user = None, None  # a group alone grants access to that group
+    else:
+        uid, user = resolve_user(invoking_user(env), "invoking user (SUDO_USER)")
+    gid = None if group_src is None else resolve_group(
+        group_src, "--group" if ov.group is not None else f"vms.{name}.group")
+
+    nics = []
+    for i in range(count):
+        nspec = spec.nics[i] if i < len(spec.nics) else NicSpec()
+        net = _network_for(cfg, nspec.network, ov)
+        nics.append(Nic(
+            index=i,
+            network=net,
+            tap=nspec.tap or default_tap_name(name, i),
+            mac=(ov.macs[i] if i < len(ov.macs) else None) or nspec.mac or default_mac(name, i),
+            queues=ov.queues or nspec.queues or 1,
+            mtu=ov.mtu or nspec.mtu,
+            vnet_hdr=ov.vnet_hdr if ov.vnet_hdr is not None else
+            (nspec.vnet_hdr if nspec.vnet_hdr is not None else True),
+            model=ov.model or nspec.model or "virtio-net-pci",
+        ))
+    return Vm(name=name, uid=uid, gid=gid, nics=tuple(nics), user=user)

@@ -1,0 +1,42 @@
+"""Which processes hold a tap: /proc/PID/fdinfo/FD shows `iff:\tNAME` for tun fds."""
+
+from __future__ import annotations
+
+import os
+
+
+def tap_holders(names: set[str]) -> dict[str, list[str]]:
+    """Map tap name -> ['pid 123 (qemu-system-x86)', ...] for taps in `names`."""
+    out: dict[str, list[str]] = {}
+    if not names:
+        return out
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fdinfo = f"/proc/{pid}/fdinfo"
+        try:
+            fds = os.listdir(fdinfo)
+        except OSError:
+            continue
+        found: set[str] = set()
+        for fd in fds:
+            try:
+                with open(f"{fdinfo}/{fd}", "rb") as f:
+                    data = f.read(512)
+            except OSError:
+                continue
+            i = data.find(b"iff:\t")
+            if i < 0:
+                continue
+            name = data[i + 5:].split(b"\n", 1)[0].decode(errors="replace")
+            if name in names:
+                found.add(name)
+        if found:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    comm = f.read().strip()
+            except OSError:
+                comm = "?"
+            for name in found:
+                out.setdefault(name, []).append(f"pid {pid} ({comm})")
+    return out

@@ -1,0 +1,107 @@
+"""Types and the narrow interface of the kernel seam."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class TunInfo:
+    """What the kernel reports about a tun/tap device (IFLA_INFO_DATA)."""
+
+    tap: bool
+    owner: int | None
+    group: int | None
+    multi_queue: bool
+    persist: bool
+    vnet_hdr: bool
+    pi: bool
+    num_queues: int
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """One network interface as the kernel reports it."""
+
+    index: int
+    name: str
+    kind: str | None
+    mac: str | None
+    mtu: int
+    up: bool
+    carrier: bool
+    master: int | None
+    alias: str | None
+    group: int = 0
+    tun: TunInfo | None = None
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    stp: bool | None = None
+    forward_delay: int | None = None  # seconds, bridges only
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """A persistent tap to create."""
+
+    name: str
+    owner: int | None
+    group: int | None
+    multi_queue: bool
+    mac: str
+    mtu: int | None
+    alias: str
+
+
+@dataclass
+class Snapshot:
+    """Links of the namespace from one dump, with lookups by name and index."""
+
+    links: dict[str, LinkInfo] = field(default_factory=dict)
+
+    def by_index(self, index: int | None) -> LinkInfo | None:
+        if index is None:
+            return None
+        for link in self.links.values():
+            if link.index == index:
+                return link
+        return None
+
+    def get(self, name: str) -> LinkInfo | None:
+        return self.links.get(name)
+
+    def ports(self, bridge: str) -> list[LinkInfo]:
+        br = self.links.get(bridge)
+        if br is None:
+            return []
+        return [lk for lk in self.links.values() if lk.master == br.index]
+
+
+class Kernel(Protocol):
+    """Everything vmnet asks of the kernel.  Errors are VmnetError subclasses."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def create_tap(self, spec: TapSpec) -> None: ...
+
+    def create_bridge(self, name: str, *, mac: str, mtu: int | None, stp: bool,
+                      forward_delay: int, alias: str) -> None: ...
+
+    def set_link(self, name: str, *, master: str | None = None, nomaster: bool = False,
+                 up: bool | None = None, mtu: int | None = None,
+                 alias: str | None = None, group: int | None = None) -> None: ...
+
+    def delete_links(self, names: list[str]) -> None: ...
+
+    def add_address(self, name: str, cidr: str) -> None: ...
+
+    def global_addresses(self, name: str) -> list[str]: ...
+
+    def default_route_devices(self) -> set[str]: ...
+
+    def disable_ipv6(self, name: str) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,40 @@
+"""Network namespace identity and entry (setns through libc: Python 3.11 has no os.setns)."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from vmnet.errors import NotFoundError, PrivilegeError, kernel_error
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/run/netns"
+
+
+def current_inode() -> int:
+    """Identity of the calling process's network namespace (its nsfs inode)."""
+    return os.stat("/proc/self/ns/net").st_ino
+
+
+def enter(name: str) -> None:
+    """Move this process into the named namespace (as `ip netns exec` does for netns)."""
+    if "/" in name or name in (".", "..") or not name:
+        raise NotFoundError(f"network namespace {name!r} is not a valid name")
+    path = os.path.join(NETNS_RUN_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFoundError(f"network namespace {name!r} does not exist",
+                            hint=f"`ip netns list` shows the namespaces; {path} is missing") \
+            from None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            if err == errno.EPERM:
+                raise PrivilegeError(f"cannot enter network namespace {name!r}: EPERM",
+                                     hint="entering a namespace needs root (CAP_SYS_ADMIN)")
+            raise kernel_error("setns", name, err)
+    finally:
+        os.close(fd)

@@ -1,0 +1,128 @@
+"""ioctls on /dev/net/tun: create persistent taps and open queues on them.
+
+Reference: drivers/net/tun.c, QEMU net/tap-linux.c, libvirt virnetdevtap.c.
+The `ioctl` and `opener` parameters exist so tests can inject faults.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from vmnet.errors import NotFoundError, VmnetError, kernel_error
+
+TUN_PATH = "/dev/net/tun"
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETGROUP = 0x400454CE
+TUNGETIFF = 0x800454D2
+
+IFF_TAP = 0x0002
+IFF_MULTI_QUEUE = 0x0100
+IFF_PERSIST = 0x0800
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_TUN_EXCL = 0x8000  # TUNSETIFF fails with EBUSY if the name exists
+
+_IFREQ = "16sH22x"  # struct ifreq: name + flags, padded to 40 bytes
+
+Ioctl = Callable[[int, int, Any], Any]
+
+
+def _ifreq(name: str, flags: int) -> bytes:
+    return struct.pack(_IFREQ, name.encode(), flags)
+
+
+def _open_tun(path: str) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFoundError(f"{path} does not exist",
+                            hint="load the tun module (modprobe tun) or create the node: "
+                                 "mknod /dev/net/tun c 10 200") from None
+    except OSError as e:
+        raise kernel_error(f"open {path}", None, e.errno or errno.EIO) from None
+
+
+def tap_flags(*, multi_queue: bool, vnet_hdr: bool) -> int:
+    flags = IFF_TAP | IFF_NO_PI
+    if multi_queue:
+        flags |= IFF_MULTI_QUEUE
+    if vnet_hdr:
+        flags |= IFF_VNET_HDR
+    return flags
+
+
+def create_persistent_tap(name: str, *, owner: int | None, group: int | None,
+                          multi_queue: bool, path: str = TUN_PATH,
+                          ioctl: Ioctl = fcntl.ioctl) -> None:
+    """Create a new persistent tap; fail if any interface of that name exists.
+
+    IFF_TUN_EXCL makes the kernel refuse an existing name (EBUSY) instead of
+    attaching to it, so vmnet never adopts or re-owns a foreign tap.
+    """
+    fd = _open_tun(path)
+    step = "create tap"
+    try:
+        ioctl(fd, TUNSETIFF, _ifreq(name, tap_flags(multi_queue=multi_queue, vnet_hdr=False)
+                                    | IFF_TUN_EXCL))
+        if owner is not None:
+            step = "set tap owner"
+            ioctl(fd, TUNSETOWNER, owner)
+        if group is not None:
+            step = "set tap group"
+            ioctl(fd, TUNSETGROUP, group)
+        step = "make tap persistent"
+        ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as e:
+        err = e.errno or errno.EIO
+        if step == "create tap" and err == errno.EBUSY:
+            raise kernel_error(step, name, errno.EEXIST) from None
+        raise kernel_error(step, name, err) from None
+    finally:
+        # Closing before persist is set deletes the half-made tap.
+        os.close(fd)
+
+
+def open_queues(name: str, queues: int, *, vnet_hdr: bool, path: str = TUN_PATH,
+                ioctl: Ioctl = fcntl.ioctl, unpersist: bool = False) -> list[int]:
+    """Open one fd per queue on an existing persistent tap.
+
+    TUNSETIFF on a missing name silently creates a temporary tap, so the
+    result is checked with TUNGETIFF: the tap must report IFF_PERSIST.  With
+    `unpersist`, persist is cleared on the attached fd so the kernel deletes the
+    tap when the last fd closes (the holder dies => the tap goes with it).
+    """
+    flags = tap_flags(multi_queue=queues > 1, vnet_hdr=vnet_hdr)
+    fds: list[int] = []
+    try:
+        for _ in range(queues):
+            fd = _open_tun(path)
+            fds.append(fd)
+            try:
+                ioctl(fd, TUNSETIFF, _ifreq(name, flags))
+            except OSError as e:
+                raise kernel_error("attach to tap", name, e.errno or errno.EIO) from None
+        buf = bytearray(40)
+        ioctl(fds[0], TUNGETIFF, buf)
+        _, got = struct.unpack(_IFREQ, bytes(buf))
+        if not got & IFF_PERSIST:
+            raise NotFoundError(f"tap {name} does not exist (the kernel made a temporary one, "
+                                "now closed)", ifname=name, hint="run `vmnet up` first")
+        if unpersist:
+            ioctl(fds[0], TUNSETPERSIST, 0)
+        return fds
+    except VmnetError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        raise kernel_error("attach to tap", name, e.errno or errno.EIO) from None

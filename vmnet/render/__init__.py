@@ -1,0 +1,1 @@
+"""Renderers: model -> values (argv lists, XML strings).  Callers write them."""

@@ -1,0 +1,101 @@
+"""QEMU command-line fragments for a VM's NICs, as argv lists (never shell strings)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from vmnet.model import Nic, Vm
+
+
+def escape(value: str) -> str:
+    """QEMU option values escape ',' by doubling it."""
+    return value.replace(",", ",,")
+
+
+def split_opts(text: str) -> list[tuple[str, str]]:
+    """Parse `k=v,k=v` back (',,' is a literal comma): the inverse of our rendering."""
+    out: list[tuple[str, str]] = []
+    parts: list[str] = []
+    cur = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == ",":
+            if i + 1 < len(text) and text[i + 1] == ",":
+                cur += ","
+                i += 2
+                continue
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    parts.append(cur)
+    for p in parts:
+        k, _, val = p.partition("=")
+        out.append((k, val))
+    return out
+
+
+def _opts(head: str, pairs: Sequence[tuple[str, str | int]]) -> str:
+    return ",".join([head, *(f"{k}={escape(str(v))}" for k, v in pairs)])
+
+
+def netdev(nic: Nic, *, fds: Sequence[int] | None = None,
+           vhostfds: Sequence[int] | None = None, ifname_mode: bool = False,
+           script: str | None = None, downscript: str | None = None,
+           vhost: bool = False) -> list[str]:
+    """`-netdev tap,...` for one NIC.
+
+    fds: tap fds inherited by QEMU (one per queue).  ifname_mode: QEMU opens
+    the pre-created tap itself (script=no).  script/downscript: QEMU creates
+    or opens the tap and runs our scripts.
+    """
+    pairs: list[tuple[str, str | int]] = [("id", nic.netdev_id)]
+    if fds is not None:
+        if len(fds) == 1:
+            pairs.append(("fd", fds[0]))
+        else:
+            pairs.append(("fds", ":".join(str(f) for f in fds)))
+        if vhostfds:
+            pairs.append(("vhost", "on"))
+            if len(vhostfds) == 1:
+                pairs.append(("vhostfd", vhostfds[0]))
+            else:
+                pairs.append(("vhostfds", ":".join(str(f) for f in vhostfds)))
+    else:
+        pairs.append(("ifname", nic.tap))
+        if ifname_mode:
+            pairs += [("script", "no"), ("downscript", "no")]
+        else:
+            pairs += [("script", script or "no"), ("downscript", downscript or "no")]
+        if nic.queues > 1:
+            pairs.append(("queues", nic.queues))
+        if vhost:
+            pairs.append(("vhost", "on"))
+    pairs.append(("vnet_hdr", "on" if nic.vnet_hdr else "off"))
+    return ["-netdev", _opts("tap", pairs)]
+
+
+def device(nic: Nic) -> list[str]:
+    """`-device MODEL,netdev=...,mac=...` (+ mq=on,vectors=2Q+2 for Q queues)."""
+    pairs: list[tuple[str, str | int]] = [("netdev", nic.netdev_id), ("mac", nic.mac)]
+    if nic.queues > 1:
+        pairs += [("mq", "on"), ("vectors", 2 * nic.queues + 2)]
+    return ["-device", _opts(nic.model, pairs)]
+
+
+def vm_args(vm: Vm, *, fds: dict[int, list[int]] | None = None,
+            vhostfds: dict[int, list[int]] | None = None, netdev_only: bool = False,
+            ifname_mode: bool = True, script: str | None = None,
+            downscript: str | None = None, vhost: bool = False) -> list[str]:
+    """All NICs' options for `vm`, in NIC order."""
+    out: list[str] = []
+    for nic in vm.nics:
+        out += netdev(nic, fds=None if fds is None else fds[nic.index],
+                      vhostfds=None if vhostfds is None else vhostfds.get(nic.index),
+                      ifname_mode=ifname_mode, script=script, downscript=downscript,
+                      vhost=vhost)
+        if not netdev_only:
+            out += device(nic)
+    return out

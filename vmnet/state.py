@@ -1,0 +1,353 @@
+"""vmnet's records of what it created, one directory per network namespace.
+
+Layout: STATE_DIR/ns-<inode>/{lock, vms/<vm>.json, bridges/<bridge>.json}.
+
+Store choice: plain JSON files, each replaced atomically (write temp file,
+fsync, rename), and one flock(2) per namespace held for a whole transaction.
+Why not SQLite: the records are few and small, must be readable by a person
+at 3 a.m. (`cat /run/vmnet/...`), and flock is released by the kernel when a
+holder dies, even by SIGKILL, so a crash never leaves a stale lock.  Lock
+waits are bounded (the libvirt hook must never block libvirtd forever).
+
+Records are written *before* the kernel objects they describe exist, so a
+crash at any point leaves something `gc`/`down` can finish.  A record is
+never proof that a link is vmnet's: the kernel-side mark is checked too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vmnet.errors import ConflictError, PrivilegeError, VmnetError
+
+DEFAULT_STATE_DIR = "/run/vmnet"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Proc:
+    """A process identity that survives pid reuse: pid + start time (clock ticks)."""
+
+    pid: int
+    start: int
+
+    @classmethod
+    def me(cls) -> Proc:
+        return cls.of(os.getpid()) or cls(os.getpid(), 0)
+
+    @classmethod
+    def of(cls, pid: int) -> Proc | None:
+        start = proc_start_time(pid)
+        return None if start is None else cls(pid, start)
+
+    def alive(self) -> bool:
+        return proc_start_time(self.pid) == self.start
+
+
+def proc_start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass
+class NicRecord:
+    index: int
+    tap: str
+    bridge: str
+    network: str
+    mac: str
+    tap_mac: str
+    mtu: int | None
+    queues: int
+    vnet_hdr: bool
+    owner: int | None
+    group: int | None
+    created: bool = True
+
+
+@dataclass
+class VmRecord:
+    vm: str
+    mode: str  # "up" | "run" | "hook"
+    phase: str  # "applying" | "ready" | "removing"
+    writer: Proc
+    nics: list[NicRecord]
+    holder: Proc | None = None  # the QEMU of a `run`
+    domain_uuid: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = FORMAT
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VmRecord:
+        holder = d.get("holder")
+        return cls(
+            vm=str(d["vm"]), mode=str(d["mode"]), phase=str(d["phase"]),
+            writer=Proc(**d["writer"]),
+            nics=[NicRecord(**n) for n in d["nics"]],
+            holder=Proc(**holder) if holder else None,
+            domain_uuid=d.get("domain_uuid"),
+            created_at=float(d.get("created_at", 0)),
+        )
+
+
+@dataclass
+class BridgeRecord:
+    bridge: str
+    network: str
+    created: bool  # vmnet created the bridge itself
+    uplink: str | None = None
+    uplink_attached: bool = False  # vmnet enslaved the uplink
+    uplink_was_down: bool = False
+    address: str | None = None
+    writer: Proc | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["format"] = FORMAT
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BridgeRecord:
+        w = d.get("writer")
+        return cls(bridge=str(d["bridge"]), network=str(d["network"]),
+                   created=bool(d["created"]), uplink=d.get("uplink"),
+                   uplink_attached=bool(d.get("uplink_attached")),
+                   uplink_was_down=bool(d.get("uplink_was_down")),
+                   address=d.get("address"), writer=Proc(**w) if w else None)
+
+
+def _fname(key: str) -> str:
+    return urllib.parse.quote(key, safe="") + ".json"
+
+
+def _key(fname: str) -> str:
+    return urllib.parse.unquote(fname[: -len(".json")])
+
+
+class StateStore:
+    """Records for one network namespace."""
+
+    def __init__(self, root: str, ns_inode: int) -> None:
+        self.root = root
+        self.dir = os.path.join(root, f"ns-{ns_inode}")
+        self._lock_fd: int | None = None
+
+    # -- locking -----------------------------------------------------------
+    def _ensure_dirs(self) -> None:
+        for d in (self.root, self.dir, os.path.join(self.dir, "vms"),
+                  os.path.join(self.dir, "bridges")):
+            try:
+                os.mkdir(d, 0o700)
+            except FileExistsError:
+                pass
+            except PermissionError:
+                raise PrivilegeError(f"cannot create state directory {d}",
+                                     hint="vmnet must run as root (or set --state-dir)") \
+                    from None
+
+    @contextlib.contextmanager
+    def locked(self, timeout: float = 30.0) -> Iterator[StateStore]:
+        """Hold the namespace lock; wait at most `timeout` seconds for it."""
+        if self._lock_fd is not None:  # re-entrant within one process
+            yield self
+            return
+        self._ensure_dirs()
+        path = os.path.join(self.dir, "lock")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except PermissionError:
+            raise PrivilegeError(f"cannot open lock file {path}",
+                                 hint="vmnet must run as root") from None
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise ConflictError(
+                        f"timed out after {timeout:g}s waiting for vmnet's lock {path}",
+                        hint="another vmnet command is running in this namespace") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        self._lock_fd = fd
+        try:
+            yield self
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # releases the flock
+
+    # -- files -------------------------------------------------------------
+    def _write(self, sub: str, key: str, data: dict[str, Any]) -> None:
+        self._ensure_dirs()
+        path = os.path.join(self.dir, sub, _fname(key))
+        tmp = f"{path}.tmp.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(data, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def _read_all(self, sub: str) -> dict[str, dict[str, Any]]:
+        d = os.path.join(self.dir, sub)
+        out: dict[str, dict[str, Any]] = {}
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return out
+        for fn in names:
+            if not fn.endswith(".json"):
+                continue
+            data = self._read_file(os.path.join(d, fn))
+            if data is not None:
+                out[_key(fn)] = data
+        return out
+
+    @staticmethod
+    def _read_file(path: str) -> dict[str, Any] | None:
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"__corrupt__": path}
+        return data if isinstance(data, dict) else {"__corrupt__": path}
+
+    def _remove(self, sub: str, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, sub, _fname(key)))
+
+    # -- VM records --------------------------------------------------------
+    def put_vm(self, rec: VmRecord) -> None:
+        self._write("vms", rec.vm, rec.to_json())
+
+    def get_vm(self, vm: str) -> VmRecord | None:
+        data = self._read_file(os.path.join(self.dir, "vms", _fname(vm)))
+        return None if data is None else parse_vm_record(data)
+
+    def vms(self) -> dict[str, VmRecord]:
+        out = {}
+        for key, data in self._read_all("vms").items():
+            rec = parse_vm_record(data)
+            if rec is not None:
+                out[key] = rec
+        return out
+
+    def corrupt(self) -> list[str]:
+        """Files that could not be parsed (they are reported, never acted on)."""
+        bad = []
+        for sub in ("vms", "bridges"):
+            for key, data in self._read_all(sub).items():
+                if "__corrupt__" in data or (sub == "vms" and parse_vm_record(data) is None) \
+                        or (sub == "bridges" and parse_bridge_record(data) is None):
+                    bad.append(os.path.join(self.dir, sub, _fname(key)))
+        return bad
+
+    def remove_corrupt(self, path: str) -> None:
+        if os.path.dirname(os.path.dirname(path)) == self.dir:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def drop_vm(self, vm: str) -> None:
+        self._remove("vms", vm)
+
+    # -- bridge records ----------------------------------------------------
+    def put_bridge(self, rec: BridgeRecord) -> None:
+        self._write("bridges", rec.bridge, rec.to_json())
+
+    def get_bridge(self, bridge: str) -> BridgeRecord | None:
+        data = self._read_file(os.path.join(self.dir, "bridges", _fname(bridge)))
+        return None if data is None else parse_bridge_record(data)
+
+    def bridges(self) -> dict[str, BridgeRecord]:
+        out = {}
+        for key, data in self._read_all("bridges").items():
+            rec = parse_bridge_record(data)
+            if rec is not None:
+                out[key] = rec
+        return out
+
+    def drop_bridge(self, bridge: str) -> None:
+        self._remove("bridges", bridge)
+
+    def is_empty(self) -> bool:
+        return not self._read_all("vms") and not self._read_all("bridges")
+
+    def cleanup_dir(self) -> None:
+        """Remove the namespace's directory once it holds no records."""
+        if not self.is_empty():
+            return
+        for sub in ("vms", "bridges"):
+            p = os.path.join(self.dir, sub)
+            with contextlib.suppress(FileNotFoundError, OSError):
+                for fn in os.listdir(p):
+                    if ".tmp." in fn:
+                        os.unlink(os.path.join(p, fn))
+                os.rmdir(p)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.unlink(os.path.join(self.dir, "lock"))
+            os.rmdir(self.dir)
+
+
+def _valid_names(*names: object) -> bool:
+    from vmnet import validate
+
+    try:
+        for n in names:
+            if n is not None:
+                validate.ifname(n, "state")
+    except VmnetError:
+        return False
+    return True
+
+
+def parse_vm_record(data: dict[str, Any]) -> VmRecord | None:
+    """A VmRecord, or None if the file is garbage or names invalid interfaces."""
+    try:
+        rec = VmRecord.from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if rec.mode not in ("up", "run", "hook") or \
+            rec.phase not in ("applying", "ready", "removing"):
+        return None
+    if not all(_valid_names(n.tap, n.bridge) for n in rec.nics):
+        return None
+    return rec
+
+
+def parse_bridge_record(data: dict[str, Any]) -> BridgeRecord | None:
+    try:
+        rec = BridgeRecord.from_json(data)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return rec if _valid_names(rec.bridge, rec.uplink) else None

@@ -1,0 +1,117 @@
+"""Validation of names and values, done once when input becomes a model.
+
+Pure functions: no I/O.  Each raises InputError naming the culprit (`what`
+is the flag or config key the value came from).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from vmnet.errors import InputError
+
+IFNAMSIZ = 16  # kernel buffer, including the terminating NUL
+MAX_IFNAME = IFNAMSIZ - 1
+MAX_VM_NAME = 64
+MAX_QUEUES = 256  # MAX_TAP_QUEUES in drivers/net/tun.c
+MAX_NICS = 32  # PCI slots a pc/q35 guest realistically has for NICs
+MAX_BRIDGE_PORTS = 1023  # BR_MAX_PORTS (1024) less port 0, which is reserved
+MIN_MTU, MAX_MTU = 68, 65521  # IPv4 minimum; tun's maximum (65535 - tun header)
+# The kernel clamps the forward delay to 2..30 s when STP is on (br_stp.c).
+STP_FORWARD_DELAY = (2, 30)
+FORWARD_DELAY_MAX = 30
+RESERVED_TAP_PREFIXES = ("vnet", "macvtap", "macvlan")  # libvirt's own names
+
+_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def ifname(value: object, what: str) -> str:
+    """An interface name the kernel accepts and tools can print."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what}: interface name must be a non-empty string, got {value!r}")
+    if len(value.encode()) > MAX_IFNAME:
+        raise InputError(f"{what}: interface name {value!r} is longer than {MAX_IFNAME} "
+                         "characters (the kernel's limit)")
+    if value in (".", "..") or any(c in value for c in "/:%") or \
+            any(c.isspace() or not c.isprintable() for c in value):
+        raise InputError(f"{what}: interface name {value!r} contains '/', ':', '%', "
+                         "whitespace or control characters, or is '.'/'..'")
+    return value
+
+
+def tap_name(value: object, what: str) -> str:
+    name = ifname(value, what)
+    for prefix in RESERVED_TAP_PREFIXES:
+        if name.startswith(prefix):
+            raise InputError(f"{what}: tap name {name!r} starts with {prefix!r}, "
+                             "which libvirt uses for its own interfaces")
+    return name
+
+
+def vm_name(value: object, what: str = "VM name") -> str:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what}: must be a non-empty string, got {value!r}")
+    if len(value) > MAX_VM_NAME:
+        raise InputError(f"{what}: {value[:20]!r}... is longer than {MAX_VM_NAME} characters")
+    if value in (".", "..") or "/" in value or \
+            any(c.isspace() or not c.isprintable() for c in value):
+        raise InputError(f"{what}: {value!r} contains '/', whitespace or control "
+                         "characters, or is '.'/'..'")
+    return value
+
+
+def mac(value: object, what: str) -> str:
+    """A unicast Ethernet address, normalised to lower case."""
+    if not isinstance(value, str) or not _MAC_RE.match(value):
+        raise InputError(f"{what}: {value!r} is not a MAC address (expected xx:xx:xx:xx:xx:xx)")
+    first = int(value[:2], 16)
+    if first & 1:
+        raise InputError(f"{what}: {value} is a multicast address (low bit of the first "
+                         "byte set); a NIC needs a unicast MAC")
+    if value.lower() == "00:00:00:00:00:00":
+        raise InputError(f"{what}: 00:00:00:00:00:00 is not a usable MAC")
+    return value.lower()
+
+
+def _int(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        raise InputError(f"{what}: expected an integer, got {value!r}")
+    return value
+
+
+def int_range(value: object, what: str, lo: int, hi: int) -> int:
+    n = _int(value, what)
+    if not lo <= n <= hi:
+        raise InputError(f"{what}: {n} is outside {lo}..{hi}")
+    return n
+
+
+def mtu(value: object, what: str) -> int:
+    return int_range(value, what, MIN_MTU, MAX_MTU)
+
+
+def queues(value: object, what: str) -> int:
+    return int_range(value, what, 1, MAX_QUEUES)
+
+
+def stp_pair(stp: bool, forward_delay: int, what: str) -> None:
+    lo, hi = STP_FORWARD_DELAY
+    if stp and not lo <= forward_delay <= hi:
+        raise InputError(f"{what}: with STP on, forward_delay must be {lo}..{hi} seconds "
+                         f"(the kernel clamps it), got {forward_delay}")
+
+
+def cidr(value: object, what: str) -> str:
+    """A host address with prefix, e.g. 10.0.0.1/24 (not a network address)."""
+    if not isinstance(value, str) or "/" not in value:
+        raise InputError(f"{what}: expected ADDRESS/PREFIX, got {value!r}")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError as e:
+        raise InputError(f"{what}: {value!r} is not an address with prefix: {e}") from None
+    if iface.ip.is_multicast or iface.ip.is_unspecified:
+        raise InputError(f"{what}: {value} is not a usable host address")
+    return str(iface)
