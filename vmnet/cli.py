@@ -204,4 +204,7 @@ def down(g: Globals, vms: tuple[str, ...], all_vms: bool, force: bool, dry_run: 
             click.echo(f"{n}: removed {gone}{extra}")
 
 
-from vmnet import cli_status as _cli_status  # noqa: E402,F401  (registers commands)
+# Command modules register themselves on `main` when imported.
+from vmnet import cli_libvirt as _cli_libvirt  # noqa: E402,F401
+from vmnet import cli_qemu as _cli_qemu  # noqa: E402,F401
+from vmnet import cli_status as _cli_status  # noqa: E402,F401

@@ -1,0 +1,3 @@
+"""`vmnet` commands for the qemu side (registered on import by vmnet.cli)."""
+
+from __future__ import annotations
