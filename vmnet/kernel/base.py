@@ -92,7 +92,8 @@ class Kernel(Protocol):
 
     def set_link(self, name: str, *, master: str | None = None, nomaster: bool = False,
                  up: bool | None = None, mtu: int | None = None,
-                 alias: str | None = None, group: int | None = None) -> None: ...
+                 alias: str | None = None, group: int | None = None,
+                 mac: str | None = None) -> None: ...
 
     def delete_links(self, names: list[str]) -> None: ...
 

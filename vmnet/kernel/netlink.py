@@ -196,7 +196,8 @@ class NetlinkKernel:
 
     def set_link(self, name: str, *, master: str | None = None, nomaster: bool = False,
                  up: bool | None = None, mtu: int | None = None,
-                 alias: str | None = None, group: int | None = None) -> None:
+                 alias: str | None = None, group: int | None = None,
+                 mac: str | None = None) -> None:
         kw: dict[str, Any] = {}
         if master is not None:
             kw["master"] = self._idx(master)
@@ -208,6 +209,8 @@ class NetlinkKernel:
             kw["ifalias"] = alias
         if group is not None:
             kw["group"] = group
+        if mac is not None:
+            kw["address"] = mac
         if up is not None:
             kw["state"] = "up" if up else "down"
         with _wrap("set link", name):
