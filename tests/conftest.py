@@ -20,3 +20,8 @@ def ns() -> Iterator[Netns]:
         pytest.skip("kernel tests need root (CAP_NET_ADMIN, CAP_SYS_ADMIN for namespaces)")
     with netns() as n:
         yield n
+
+
+@pytest.fixture
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("state"))

@@ -1,6 +1,9 @@
-"""Fault injection for the crash tests: VMNET_FAULT=NAME[:N] SIGKILLs vmnet itself
-at the Nth time the named point is reached (N defaults to 1); VMNET_FAULT=*:N
-kills at the Nth point of any name.  Costs one dict lookup when unset.
+"""Fault injection for the crash and rollback tests.
+
+VMNET_FAULT=NAME makes the NAMEd point misbehave the VMNET_FAULT_AT-th time
+it is reached (default 1; NAME `*` matches every point).  VMNET_FAULT_ACTION
+is `kill` (SIGKILL vmnet itself, the default) or `fail` (raise a KernelError
+as a refusing kernel would).  Costs one check when unset.
 """
 
 from __future__ import annotations
@@ -8,17 +11,19 @@ from __future__ import annotations
 import os
 import signal
 
-_spec = os.environ.get("VMNET_FAULT")
-_counts: dict[str, int] = {}
+_name = os.environ.get("VMNET_FAULT")
+_count = 0
 
 
 def point(name: str) -> None:
-    if _spec is None:
+    global _count
+    if _name is None or _name not in (name, "*"):
         return
-    want, _, n = _spec.partition(":")
-    if want not in (name, "*"):
+    _count += 1
+    if _count != int(os.environ.get("VMNET_FAULT_AT", "1")):
         return
-    key = want
-    _counts[key] = _counts.get(key, 0) + 1
-    if _counts[key] == int(n or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("VMNET_FAULT_ACTION", "kill") == "fail":
+        from vmnet.errors import KernelError
+
+        raise KernelError(f"injected failure at {name}", op=name)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,3 @@
+from vmnet.entry import main
+
+main()
