@@ -73,7 +73,9 @@ def netdev(nic: Nic, *, fds: Sequence[int] | None = None,
             pairs.append(("queues", nic.queues))
         if vhost:
             pairs.append(("vhost", "on"))
-    pairs.append(("vnet_hdr", "on" if nic.vnet_hdr else "off"))
+        # Only when QEMU opens the tap: with fd=/fds= QEMU probes the fd's own
+        # IFF_VNET_HDR and rejects vnet_hdr= (qemu net/tap.c, "invalid with fd=").
+        pairs.append(("vnet_hdr", "on" if nic.vnet_hdr else "off"))
     return ["-netdev", _opts("tap", pairs)]
 
 
