@@ -21,6 +21,7 @@ def empty_config() -> str:
     if _EMPTY_CONFIG is None:
         fd, path = tempfile.mkstemp(prefix="vmnet-test-", suffix=".toml")
         os.close(fd)
+        os.chmod(path, 0o644)  # readable by the non-root uids some tests run as
         atexit.register(os.unlink, path)
         _EMPTY_CONFIG = path
     return _EMPTY_CONFIG
