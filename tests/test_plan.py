@@ -1,0 +1,124 @@
+"""Pure planning tests: desired model + observed host -> steps, no kernel."""
+
+from __future__ import annotations
+
+import pytest
+
+from vmnet.config import Config, Overrides, builtin_network, resolve_vm
+from vmnet.errors import ConflictError
+from vmnet.kernel.base import LinkInfo, Snapshot, TunInfo
+from vmnet.plan import Observed, plan_down, plan_up
+from vmnet.state import BridgeRecord, Proc, VmRecord
+from vmnet.steps import AttachTap, AttachUplink, CreateBridge, CreateTap, DeleteLinks
+
+CFG = Config(path=None, networks={"default": builtin_network()}, vms={})
+
+
+def vm(name: str = "vm1", **kw: object):  # type: ignore[no-untyped-def]
+    return resolve_vm(CFG, name, Overrides(user="0", **kw), env={})  # type: ignore[arg-type]
+
+
+def link(index: int, name: str, kind: str | None = None, **kw: object) -> LinkInfo:
+    base = dict(index=index, name=name, kind=kind, mac="02:00:00:00:00:%02x" % index,
+                mtu=1500, up=True, carrier=False, master=None, alias=None)
+    base.update(kw)
+    return LinkInfo(**base)  # type: ignore[arg-type]
+
+
+def snap(*links: LinkInfo) -> Snapshot:
+    return Snapshot({lk.name: lk for lk in links})
+
+
+def test_fresh_host_plan_order() -> None:
+    p = plan_up(vm(), Observed(snap(link(1, "lo"))), {}, {})
+    kinds = [type(s).__name__ for s in p.steps]
+    assert kinds == ["CreateBridge", "SetUp", "CreateTap", "DisableIpv6", "AttachTap"]
+    create = p.steps[2]
+    assert isinstance(create, CreateTap)
+    assert create.spec.mac.startswith("fe:54:00") and create.spec.owner == 0
+    assert p.new_bridges[0].created
+
+
+def test_existing_own_tap_is_noop() -> None:
+    v = vm()
+    br = link(2, "vmnet0", "bridge", alias="vmnet:bridge:vmnet0")
+    tap = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0",
+               tun=TunInfo(True, 0, None, False, True, False, False, 0))
+    rec = BridgeRecord(bridge="vmnet0", network="default", created=True)
+    p = plan_up(v, Observed(snap(br, tap)), {}, {"vmnet0": rec})
+    assert p.noop
+
+
+def test_detached_own_tap_is_reattached() -> None:
+    br = link(2, "vmnet0", "bridge", alias="vmnet:bridge:vmnet0")
+    tap = link(3, "vm1-0", "tun", alias="vmnet:vm1:0",
+               tun=TunInfo(True, 0, None, False, True, False, False, 0))
+    p = plan_up(vm(), Observed(snap(br, tap)), {}, {})
+    assert p.steps == [AttachTap("vm1-0", "vmnet0")]
+
+
+def test_queue_mismatch_refused() -> None:
+    tap = link(3, "vm1-0", "tun", alias="vmnet:vm1:0",
+               tun=TunInfo(True, 0, None, False, True, False, False, 0))
+    with pytest.raises(ConflictError, match="multi_queue"):
+        plan_up(vm(queues=2), Observed(snap(tap)), {}, {})
+
+
+def test_port_limit() -> None:
+    br = link(2, "vmnet0", "bridge")
+    ports = [link(10 + i, f"p{i}", "veth", master=2) for i in range(1023)]
+    with pytest.raises(ConflictError, match="at most 1023"):
+        plan_up(vm(), Observed(snap(br, *ports)), {}, {})
+
+
+def test_uplink_attached_with_bring_up() -> None:
+    up = link(5, "eth1", "veth", up=False)
+    p = plan_up(vm(uplink="eth1"), Observed(snap(up)), {}, {})
+    assert AttachUplink("eth1", "vmnet0", bring_up=True) in p.steps
+    assert p.new_bridges[0].uplink_attached and p.new_bridges[0].uplink_was_down
+    assert isinstance(p.steps[0], CreateBridge)
+
+
+def test_mac_collision_with_other_record() -> None:
+    other = vm("other")
+    rec = VmRecord(vm="other", mode="up", phase="ready", writer=Proc(1, 1),
+                   nics=[type(n)(**{**n.__dict__}) for n in []])
+    p_other = plan_up(other, Observed(snap()), {}, {})
+    rec.nics = p_other.nics
+    mine = vm("vm1", macs=(other.nics[0].mac,))
+    with pytest.raises(ConflictError, match="already used by VM 'other'"):
+        plan_up(mine, Observed(snap()), {"other": rec}, {})
+
+
+def test_down_keeps_shared_bridge_and_foreign_ports() -> None:
+    br = link(2, "vmnet0", "bridge", alias="vmnet:bridge:vmnet0")
+    t1 = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0",
+              tun=TunInfo(True, 0, None, False, True, False, False, 0))
+    foreign = link(4, "admin0", "veth", master=2)
+    rec1 = VmRecord(vm="vm1", mode="up", phase="ready", writer=Proc(1, 1),
+                    nics=plan_up(vm(), Observed(snap()), {}, {}).nics)
+    brec = BridgeRecord(bridge="vmnet0", network="default", created=True)
+    p = plan_down("vm1", rec1, snap(br, t1, foreign), {"vm1": rec1}, {"vmnet0": brec})
+    assert p.steps == [DeleteLinks(("vm1-0",))]
+    assert "vmnet0" in p.kept_bridges
+    p = plan_down("vm1", rec1, snap(br, t1), {"vm1": rec1}, {"vmnet0": brec})
+    assert p.steps == [DeleteLinks(("vm1-0",)), DeleteLinks(("vmnet0",))]
+
+
+def test_down_never_deletes_unmarked_or_foreign_owner() -> None:
+    t1 = link(3, "vm1-0", "tun", alias="vmnet:vm1:0",
+              tun=TunInfo(True, 1234, None, False, True, False, False, 0))
+    rec1 = VmRecord(vm="vm1", mode="up", phase="ready", writer=Proc(1, 1),
+                    nics=plan_up(vm(), Observed(snap()), {}, {}).nics)
+    p = plan_down("vm1", rec1, snap(t1), {"vm1": rec1}, {})
+    assert p.steps == [] and p.skipped
+
+
+def test_down_refuses_held_tap() -> None:
+    t1 = link(3, "vm1-0", "tun", alias="vmnet:vm1:0", carrier=True,
+              tun=TunInfo(True, 0, None, False, True, False, False, 1))
+    rec1 = VmRecord(vm="vm1", mode="up", phase="ready", writer=Proc(1, 1),
+                    nics=plan_up(vm(), Observed(snap()), {}, {}).nics)
+    with pytest.raises(ConflictError, match="pid 42"):
+        plan_down("vm1", rec1, snap(t1), {}, {}, holders={"vm1-0": ["pid 42 (qemu)"]})
+    assert plan_down("vm1", rec1, snap(t1), {}, {}, force=True).taps == ["vm1-0"]
