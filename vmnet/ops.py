@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from vmnet import fault
 from vmnet.apply import apply_steps
-from vmnet.errors import ConflictError, NotFoundError, PrivilegeError
+from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
 from vmnet.kernel import Kernel, open_kernel
 from vmnet.kernel import tun as tunmod
 from vmnet.kernel.netns import current_inode
@@ -93,20 +93,28 @@ class UpResult:
 
 
 def up(ctx: Context, vm: Vm, *, mode: str = "up", dry_run: bool = False,
-       holder: Proc | None = None, domain_uuid: str | None = None) -> UpResult:
-    """Give `vm` its network (idempotent).  Refusals change nothing."""
+       holder: Proc | None = None, domain_uuid: str | None = None,
+       refuse_held: bool = False) -> UpResult:
+    """Give `vm` its network (idempotent).  Refusals change nothing.
+
+    refuse_held: fail if one of the VM's taps already has a holder (the
+    libvirt hook: at `prepare` nobody may hold the taps libvirt will open).
+    """
     if not dry_run:
         require_net_admin()
     store = ctx.store()
     k = ctx.kernel()
     with store.locked(ctx.lock_timeout):
-        plan = plan_up(vm, observe(k, [vm]), store.vms(), store.bridges())
+        obs = observe(k, [vm])
+        plan = plan_up(vm, obs, store.vms(), store.bridges())
         prev = store.get_vm(vm.name)
         if prev is not None and domain_uuid is not None and prev.domain_uuid not in (
                 None, domain_uuid):
             raise ConflictError(f"VM {vm.name!r} belongs to libvirt domain "
                                 f"{prev.domain_uuid}, not {domain_uuid}",
                                 hint="two domains must not name the same vmnet VM")
+        if refuse_held:
+            _refuse_held(vm, obs)
         if dry_run:
             return UpResult(vm, plan, prev)
         if any(isinstance(s, CreateTap) for s in plan.steps) and \
@@ -143,6 +151,19 @@ def up(ctx: Context, vm: Vm, *, mode: str = "up", dry_run: bool = False,
         rec.phase = "ready"
         store.put_vm(rec)
         return UpResult(vm, plan, rec)
+
+
+def _refuse_held(vm: Vm, obs: Observed) -> None:
+    from vmnet.holders import tap_holders
+
+    busy = {n.tap for n in vm.nics
+            if (lk := obs.snapshot.get(n.tap)) is not None and lk.carrier}
+    if busy:
+        holders = tap_holders(busy)
+        who = "; ".join(f"{t} held by {', '.join(holders.get(t, [])) or 'a process'}"
+                        for t in sorted(busy))
+        raise BusyError(f"VM {vm.name!r} is in use: {who}", ifname=min(busy),
+                        hint="another VM or process holds its taps")
 
 
 @dataclass
