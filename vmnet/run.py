@@ -1,0 +1,301 @@
+"""`vmnet run`: bring a VM's network up, start QEMU on ready tap fds, tear down after.
+
+The order matters and each step says why:
+
+1. Refusals first (QEMU binary missing, a tap held by someone): nothing changed.
+2. `ops.up` in mode "run", with vmnet itself as the holder until QEMU exists,
+   so a `vmnet run` killed before QEMU starts leaves a record `gc` clears.
+3. Under the state lock, check carrier again and open one fd per queue.  A
+   multi-queue tap silently accepts a second holder, so carrier (someone
+   holds an fd) is the only guard; the lock keeps two `run`s from both
+   passing it.  Persist is cleared on the attached fds: from then on the
+   kernel deletes the tap when the last fd closes, so the tap dies with QEMU
+   even if vmnet is SIGKILLed.
+4. QEMU inherits the fds (`pass_fds`), runs as the VM's user, and is
+   recorded as the holder; vmnet closes its own copies at once.
+5. Signals are forwarded; when QEMU exits, for whatever reason, the network
+   is torn down (`ops.down`, force) and QEMU's status is returned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import FrameType
+
+from vmnet import ops
+from vmnet.config import resolve_user
+from vmnet.errors import BusyError, InputError, NotFoundError, VmnetError
+from vmnet.holders import tap_holders
+from vmnet.kernel import tun
+from vmnet.kernel.base import Snapshot
+from vmnet.model import Vm
+from vmnet.render.qemu import vm_args
+from vmnet.state import Proc
+
+log = logging.getLogger("vmnet")
+
+VHOST_PATH = "/dev/vhost-net"
+NOBODY = 65534  # nobody/nogroup: who QEMU runs as when the VM names no user
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+Fds = dict[int, list[int]]  # NIC index -> fds, one per queue
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whom QEMU runs as."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def qemu_identity(vm: Vm, env: Mapping[str, str], *, euid: int | None = None) -> Identity | None:
+    """The VM's user, with its primary group and supplementary groups; None: keep ours.
+
+    A VM owned by root runs as root (asked for explicitly).  A VM with only a
+    group runs as the sudo user, else as nobody, with that group: never as
+    root by accident.  Without root, vmnet cannot switch users and QEMU is not
+    root anyway.
+    """
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    uid = vm.uid
+    if uid is None:
+        sudo = env.get("SUDO_USER")
+        uid = resolve_user(sudo, "SUDO_USER")[0] if sudo and sudo != "root" else NOBODY
+    if uid == 0:
+        return None
+    try:
+        pw: pwd.struct_passwd | None = pwd.getpwuid(uid)
+    except KeyError:
+        pw = None
+    gid = vm.gid if vm.gid is not None else (pw.pw_gid if pw else NOBODY)
+    groups = set(os.getgrouplist(pw.pw_name, gid)) if pw else {gid}
+    if vm.gid is not None:
+        groups.add(vm.gid)
+    return Identity(uid=uid, gid=gid, groups=tuple(sorted(groups)))
+
+
+def find_binary(argv0: str, env: Mapping[str, str]) -> str:
+    """The executable QEMU's argv[0] names (PATH lookup as exec would do)."""
+    if "/" in argv0:
+        if os.path.isfile(argv0) and os.access(argv0, os.X_OK):
+            return argv0
+        raise NotFoundError(f"QEMU binary {argv0} does not exist or is not executable",
+                            hint="install qemu-system-x86 or fix the path after `--`")
+    found = shutil.which(argv0, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise NotFoundError(f"QEMU binary {argv0!r} not found in PATH",
+                            hint="install qemu-system-x86 or give the full path after `--`")
+    return found
+
+
+def refuse_held(vm: Vm, snap: Snapshot) -> None:
+    """A tap with carrier has a holder; a multi-queue tap would accept us silently."""
+    held = {n.tap for n in vm.nics if (lk := snap.get(n.tap)) is not None and lk.carrier}
+    if not held:
+        return
+    who = tap_holders(held)
+    tap = sorted(held)[0]
+    by = ", ".join(who.get(tap, [])) or "another process"
+    raise BusyError(f"tap {tap} of VM {vm.name!r} is already held by {by}", ifname=tap,
+                    hint="is the VM already running? stop it first; vmnet never attaches "
+                         "a second QEMU to a tap")
+
+
+def open_vhost(path: str, count: int) -> list[int]:
+    """One /dev/vhost-net fd per queue, or none when the device is missing or refused.
+
+    QEMU 7.2 aborts on vhost=on without the device, so vhost is only asked for
+    with fds in hand.
+    """
+    if not os.path.exists(path):
+        return []
+    fds: list[int] = []
+    try:
+        for _ in range(count):
+            fds.append(os.open(path, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as e:
+        log.warning("%s: %s; starting QEMU without vhost", path,
+                    errno.errorcode.get(e.errno or 0, e.strerror))
+        close_fds(fds)
+        return []
+    return fds
+
+
+def close_fds(*groups: Sequence[int] | Fds) -> None:
+    for g in groups:
+        for fd in (f for fs in g.values() for f in fs) if isinstance(g, dict) else g:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def attach(ctx: ops.Context, vm: Vm, *, vhost_path: str = VHOST_PATH) -> tuple[Fds, Fds]:
+    """Open every NIC's queues (persist cleared) and vhost fds, under the state lock."""
+    fds: Fds = {}
+    vhost: Fds = {}
+    try:
+        with ctx.store().locked(ctx.lock_timeout):
+            refuse_held(vm, ctx.kernel().snapshot())
+            for nic in vm.nics:
+                fds[nic.index] = tun.open_queues(nic.tap, nic.queues, vnet_hdr=nic.vnet_hdr,
+                                                 path=ctx.tun_path, unpersist=True)
+                log.debug("%s: attached %s (fds %s), persist cleared", vm.name, nic.tap,
+                          fds[nic.index])
+        for nic in vm.nics:
+            got = open_vhost(vhost_path, nic.queues)
+            if got:
+                vhost[nic.index] = got
+    except BaseException:
+        close_fds(fds, vhost)
+        raise
+    return fds, vhost
+
+
+def qemu_argv(vm: Vm, argv: Sequence[str], fds: Fds, vhost: Fds, *,
+              netdev_only: bool = False) -> list[str]:
+    """The user's QEMU command with the network options appended."""
+    return [*argv, *vm_args(vm, fds=fds, vhostfds=vhost or None, netdev_only=netdev_only)]
+
+
+def exit_status(returncode: int) -> int:
+    """A shell's view of a child's status: 128+N when killed by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class SignalForwarder:
+    """Catch SIGTERM/SIGINT/SIGHUP; pass them on to QEMU once it exists."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.pid: int | None = None
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        self.received = self.received or signum
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def check(self) -> None:
+        """Before QEMU runs, a signal means: give up (the caller tears down)."""
+        if self.received is not None and self.pid is None:
+            raise Interrupted(self.received)
+
+    def attach(self, pid: int) -> None:
+        self.pid = pid
+        if self.received is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, self.received)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SignalForwarder]:
+        old = [(signum, signal.signal(signum, self._handle)) for signum in FORWARDED]
+        try:
+            yield self
+        finally:
+            for signum, handler in old:
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def set_holder(ctx: ops.Context, name: str, holder: Proc) -> None:
+    """Record QEMU as the holder of the VM's taps (gc clears the record once it is gone)."""
+    store = ctx.store()
+    with store.locked(ctx.lock_timeout):
+        rec = store.get_vm(name)
+        if rec is None:
+            return
+        rec.holder = holder
+        store.put_vm(rec)
+
+
+def teardown(ctx: ops.Context, name: str, ours: set[Proc]) -> None:
+    """Remove the VM's network unless another holder has taken the record over since."""
+    rec = ctx.store().get_vm(name)
+    if rec is not None and rec.holder is not None and rec.holder not in ours:
+        log.warning("%s: record now belongs to pid %d; leaving the network to it",
+                    name, rec.holder.pid)
+        return
+    res = ops.down(ctx, name, force=True)
+    log.info("%s: removed %s", name, ", ".join(res.plan.taps) or "network (taps already gone)")
+
+
+def run(ctx: ops.Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
+        vhost_path: str = VHOST_PATH, env: Mapping[str, str] | None = None) -> int:
+    """Run QEMU (`argv`) on `vm`'s network; return its exit status (128+N if killed)."""
+    env = dict(os.environ) if env is None else env
+    if not argv:
+        raise InputError("no QEMU command given after `--`")
+    exe = find_binary(argv[0], env)
+    ident = qemu_identity(vm, env)
+    refuse_held(vm, ctx.kernel().snapshot())
+    me = Proc.me()
+    ours = {me}
+    with SignalForwarder().installed() as sig:
+        ops.up(ctx, vm, mode="run", holder=me)
+        try:
+            sig.check()
+            fds, vhost = attach(ctx, vm, vhost_path=vhost_path)
+            try:
+                sig.check()
+                cmd = qemu_argv(vm, argv, fds, vhost, netdev_only=netdev_only)
+                log.debug("starting %s", " ".join(cmd))
+                proc = _start(cmd, exe, fds, vhost, ident)
+            finally:
+                close_fds(fds, vhost)  # QEMU has its own copies now (or nothing started)
+            sig.attach(proc.pid)
+            qemu = Proc.of(proc.pid)
+            if qemu is not None:
+                ours.add(qemu)
+                set_holder(ctx, vm.name, qemu)
+            rc = proc.wait()
+            log.info("%s: QEMU (pid %d) exited with status %d", vm.name, proc.pid,
+                     exit_status(rc))
+        except Interrupted as e:
+            _teardown_quietly(ctx, vm.name, ours)
+            return 128 + e.signum
+        except BaseException:
+            _teardown_quietly(ctx, vm.name, ours)
+            raise
+        try:
+            teardown(ctx, vm.name, ours)
+        except VmnetError as e:
+            log.error("%s: teardown failed: %s; `vmnet gc` finishes it", vm.name,
+                      e.one_line())
+            return exit_status(rc) or 1
+    return exit_status(rc)
+
+
+def _teardown_quietly(ctx: ops.Context, name: str, ours: set[Proc]) -> None:
+    try:
+        teardown(ctx, name, ours)
+    except VmnetError as e:
+        log.error("%s: teardown failed: %s; `vmnet gc` finishes it", name, e.one_line())
+
+
+def _start(cmd: list[str], exe: str, fds: Fds, vhost: Fds,
+           ident: Identity | None) -> subprocess.Popen[bytes]:
+    passed = tuple(f for g in (fds, vhost) for fs in g.values() for f in fs)
+    try:
+        if ident is None:
+            return subprocess.Popen(cmd, executable=exe, pass_fds=passed)
+        return subprocess.Popen(cmd, executable=exe, pass_fds=passed, user=ident.uid,
+                                group=ident.gid, extra_groups=list(ident.groups))
+    except OSError as e:
+        raise VmnetError(f"cannot start {cmd[0]}: {e.strerror}", op="exec",
+                         errno=e.errno) from None
