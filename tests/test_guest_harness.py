@@ -15,6 +15,7 @@ from tests.guest import (
     GuestConsole,
     GuestDied,
     GuestImage,
+    GuestTimeout,
     Qmp,
     boot_guest,
     ensure_guest,
@@ -125,19 +126,22 @@ def test_hotplug_nic(bridged: Netns, tmp_path: Path) -> None:
     with boot_guest(ns.name, tap_netargs("tap0", MAC_A), ip="10.77.0.2/24,10.77.0.4/24",
                     extra=qmp_args(sock), timeout=BOOT_TIMEOUT) as guest, Qmp(sock) as qmp:
         assert [n["name"] for n in guest.nics()] == ["eth0"]
-        mark = guest.mark()
+        mark, t0 = guest.mark(), time.monotonic()
         qmp.execute("netdev_add", type="tap", id="n1", ifname="tap1",
                     script="no", downscript="no")
         qmp.execute("device_add", driver="virtio-net-pci", id="nic1", netdev="n1", mac=MAC_B)
         assert guest.wait_nic("eth1", timeout=60, since=mark) == {
             "name": "eth1", "mac": MAC_B, "rxq": 1, "txq": 1, "ip": "10.77.0.4/24"
         }
+        t_plug = time.monotonic() - t0
         assert [n["name"] for n in guest.nics()] == ["eth0", "eth1"]
         assert ping_from_ns(ns.name, "10.77.0.4", timeout=30)
 
-        mark = guest.mark()
+        mark, t0 = guest.mark(), time.monotonic()
         qmp.execute("device_del", id="nic1")
         guest.wait_for(r"VMNET-NIC-GONE name=eth1", timeout=60, since=mark)
+        print(f"hot-plug to VMNET-NIC {t_plug:.2f} s, "
+              f"unplug to VMNET-NIC-GONE {time.monotonic() - t0:.2f} s")
         assert [n["name"] for n in guest.nics()] == ["eth0"]
 
 
@@ -151,7 +155,7 @@ def test_console_protocol_without_qemu() -> None:
         "w('VMNET-NIC name=eth10 mac=52:54:00:00:00:03 rxq=1 txq=1 ip=none\\n')\n"
         "w('VMNET-NIC name=eth2 mac=52:54:00:00:00:02 rxq=1 txq=1 ip=none\\n')\n"
         "w('VMNET-NIC-GONE name=eth10\\n')\n"
-        "w('VMNET-NIC name=eth3 mac=52:54'); sys.stdout.flush(); time.sleep(0.5)\n"
+        "w('VMNET-NIC name=eth3 mac=52:54'); sys.stdout.flush(); time.sleep(2)\n"
         "w(':00:00:00:04 rxq=1 txq=1 ip=none\\n')\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
@@ -159,8 +163,12 @@ def test_console_protocol_without_qemu() -> None:
     console = GuestConsole(proc.stdout)
     console.wait_for("VMNET-READY", timeout=10)
     mark = console.mark()
-    console.wait_for("VMNET-NIC name=eth3", timeout=10, since=mark)
+    console.wait_for("VMNET-NIC-GONE name=eth10", timeout=10, since=mark)
+    time.sleep(0.2)  # the first half of eth3's line has arrived by now
+    assert "VMNET-NIC name=eth3 mac=52:54" in console.output
     assert [n["name"] for n in console.nics()] == ["eth0", "eth2"]  # eth3's line is partial
+    with pytest.raises(GuestTimeout):
+        console.wait_for("eth3 mac", timeout=0.1)  # complete lines only
     assert console.wait_nic("eth3", timeout=10)["mac"] == "52:54:00:00:00:04"
     proc.wait()
     assert "\r" not in console.output

@@ -78,11 +78,13 @@ eth_names() {
 
 ip link set lo up
 
-# Wait (up to 5 s) until there are at least as many NICs as addresses.
+# PCI NICs present at boot are probed during insmod, so they exist by now;
+# still give stragglers up to 1 s when there are more addresses than NICs
+# (extra addresses are meant for NICs hot-plugged later).
 set -- $IPS
 want=$#
 i=0
-while [ "$(eth_names | wc -l)" -lt "$want" ] && [ "$i" -lt 50 ]; do
+while [ "$(eth_names | wc -l)" -lt "$want" ] && [ "$i" -lt 10 ]; do
     usleep 100000
     i=$((i + 1))
 done

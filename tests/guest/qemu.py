@@ -186,15 +186,19 @@ class GuestConsole:
                  since: int = 0) -> re.Match[str]:
         """First match of ``pattern`` in ``output[since:]``, waiting up to ``timeout`` s.
 
-        The match's positions are relative to ``output`` itself.  Raises
-        ``GuestTimeout``, or ``GuestDied`` as soon as the stream ends unmatched.
+        Only complete lines are searched (up to the last newline received, or
+        everything once the stream has ended), so a match never sees half a
+        line.  The match's positions are relative to ``output`` itself.
+        Raises ``GuestTimeout``, or ``GuestDied`` as soon as the stream ends
+        unmatched.
         """
         regex = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
         while True:
             with self._cond:
                 text = self.output
-                m = regex.search(text, since)
+                end = len(text) if self._eof else text.rfind("\n") + 1
+                m = regex.search(text, since, max(end, since))
                 if m:
                     return m
                 if self._eof:
@@ -238,7 +242,7 @@ class GuestConsole:
 
     def wait_nic(self, name: str, timeout: float = 60.0, *, since: int = 0) -> NicInfo:
         """Wait for a complete ``VMNET-NIC name=NAME ...`` line after ``since``; parse it."""
-        self.wait_for(rf"VMNET-NIC name={re.escape(name)} [^\n]*\n", timeout, since=since)
+        self.wait_for(rf"VMNET-NIC name={re.escape(name)} ", timeout, since=since)
         return next(n for n in self.nics() if n["name"] == name)
 
     def join(self, timeout: float | None = None) -> None:
