@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def sh(*argv: str, check: bool = True,
+       input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command (never through a shell) and return its result."""
     return subprocess.run(list(argv), check=check, text=True, capture_output=True, input=input)
 

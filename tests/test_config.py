@@ -62,7 +62,7 @@ def test_sudo_user_default() -> None:
 
 def test_unknown_user_names_source() -> None:
     cfg = parse_config('[vms.x]\nuser = "no-such-user-zz"\n')
-    with pytest.raises(NotFoundError, match="vms.x.user.*no-such-user-zz"):
+    with pytest.raises(NotFoundError, match=r"vms\.x\.user.*no-such-user-zz"):
         resolve_vm(cfg, "x", env={})
 
 

@@ -237,8 +237,8 @@ def test_dry_run_changes_nothing(ns: Netns, state_dir: str) -> None:
 
 
 @pytest.mark.parametrize("point,at", [("step:CreateTap", 1), ("step:AttachTap", 2),
-                                      ("step:SetUp", 1), ("step:DisableIpv6", 2)],
-                         ids=["first-tap", "second-attach", "bridge-up", "second-ipv6"])
+                                      ("step:SetUp", 1), ("step:CreateTap", 2)],
+                         ids=["first-tap", "second-attach", "bridge-up", "second-tap"])
 def test_failed_up_rolls_back(ns: Netns, state_dir: str, point: str, at: int) -> None:
     ns.ip("link", "add", "keep0", "type", "veth", "peer", "name", "keep0p")
     before = host_snapshot(ns, state_dir)

@@ -19,7 +19,7 @@ def vm(name: str = "vm1", **kw: object):  # type: ignore[no-untyped-def]
 
 
 def link(index: int, name: str, kind: str | None = None, **kw: object) -> LinkInfo:
-    base = dict(index=index, name=name, kind=kind, mac="02:00:00:00:00:%02x" % index,
+    base = dict(index=index, name=name, kind=kind, mac=f"02:00:00:00:00:{index:02x}",
                 mtu=1500, up=True, carrier=False, master=None, alias=None)
     base.update(kw)
     return LinkInfo(**base)  # type: ignore[arg-type]
@@ -32,7 +32,7 @@ def snap(*links: LinkInfo) -> Snapshot:
 def test_fresh_host_plan_order() -> None:
     p = plan_up(vm(), Observed(snap(link(1, "lo"))), {}, {})
     kinds = [type(s).__name__ for s in p.steps]
-    assert kinds == ["CreateBridge", "SetUp", "CreateTap", "DisableIpv6", "AttachTap"]
+    assert kinds == ["CreateBridge", "SetUp", "CreateTap", "AttachTap"]
     create = p.steps[2]
     assert isinstance(create, CreateTap)
     assert create.spec.mac.startswith("fe:54:00") and create.spec.owner == 0

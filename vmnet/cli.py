@@ -63,8 +63,9 @@ class VmnetGroup(click.Group):
 def main(ctx: click.Context, netns: str | None, state_dir: str, config: str | None,
          lock_timeout: float, verbose: bool) -> None:
     """Give QEMU/KVM virtual machines their network: user-owned taps on Linux bridges."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="vmnet: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="vmnet: %(message)s")
+    if verbose:
+        logging.getLogger("vmnet").setLevel(logging.DEBUG)
     if netns:
         from vmnet.kernel.netns import enter
 

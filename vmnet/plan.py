@@ -21,7 +21,6 @@ from vmnet.steps import (
     CreateTap,
     DeleteLinks,
     DetachUplink,
-    DisableIpv6,
     SetUp,
     Step,
 )
@@ -185,7 +184,6 @@ def plan_up(vm: Vm, obs: Observed, records: dict[str, VmRecord],
         steps.append(CreateTap(TapSpec(name=nic.tap, owner=vm.uid, group=vm.gid,
                                        multi_queue=nic.multi_queue, mac=nic.tap_mac,
                                        mtu=mtu, alias=vm.mark(nic))))
-        steps.append(DisableIpv6(nic.tap))
         steps.append(AttachTap(nic.tap, bridge))
     for bridge, count in new_ports.items():
         have = len(snap.ports(bridge))

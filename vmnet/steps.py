@@ -116,25 +116,15 @@ class CreateTap(Step):
         mq = ["multi_queue"] if s.multi_queue else []
         mtu = ["mtu", str(s.mtu)] if s.mtu else []
         return (_q("ip", "tuntap", "add", "dev", s.name, "mode", "tap", *owner, *group, *mq)
+                + "\n" + _q("sysctl", "-qw", f"net.ipv6.conf.{s.name}.disable_ipv6=1")
                 + "\n" + _q("ip", "link", "set", s.name, "address", s.mac, *mtu,
-                            "alias", s.alias))
+                            "alias", s.alias, "up"))
 
     def run(self, k: Kernel) -> None:
         k.create_tap(self.spec)
 
     def undo(self) -> Step:
         return DeleteLinks((self.spec.name,))
-
-
-@dataclass(frozen=True)
-class DisableIpv6(Step):
-    ifname: str
-
-    def ip(self) -> str:
-        return _q("sysctl", "-qw", f"net.ipv6.conf.{self.ifname}.disable_ipv6=1")
-
-    def run(self, k: Kernel) -> None:
-        k.disable_ipv6(self.ifname)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,14 @@ __all__ = ["Kernel", "LinkInfo", "TapSpec", "TunInfo", "open_kernel"]
 
 
 def open_kernel() -> Kernel:
-    """The full netlink implementation (pyroute2)."""
-    from vmnet.kernel.netlink import NetlinkKernel
+    """The default implementation (hand-packed rtnetlink), or pyroute2's with
+    VMNET_KERNEL=pyroute2 (the test suite runs against both)."""
+    import os
 
-    return NetlinkKernel()
+    if os.environ.get("VMNET_KERNEL") == "pyroute2":
+        from vmnet.kernel.netlink import NetlinkKernel
+
+        return NetlinkKernel()
+    from vmnet.kernel.lean import LeanKernel
+
+    return LeanKernel()

@@ -45,7 +45,7 @@ class LinkInfo:
 
 @dataclass(frozen=True)
 class TapSpec:
-    """A persistent tap to create."""
+    """A persistent tap to create: made, IPv6 off, MAC/MTU/mark set, up, not yet a port."""
 
     name: str
     owner: int | None

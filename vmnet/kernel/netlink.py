@@ -168,10 +168,15 @@ class NetlinkKernel:
             with _wrap("configure tap", spec.name):
                 idx = self._ipr.link_lookup(ifname=spec.name)[0]
                 self._index[spec.name] = idx
-                kw: dict[str, Any] = {"address": spec.mac, "ifalias": spec.alias}
+                # IPv6 off before the tap goes up: no link-local address.
+                self.disable_ipv6(spec.name)
+                kw: dict[str, Any] = {"address": spec.mac, "ifalias": spec.alias,
+                                      "state": "up"}
                 if spec.mtu:
                     kw["mtu"] = spec.mtu
                 self._ipr.link("set", index=idx, **kw)
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    tun.settle_operstate(s.fileno(), spec.name, self._ioctl)
         except VmnetError:
             self._delete_one(spec.name)
             raise

@@ -6,6 +6,7 @@ The `ioctl` and `opener` parameters exist so tests can inject faults.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -48,6 +49,27 @@ def _open_tun(path: str) -> int:
                                  "mknod /dev/net/tun c 10 200") from None
     except OSError as e:
         raise kernel_error(f"open {path}", None, e.errno or errno.EIO) from None
+
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GLINK = 0x0000000A
+
+
+def settle_operstate(sock_fd: int, name: str, ioctl: Ioctl = fcntl.ioctl) -> None:
+    """Make the kernel apply a new tap's pending link events now.
+
+    A tap's carrier goes on and off while it is created; the kernel applies
+    that to the operational state up to a second later (linkwatch).  A port
+    enslaved meanwhile counts as up, so the bridge would forward to it and
+    take carrier (and an IPv6 link-local address) for nothing.  ETHTOOL_GLINK
+    on a running device runs linkwatch_sync_dev() for it.
+    """
+    import array
+
+    buf = array.array("B", struct.pack("II", ETHTOOL_GLINK, 0))
+    ifr = struct.pack("16sP", name.encode(), buf.buffer_info()[0])
+    with contextlib.suppress(OSError):  # best effort: only the operstate's timing is at stake
+        ioctl(sock_fd, SIOCETHTOOL, ifr)
 
 
 def tap_flags(*, multi_queue: bool, vnet_hdr: bool) -> int:
