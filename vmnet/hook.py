@@ -1,0 +1,238 @@
+"""The libvirt qemu hook: a shim into vmnet's up/down for domains that name vmnet VMs.
+
+libvirtd runs it (as `/etc/libvirt/hooks/qemu.d/vmnet`, written by `vmnet
+hook install`) as root, in its own namespaces, with a minimal environment:
+
+    vmnet [--state-dir=DIR] [--config=PATH] [--lock-timeout=S] DOMAIN OP SUBOP EXTRA
+
+with the domain's XML on stdin.  `prepare begin` (before libvirt opens the
+taps) brings up every vmnet VM the domain's metadata names; `release end`
+tears down the records that belong to this domain (by UUID) and nothing
+else.  Every other operation exits 0 at once.
+
+Rules libvirt imposes: never call back into libvirtd (it waits for us: a
+deadlock), write nothing on stdout (for some operations libvirt reads it as
+replacement XML), leave no child behind, and do not block forever (libvirtd
+waits without a timeout, so lock waits are bounded).  A non-zero exit at
+`prepare` aborts the start and libvirt shows our one stderr line.
+
+Import-light on purpose: no click, no jinja2; pyroute2-free kernel seam and
+vmnet.ops only once there is work to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from vmnet.domainxml import (
+    MAX_XML_BYTES,
+    DomainInfo,
+    domain_uuid,
+    parse_xml,
+    read_domain,
+    stale_interfaces,
+)
+from vmnet.errors import InputError, VmnetError
+
+DEFAULT_STATE_DIR = "/run/vmnet"
+DEFAULT_LOCK_TIMEOUT = 10.0
+# (op, subop) pairs with work; libvirt 9.0 also calls start/started/stopped,
+# reconnect, migrate, restore, attach: none of them concerns the taps.
+PREPARE = ("prepare", "begin")
+RELEASE = ("release", "end")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One invocation: vmnet's settings baked in by `hook install`, libvirt's arguments."""
+
+    state_dir: str = DEFAULT_STATE_DIR
+    config: str | None = None
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT
+    domain: str = ""
+    op: str = ""
+    subop: str = ""
+
+
+def parse_args(argv: Sequence[str]) -> Call:
+    opts: dict[str, str] = {}
+    pos: list[str] = []
+    for arg in argv:
+        if arg.startswith("--") and "=" in arg and not pos:
+            key, _, value = arg[2:].partition("=")
+            if key not in ("state-dir", "config", "lock-timeout"):
+                raise InputError(f"unknown option --{key}")
+            opts[key] = value
+        else:
+            pos.append(arg)
+    if len(pos) < 3:
+        raise InputError("expected the arguments libvirt passes: DOMAIN OP SUBOP EXTRA")
+    try:
+        timeout = float(opts.get("lock-timeout", DEFAULT_LOCK_TIMEOUT))
+    except ValueError:
+        raise InputError(f"--lock-timeout: {opts['lock-timeout']!r} is not a number") from None
+    if not 0 < timeout <= 300:
+        raise InputError("--lock-timeout must be between 0 and 300 seconds")
+    return Call(state_dir=opts.get("state-dir") or DEFAULT_STATE_DIR,
+                config=opts.get("config") or None, lock_timeout=timeout,
+                domain=pos[0], op=pos[1], subop=pos[2])
+
+
+def read_bounded(stream: IO[bytes], limit: int = MAX_XML_BYTES) -> bytes:
+    """Read at most limit+1 bytes; more than `limit` is refused (not parsed)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(65536, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise InputError(f"domain XML on stdin is larger than {limit >> 20} MiB; refused")
+    return b"".join(chunks)
+
+
+def _drain(stream: IO[bytes]) -> None:
+    """Swallow stdin (bounded) so libvirt's write of the XML never blocks or fails."""
+    with contextlib.suppress(OSError, ValueError):
+        for _ in range(MAX_XML_BYTES // 65536 + 1):
+            if not stream.read(65536):
+                return
+
+
+def prepare(call: Call, info: DomainInfo) -> list[str]:
+    """Bring up every vmnet VM the domain names; all-or-nothing.  Returns VM names."""
+    from vmnet import ops
+    from vmnet.config import load_config, resolve_vm
+
+    if not info.uuid:
+        raise InputError(f"domain {info.name!r}: the XML has no <uuid>")
+    cfg = load_config(call.config, env={})
+    vms = []
+    for entry in info.vms:
+        try:
+            vm = resolve_vm(cfg, entry.name, entry.overrides(), env={})
+        except VmnetError as e:
+            e.message = f"domain {info.name!r}: vmnet VM {entry.name!r}: {e.message}"
+            raise
+        stale = stale_interfaces(info, [(n.tap, n.mac, n.network.bridge) for n in vm.nics])
+        if stale:
+            raise InputError(f"domain {info.name!r}: its XML does not match vmnet's config for "
+                             f"VM {entry.name!r}: {'; '.join(stale)}",
+                             hint=f"re-render it with `vmnet libvirt-xml {entry.name} "
+                                  "--domain FILE`")
+        vms.append(vm)
+    ctx = ops.Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
+    done: list[str] = []
+    try:
+        for vm in vms:
+            ops.up(ctx, vm, mode="hook", domain_uuid=info.uuid, refuse_held=True)
+            done.append(vm.name)
+    except BaseException:
+        for name in reversed(done):
+            with contextlib.suppress(VmnetError):
+                ops.down(ctx, name, domain_uuid=info.uuid, force=True)
+        raise
+    finally:
+        ctx.close()
+    return done
+
+
+def domain_records(state_dir: str, domain_uuid: str) -> list[str]:
+    """VMs whose records belong to this domain (read without the lock: down re-checks)."""
+    from vmnet.kernel.netns import current_inode
+    from vmnet.state import StateStore
+
+    store = StateStore(state_dir, current_inode())
+    if not os.path.isdir(store.dir):
+        return []
+    return sorted(name for name, rec in store.vms().items() if rec.domain_uuid == domain_uuid)
+
+
+def release(call: Call, name: str, uuid: str | None) -> list[str]:
+    """Tear down this domain's VMs: only records carrying its UUID.
+
+    Names come from the records, not the metadata, so VMs hot-plugged without
+    metadata are released too, and a domain that names another domain's VM
+    (its prepare failed) cannot touch it.
+    """
+    if not uuid:
+        return []
+    names = domain_records(call.state_dir, uuid)
+    if not names:
+        return []
+    from vmnet import ops
+
+    ctx = ops.Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
+    errors: list[VmnetError] = []
+    try:
+        for vm in names:
+            try:
+                ops.down(ctx, vm, domain_uuid=uuid)
+            except VmnetError as e:
+                errors.append(e)
+    finally:
+        ctx.close()
+    if errors:
+        first = errors[0]
+        first.message = f"domain {name!r}: {first.message}" + (
+            f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+        raise first
+    return names
+
+
+def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
+    """The hook's logic; raises VmnetError for anything a person should read."""
+    call = parse_args(argv)
+    if (call.op, call.subop) not in (PREPARE, RELEASE):
+        _drain(stdin)
+        return 0
+    data = read_bounded(stdin)
+    what = "domain XML on stdin"
+    if (call.op, call.subop) == PREPARE:
+        info = read_domain(data, what)
+        if info.vms:
+            prepare(call, info)
+    else:
+        # Release needs only the UUID: garbage in the metadata must not keep
+        # a domain's taps alive.
+        root = parse_xml(data, what)
+        release(call, (root.findtext("name") or call.domain).strip(), domain_uuid(root))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point (`vmnet-libvirt-hook`, `python -m vmnet.hook`); one line on error."""
+    # Nothing may reach stdout, whatever a library prints: libvirt may read
+    # it as replacement XML.
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return run(args, sys.stdin.buffer)
+    except VmnetError as e:
+        _say(f"vmnet: error: {e.one_line()}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: still one line, never a traceback in libvirt's error
+        _say(f"vmnet: internal error: {type(e).__name__}: {e}")
+        return 1
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(" ".join(line.split()) + "\n")
+        sys.stderr.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
