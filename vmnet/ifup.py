@@ -26,7 +26,6 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from vmnet import validate
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 IFUP = "vmnet-qemu-ifup"
 IFDOWN = "vmnet-qemu-ifdown"
 _DEFAULT_NAME = re.compile(r"^(.+)-(\d+)$")
+CAP_NET_ADMIN = 12
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def find_port(tap: str, env: Mapping[str, str]) -> Port:
 
 def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:
     """Apply MTU, MAC, IPv6 off, bridge and up to an existing tap; return what was done."""
-    from vmnet.plan import is_our_bridge
+    from vmnet.model import bridge_mark
 
     port = find_port(tap, env)
     snap = k.snapshot()
@@ -119,7 +119,8 @@ def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:
     if br.kind != "bridge":
         raise ConflictError(f"{port.bridge} ({port.source}) is not a bridge", ifname=port.bridge)
     # The rule `vmnet up` applies (vmnet.plan): only the NIC's own MTU is refused.
-    if port.nic_mtu and port.mtu and port.mtu < br.mtu and not is_our_bridge(br):
+    ours = br.alias == bridge_mark(br.name)  # vmnet.plan.is_our_bridge, without its imports
+    if port.nic_mtu and port.mtu and port.mtu < br.mtu and not ours:
         raise ConflictError(f"MTU {port.mtu} of {tap} ({port.source}) would lower the MTU of "
                             f"bridge {port.bridge} ({br.mtu}), which vmnet did not create",
                             ifname=tap)
@@ -148,17 +149,12 @@ def _main(prog: str, action: Callable[[str, Kernel], object], argv: list[str]) -
             raise InputError(f"usage: {prog} IFNAME (QEMU passes exactly one argument, "
                              f"the interface name; got {len(argv)})")
         tap = validate.ifname(argv[0], "argument")
-        from vmnet.ops import require_net_admin
-
-        try:
-            require_net_admin()
-        except PrivilegeError:
+        if not has_net_admin():
             raise PrivilegeError(
                 f"{tap}: changing a bridge port needs CAP_NET_ADMIN, which this QEMU lacks",
                 hint="start QEMU with `vmnet run VM -- qemu-system-...`, which passes it "
                      "ready tap fds and needs no script; or `vmnet up VM` and use "
-                     "`vmnet qemu-args VM`") \
-                from None
+                     "`vmnet qemu-args VM`")
         from vmnet.kernel import open_kernel
 
         k = open_kernel()
@@ -170,6 +166,22 @@ def _main(prog: str, action: Callable[[str, Kernel], object], argv: list[str]) -
         print(f"{prog}: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
     return 0
+
+
+def has_net_admin() -> bool:
+    """CAP_NET_ADMIN in the effective set.
+
+    The check vmnet.ops.require_net_admin makes, repeated here because
+    importing vmnet.ops (plan, apply, steps) costs QEMU's start 15 ms.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return True  # cannot tell: let the kernel say no
 
 
 def main_ifup(argv: list[str] | None = None) -> NoReturn:
@@ -191,6 +203,7 @@ def script_paths() -> tuple[str, str]:
     the running vmnet), else on PATH, else the checkout's scripts/.
     """
     import shutil
+    from pathlib import Path
 
     out = []
     checkout = Path(__file__).resolve().parent.parent / "scripts"
