@@ -239,11 +239,17 @@ def domain_uuid(root: ET.Element) -> str | None:
         raise InputError(f"domain XML: <uuid> {text[:40]!r} is not a UUID") from None
 
 
-def read_domain(data: bytes | str, what: str = "domain XML") -> DomainInfo:
-    """Everything vmnet needs from a domain's XML, from untrusted input."""
+def parse_domain(data: bytes | str, what: str = "domain XML") -> ET.Element:
+    """parse_xml, and the root must be <domain>."""
     root = parse_xml(data, what)
     if root.tag != "domain":
         raise InputError(f"{what}: root element is <{_local(root.tag)}>, not <domain>")
+    return root
+
+
+def read_domain(data: bytes | str, what: str = "domain XML") -> DomainInfo:
+    """Everything vmnet needs from a domain's XML, from untrusted input."""
+    root = parse_domain(data, what)
     vms: list[VmEntry] = []
     for elem in vmnet_elements(root):
         for entry in parse_vmnet_element(elem):

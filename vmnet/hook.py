@@ -33,7 +33,7 @@ from vmnet.domainxml import (
     MAX_XML_BYTES,
     DomainInfo,
     domain_uuid,
-    parse_xml,
+    parse_domain,
     read_domain,
     stale_interfaces,
 )
@@ -202,7 +202,7 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
     else:
         # Release needs only the UUID: garbage in the metadata must not keep
         # a domain's taps alive.
-        root = parse_xml(data, what)
+        root = parse_domain(data, what)
         release(call, (root.findtext("name") or call.domain).strip(), domain_uuid(root))
     return 0
 
