@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from vmnet import fault
 from vmnet.errors import VmnetError
@@ -12,15 +13,20 @@ from vmnet.steps import Step
 log = logging.getLogger("vmnet")
 
 
-def apply_steps(k: Kernel, steps: list[Step]) -> None:
+def apply_steps(k: Kernel, steps: list[Step],
+                progress: Callable[[int, int], None] | None = None) -> None:
     """Run `steps`; if one fails, undo the ones done, then re-raise."""
     done: list[Step] = []
+    debug = log.isEnabledFor(logging.DEBUG)
     try:
-        for step in steps:
+        for i, step in enumerate(steps):
             fault.point(f"step:{type(step).__name__}")
-            log.debug("%s", step.ip())
+            if debug:
+                log.debug("%s", step.ip())
             step.run(k)
             done.append(step)
+            if progress is not None:
+                progress(i + 1, len(steps))
     except BaseException:
         rollback(k, done)
         raise

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -128,9 +129,10 @@ def up(g: Globals, /, vms: tuple[str, ...], all_vms: bool, dry_run: bool, **kw: 
     names = _names(vms, all_vms, cfg)
     ov = overrides(kw)
     models = [resolve_vm(cfg, n, ov) for n in names]
-    ctx = g.context()
-    for vm in models:
-        res = ops.up(ctx, vm, dry_run=dry_run)
+    with _progress(len(models)) as bar:
+        results = ops.up_many(g.context(), models, dry_run=dry_run, progress=bar)
+    for res in results:
+        vm = res.vm
         if dry_run:
             click.echo(f"# {vm.name}: planned steps" + ("" if res.plan.steps else " (none)"))
             for s in res.plan.steps:
@@ -144,6 +146,19 @@ def up(g: Globals, /, vms: tuple[str, ...], all_vms: bool, dry_run: bool, **kw: 
             click.echo(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
                        f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
         click.echo("QEMU options: " + " ".join(_shell(a) for a in vm_args(vm)))
+
+
+@contextlib.contextmanager
+def _progress(vms: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on a terminal for long bulk runs; nothing otherwise."""
+    if vms < 20 or not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=1, label="vmnet", file=sys.stderr) as bar:
+        def update(done: int, total: int) -> None:
+            bar.length = total
+            bar.update(done - bar.pos)
+        yield update
 
 
 def _shell(word: str) -> str:
@@ -188,21 +203,24 @@ def down(g: Globals, vms: tuple[str, ...], all_vms: bool, force: bool, dry_run: 
         validate.vm_name(n)
     if not names:
         click.echo("nothing to do")
-    for n in names:
-        res = ops.down(ctx, n, force=force, dry_run=dry_run)
-        for note in res.plan.skipped:
-            click.echo(f"{n}: {note}", err=True)
-        if dry_run:
-            click.echo(f"# {n}: planned steps" + ("" if res.plan.steps else " (none)"))
-            for s in res.plan.steps:
-                click.echo(s.ip())
-        elif res.plan.noop and not res.had_record:
-            click.echo(f"{n}: nothing to do")
-        else:
-            gone = ", ".join(res.plan.taps) or "no taps left"
-            extra = f"; bridge {', '.join(res.plan.drop_bridges)} released" \
-                if res.plan.drop_bridges else ""
-            click.echo(f"{n}: removed {gone}{extra}")
+        return
+    with _progress(len(names)) as bar:
+        res = ops.down_many(ctx, names, force=force, dry_run=dry_run, progress=bar)
+    for note in res.plan.skipped:
+        click.echo(f"vmnet: {note}", err=True)
+    if dry_run:
+        click.echo(f"# {res.vm}: planned steps" + ("" if res.plan.steps else " (none)"))
+        for s in res.plan.steps:
+            click.echo(s.ip())
+    elif res.plan.noop and not res.had_record:
+        click.echo(f"{res.vm}: nothing to do")
+    else:
+        gone = ", ".join(res.plan.taps[:20]) + (f" and {len(res.plan.taps) - 20} more"
+                                               if len(res.plan.taps) > 20 else "")
+        extra = f"; bridge {', '.join(res.plan.drop_bridges)} released" \
+            if res.plan.drop_bridges else ""
+        click.echo(f"{res.vm if len(names) < 20 else f'{len(names)} VMs'}: removed "
+                   f"{gone or 'no taps left'}{extra}")
 
 
 # Command modules register themselves on `main` when imported.

@@ -22,9 +22,9 @@ from vmnet.plan import (
     DownPlan,
     Observed,
     UpPlan,
-    plan_down,
+    plan_down_many,
     plan_release_bridges,
-    plan_up,
+    plan_up_many,
     uplinks_to_check,
 )
 from vmnet.state import DEFAULT_STATE_DIR, Proc, StateStore, VmRecord
@@ -100,47 +100,76 @@ def up(ctx: Context, vm: Vm, *, mode: str = "up", dry_run: bool = False,
     refuse_held: fail if one of the VM's taps already has a holder (the
     libvirt hook: at `prepare` nobody may hold the taps libvirt will open).
     """
+    return up_many(ctx, [vm], mode=mode, dry_run=dry_run, holder=holder,
+                   domain_uuid=domain_uuid, refuse_held=refuse_held)[0]
+
+
+def up_many(ctx: Context, vms: list[Vm], *, mode: str = "up", dry_run: bool = False,
+            holder: Proc | None = None, domain_uuid: str | None = None,
+            refuse_held: bool = False,
+            progress: Callable[[int, int], None] | None = None) -> list[UpResult]:
+    """Give several VMs their network in one transaction: all of them, or none.
+
+    One lock, one link dump, one plan; a refusal (naming the VM) or a failed
+    step undoes everything this call did.
+    """
     if not dry_run:
         require_net_admin()
     store = ctx.store()
     k = ctx.kernel()
     with store.locked(ctx.lock_timeout):
-        obs = observe(k, [vm])
-        plan = plan_up(vm, obs, store.vms(), store.bridges())
-        prev = store.get_vm(vm.name)
-        if prev is not None and domain_uuid is not None and prev.domain_uuid not in (
-                None, domain_uuid):
-            raise ConflictError(f"VM {vm.name!r} belongs to libvirt domain "
-                                f"{prev.domain_uuid}, not {domain_uuid}",
-                                hint="two domains must not name the same vmnet VM")
-        if refuse_held:
-            _refuse_held(vm, obs)
+        obs = observe(k, vms)
+        records = store.vms()
+        plans = plan_up_many(vms, obs, records, store.bridges())
+        prevs = {vm.name: records.get(vm.name) for vm in vms}
+        for vm in vms:
+            prev = prevs[vm.name]
+            if prev is not None and domain_uuid is not None and prev.domain_uuid not in (
+                    None, domain_uuid):
+                raise ConflictError(f"VM {vm.name!r} belongs to libvirt domain "
+                                    f"{prev.domain_uuid}, not {domain_uuid}",
+                                    hint="two domains must not name the same vmnet VM")
+            if refuse_held:
+                _refuse_held(vm, obs)
         if dry_run:
-            return UpResult(vm, plan, prev)
-        if any(isinstance(s, CreateTap) for s in plan.steps) and \
-                not os.path.exists(ctx.tun_path):
+            return [UpResult(p.vm, p, prevs[p.vm.name]) for p in plans]
+        steps = [s for p in plans for s in p.steps]
+        if any(isinstance(s, CreateTap) for s in steps) and not os.path.exists(ctx.tun_path):
             raise NotFoundError(f"{ctx.tun_path} does not exist",
                                 hint="load the tun module (modprobe tun) or create the node: "
                                      "mknod /dev/net/tun c 10 200")
-        old_bridges = {b.bridge: store.get_bridge(b.bridge) for b in plan.changed_bridges}
+        changed = [b for p in plans for b in p.changed_bridges]
+        new_bridges = [b for p in plans for b in p.new_bridges]
+        old_bridges = {b.bridge: store.get_bridge(b.bridge) for b in changed}
         me = Proc.me()
-        for b in (*plan.new_bridges, *plan.changed_bridges):
+        for b in (*new_bridges, *changed):
             store.put_bridge(dataclasses.replace(b, writer=me))
-        rec = VmRecord(vm=vm.name, mode=mode, phase="applying", writer=me, nics=plan.nics,
-                       holder=holder or (prev.holder if prev else None),
-                       domain_uuid=domain_uuid or (prev.domain_uuid if prev else None))
-        if prev is not None and prev.mode != "up" and mode == "up":
-            rec.mode = prev.mode
-        store.put_vm(rec)
+        recs = []
+        for p in plans:
+            prev = prevs[p.vm.name]
+            rec = VmRecord(vm=p.vm.name, mode=mode, phase="applying", writer=me, nics=p.nics,
+                           holder=holder or (prev.holder if prev else None),
+                           domain_uuid=domain_uuid or (prev.domain_uuid if prev else None))
+            if prev is not None and prev.mode != "up" and mode == "up":
+                rec.mode = prev.mode
+            if p.noop and prev is not None and prev.phase == "ready" and prev.nics == rec.nics \
+                    and (prev.mode, prev.holder, prev.domain_uuid) == (
+                        rec.mode, rec.holder, rec.domain_uuid):
+                recs.append(prev)
+                continue
+            store.put_vm(rec)
+            recs.append(rec)
         fault.point("up:recorded")
         try:
-            apply_steps(k, plan.steps)
+            apply_steps(k, steps, progress=progress)
         except BaseException:
-            if prev is not None:
-                store.put_vm(prev)
-            else:
-                store.drop_vm(vm.name)
-            for b in plan.new_bridges:
+            for p in plans:
+                prev = prevs[p.vm.name]
+                if prev is not None:
+                    store.put_vm(prev)
+                else:
+                    store.drop_vm(p.vm.name)
+            for b in new_bridges:
                 store.drop_bridge(b.bridge)
             for old in old_bridges.values():
                 if old is not None:
@@ -148,9 +177,11 @@ def up(ctx: Context, vm: Vm, *, mode: str = "up", dry_run: bool = False,
             store.cleanup_dir()
             raise
         fault.point("up:applied")
-        rec.phase = "ready"
-        store.put_vm(rec)
-        return UpResult(vm, plan, rec)
+        for rec in recs:
+            if rec.phase != "ready":
+                rec.phase = "ready"
+                store.put_vm(rec)
+        return [UpResult(p.vm, p, rec) for p, rec in zip(plans, recs, strict=True)]
 
 
 def _refuse_held(vm: Vm, obs: Observed) -> None:
@@ -176,44 +207,63 @@ class DownResult:
 def down(ctx: Context, name: str, *, force: bool = False, dry_run: bool = False,
          domain_uuid: str | None = None) -> DownResult:
     """Remove `name`'s taps and the bridges nothing uses any more (idempotent)."""
+    return down_many(ctx, [name], force=force, dry_run=dry_run, domain_uuid=domain_uuid)
+
+
+def down_many(ctx: Context, names: list[str], *, force: bool = False, dry_run: bool = False,
+              domain_uuid: str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> DownResult:
+    """Remove several VMs' networks: one dump, one grouped delete of all their taps.
+
+    A held tap refuses the whole batch before any change (unless force).
+    """
     if not dry_run:
         require_net_admin()
     store = ctx.store()
     with store.locked(ctx.lock_timeout):
-        rec = store.get_vm(name)
-        if rec is not None and domain_uuid is not None and rec.domain_uuid not in (
-                None, domain_uuid):
-            raise ConflictError(f"VM {name!r} belongs to libvirt domain {rec.domain_uuid}; "
-                                f"domain {domain_uuid} may not tear it down")
-        return _teardown(ctx, store, name, rec, force=force, dry_run=dry_run)
+        records = store.vms()
+        batch = {n: records.get(n) for n in names}
+        for name, rec in batch.items():
+            if rec is not None and domain_uuid is not None and rec.domain_uuid not in (
+                    None, domain_uuid):
+                raise ConflictError(f"VM {name!r} belongs to libvirt domain "
+                                    f"{rec.domain_uuid}; domain {domain_uuid} may not tear "
+                                    "it down")
+        return _teardown(ctx, store, batch, records, force=force, dry_run=dry_run,
+                         progress=progress)
 
 
-def _teardown(ctx: Context, store: StateStore, name: str, rec: VmRecord | None, *,
-              force: bool, dry_run: bool = False) -> DownResult:
-    """Plan and apply a VM's removal; the caller holds the lock."""
+def _teardown(ctx: Context, store: StateStore, batch: dict[str, VmRecord | None],
+              records: dict[str, VmRecord], *, force: bool, dry_run: bool = False,
+              progress: Callable[[int, int], None] | None = None) -> DownResult:
+    """Plan and apply the removal of `batch`; the caller holds the lock."""
     from vmnet.holders import tap_holders
 
     k = ctx.kernel()
     snap = k.snapshot()
-    busy = {n.tap for n in (rec.nics if rec else [])
+    busy = {n.tap for rec in batch.values() for n in (rec.nics if rec else [])
             if (lk := snap.get(n.tap)) is not None and lk.carrier}
     holders = tap_holders(busy) if busy and not force else {}
-    plan = plan_down(name, rec, snap, store.vms(), store.bridges(), force=force,
-                     holders=holders)
-    if dry_run or (plan.noop and rec is None):
-        return DownResult(name, plan, rec is not None)
-    if rec is not None:
-        rec.phase = "removing"
-        rec.writer = Proc.me()
-        store.put_vm(rec)
+    plan = plan_down_many(batch, snap, records, store.bridges(), force=force, holders=holders)
+    had = any(r is not None for r in batch.values())
+    name = ",".join(batch)
+    if dry_run or (plan.noop and not had):
+        return DownResult(name, plan, had)
+    me = Proc.me()
+    for rec in batch.values():
+        if rec is not None:
+            rec.phase = "removing"
+            rec.writer = me
+            store.put_vm(rec)
     fault.point("down:recorded")
-    apply_steps(k, plan.steps)
+    apply_steps(k, plan.steps, progress=progress)
     fault.point("down:applied")
-    store.drop_vm(name)
+    for vm in batch:
+        store.drop_vm(vm)
     for b in plan.drop_bridges:
         store.drop_bridge(b)
     store.cleanup_dir()
-    return DownResult(name, plan, rec is not None)
+    return DownResult(name, plan, had)
 
 
 @dataclass
@@ -272,7 +322,7 @@ def gc(ctx: Context, *, dry_run: bool = False,
                 continue
             report.cleared.append(f"{name}: {reason}")
             if not dry_run:
-                _teardown(ctx, store, name, rec, force=True)
+                _teardown(ctx, store, {name: rec}, store.vms(), force=True)
                 snap = k.snapshot()
         records = store.vms()
         used = {n.bridge for r in records.values() for n in r.nics}

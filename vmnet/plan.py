@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vmnet import validate as v
-from vmnet.errors import ConflictError, InputError, NotFoundError
+from vmnet.errors import ConflictError, InputError, NotFoundError, VmnetError
 from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec
 from vmnet.model import Network, Nic, Vm, bridge_mark, nic_mark
 from vmnet.state import BridgeRecord, NicRecord, VmRecord
@@ -33,6 +33,22 @@ class Observed:
     snapshot: Snapshot
     uplink_addresses: dict[str, list[str]] = field(default_factory=dict)
     default_route_devices: frozenset[str] = frozenset()
+
+
+class Claims:
+    """What other VMs' records hold: tap names and MACs per bridge (indexed once)."""
+
+    def __init__(self, records: dict[str, VmRecord], exclude: str | None = None) -> None:
+        self.taps: dict[str, str] = {}
+        self.macs: dict[tuple[str, str], str] = {}
+        for name, r in records.items():
+            if name != exclude:
+                self.add(name, r.nics)
+
+    def add(self, vm: str, nics: list[NicRecord]) -> None:
+        for n in nics:
+            self.taps[n.tap] = vm
+            self.macs[(n.bridge, n.mac)] = vm
 
 
 @dataclass
@@ -143,8 +159,10 @@ def _plan_network(net: Network, obs: Observed, bridges: dict[str, BridgeRecord],
 
 
 def plan_up(vm: Vm, obs: Observed, records: dict[str, VmRecord],
-            bridges: dict[str, BridgeRecord]) -> UpPlan:
+            bridges: dict[str, BridgeRecord], claims: Claims | None = None) -> UpPlan:
     """Steps that give `vm` its network; raises before any change if refused."""
+    if claims is None:
+        claims = Claims(records, exclude=vm.name)
     snap = obs.snapshot
     steps: list[Step] = []
     new: list[BridgeRecord] = []
@@ -152,17 +170,16 @@ def plan_up(vm: Vm, obs: Observed, records: dict[str, VmRecord],
     for net in {n.network.bridge: n.network for n in vm.nics}.values():
         _plan_network(net, obs, bridges, steps, new, changed)
 
-    others = {name: r for name, r in records.items() if name != vm.name}
     new_ports: dict[str, int] = {}
     nic_records: list[NicRecord] = []
     taps_in_plan: set[str] = set()
     for nic in vm.nics:
         bridge = nic.network.bridge
-        _check_mac(vm, nic, others, snap)
-        for name, r in others.items():
-            if any(n.tap == nic.tap for n in r.nics):
-                raise ConflictError(f"tap {nic.tap!r} already belongs to VM {name!r}",
-                                    ifname=nic.tap, hint="give this NIC another tap name")
+        _check_mac(vm, nic, claims, snap)
+        owner = claims.taps.get(nic.tap)
+        if owner is not None and owner != vm.name:
+            raise ConflictError(f"tap {nic.tap!r} already belongs to VM {owner!r}",
+                                ifname=nic.tap, hint="give this NIC another tap name")
         link = snap.get(nic.tap)
         br = snap.get(bridge)
         mtu = nic.mtu or nic.network.mtu or (br.mtu if br else None)
@@ -195,17 +212,59 @@ def plan_up(vm: Vm, obs: Observed, records: dict[str, VmRecord],
                   changed_bridges=changed)
 
 
-def _check_mac(vm: Vm, nic: Nic, others: dict[str, VmRecord], snap: Snapshot) -> None:
+def plan_up_many(vms: list[Vm], obs: Observed, records: dict[str, VmRecord],
+                 bridges: dict[str, BridgeRecord]) -> list[UpPlan]:
+    """Plans for several VMs at once, each seeing what the ones before it will create.
+
+    Any refusal refuses the whole batch (the error names the VM).
+    """
+    snap = Snapshot(dict(obs.snapshot.links))
+    names = {vm.name for vm in vms}
+    claims = Claims({k: r for k, r in records.items() if k not in names})
+    bridges = dict(bridges)
+    plans: list[UpPlan] = []
+    fake = -1
+    for vm in vms:
+        if vm.name in {p.vm.name for p in plans}:
+            raise InputError(f"VM {vm.name!r} is named twice")
+        try:
+            plan = plan_up(vm, Observed(snap, obs.uplink_addresses, obs.default_route_devices),
+                           records, bridges, claims)
+        except VmnetError as e:
+            e.message = f"VM {vm.name!r}: {e.message}"
+            raise
+        plans.append(plan)
+        # What this plan creates, as the next plans will see it.
+        for b in (*plan.new_bridges, *plan.changed_bridges):
+            bridges[b.bridge] = b
+        for step in plan.steps:
+            if isinstance(step, CreateBridge):
+                snap.add(LinkInfo(index=fake, name=step.name, kind="bridge", mac=step.mac,
+                                  mtu=step.mtu or 1500, up=True, carrier=False, master=None,
+                                  alias=step.alias))
+                fake -= 1
+            elif isinstance(step, CreateTap):
+                br = snap.get(next(n.bridge for n in plan.nics if n.tap == step.spec.name))
+                snap.add(LinkInfo(index=fake, name=step.spec.name, kind="tun",
+                                  mac=step.spec.mac, mtu=step.spec.mtu or 1500, up=True,
+                                  carrier=False, master=br.index if br else None,
+                                  alias=step.spec.alias))
+                fake -= 1
+        claims.add(vm.name, plan.nics)
+    return plans
+
+
+def _check_mac(vm: Vm, nic: Nic, claims: Claims, snap: Snapshot) -> None:
     bridge = nic.network.bridge
-    for name, r in others.items():
-        for n in r.nics:
-            if n.bridge == bridge and n.mac == nic.mac:
-                raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} is already "
-                                    f"used by VM {name!r} on bridge {bridge!r}",
-                                    hint="give a different --mac")
-    br = snap.get(bridge)
-    if br is None:
-        return
+    other = claims.macs.get((bridge, nic.mac))
+    if other is not None and other != vm.name:
+        raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} is already "
+                            f"used by VM {other!r} on bridge {bridge!r}",
+                            hint="give a different --mac")
+    link = snap.get(nic.tap)
+    if link is not None and snap.get(bridge) is not None and \
+            link.master == snap.links[bridge].index:
+        return  # our own port, checked when it was made
     for port in snap.ports(bridge):
         if port.name != nic.tap and port.mac in (nic.mac, nic.tap_mac):
             raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} collides with "
@@ -244,39 +303,53 @@ def plan_down(vm: str, rec: VmRecord | None, snap: Snapshot, records: dict[str, 
               bridges: dict[str, BridgeRecord], *, force: bool = False,
               holders: dict[str, list[str]] | None = None) -> DownPlan:
     """Steps that remove `vm`'s taps and the bridges nothing uses any more."""
+    return plan_down_many({vm: rec}, snap, records, bridges, force=force, holders=holders)
+
+
+def plan_down_many(batch: dict[str, VmRecord | None], snap: Snapshot,
+                   records: dict[str, VmRecord], bridges: dict[str, BridgeRecord], *,
+                   force: bool = False, holders: dict[str, list[str]] | None = None) -> DownPlan:
+    """Remove several VMs' taps in one grouped delete, then release unused bridges.
+
+    Refuses the whole batch, before any change, if a tap is held (unless force).
+    """
     taps: list[str] = []
     skipped: list[str] = []
     used_bridges: set[str] = set()
-    if rec is not None:
-        for n in rec.nics:
-            used_bridges.add(n.bridge)
-            link = snap.get(n.tap)
-            if link is None:
-                continue
-            if not is_our_tap(link, vm, n.index, n.owner):
-                skipped.append(f"{n.tap}: exists but is not vmnet's tap for {vm} "
-                               "(mark/kind/owner differ); left alone")
-                continue
-            taps.append(n.tap)
-    else:
-        for link in find_marked_taps(vm, snap):
-            taps.append(link.name)
-            br = snap.by_index(link.master)
-            if br is not None:
-                used_bridges.add(br.name)
+    for vm, rec in batch.items():
+        if rec is not None:
+            for n in rec.nics:
+                used_bridges.add(n.bridge)
+                link = snap.get(n.tap)
+                if link is None:
+                    continue
+                if not is_our_tap(link, vm, n.index, n.owner):
+                    skipped.append(f"{n.tap}: exists but is not vmnet's tap for {vm} "
+                                   "(mark/kind/owner differ); left alone")
+                    continue
+                taps.append(n.tap)
+        else:
+            for link in find_marked_taps(vm, snap):
+                taps.append(link.name)
+                br = snap.by_index(link.master)
+                if br is not None:
+                    used_bridges.add(br.name)
     busy = [t for t in taps if snap.links[t].carrier]
     if busy and not force:
         who = "; ".join(f"{t} held by {', '.join((holders or {}).get(t, [])) or 'a process'}"
-                        for t in busy)
-        raise ConflictError(f"VM {vm!r} is still running: {who}",
+                        for t in busy[:5]) + (f" (+{len(busy) - 5} more)" if len(busy) > 5
+                                              else "")
+        names = sorted({vm for vm, rec in batch.items() for n in (rec.nics if rec else [])
+                        if n.tap in busy}) or sorted(batch)
+        raise ConflictError(f"VM {', '.join(repr(n) for n in names)} still running: {who}",
                             ifname=busy[0], hint="stop the VM first, or use --force")
-    others = {name: r for name, r in records.items() if name != vm}
+    others = {name: r for name, r in records.items() if name not in batch}
     rel = plan_release_bridges(used_bridges, taps, snap, others, bridges)
     steps: list[Step] = []
     if taps:
         steps.append(DeleteLinks(tuple(taps)))
     steps.extend(rel.steps)
-    return DownPlan(vm=vm, steps=steps, taps=taps, drop_bridges=rel.drop,
+    return DownPlan(vm=",".join(batch), steps=steps, taps=taps, drop_bridges=rel.drop,
                     kept_bridges=rel.kept, skipped=skipped + rel.skipped)
 
 

@@ -3,7 +3,10 @@
 Layout: STATE_DIR/ns-<inode>/{lock, vms/<vm>.json, bridges/<bridge>.json}.
 
 Store choice: plain JSON files, each replaced atomically (write temp file,
-fsync, rename), and one flock(2) per namespace held for a whole transaction.
+rename), and one flock(2) per namespace held for a whole transaction.  No
+fsync: the records describe kernel objects that do not survive a reboot
+either, so only a crash of the process matters, and rename(2) is atomic
+against that.
 Why not SQLite: the records are few and small, must be readable by a person
 at 3 a.m. (`cat /run/vmnet/...`), and flock is released by the kernel when a
 holder dies, even by SIGKILL, so a crash never leaves a stale lock.  Lock
@@ -212,7 +215,6 @@ class StateStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(data, sort_keys=True).encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -56,28 +56,31 @@ class TapSpec:
     alias: str
 
 
-@dataclass
 class Snapshot:
-    """Links of the namespace from one dump, with lookups by name and index."""
+    """Links of the namespace from one dump, indexed by name, index and master."""
 
-    links: dict[str, LinkInfo] = field(default_factory=dict)
+    def __init__(self, links: dict[str, LinkInfo] | None = None) -> None:
+        self.links: dict[str, LinkInfo] = {}
+        self._by_index: dict[int, LinkInfo] = {}
+        self._ports: dict[int, list[LinkInfo]] = {}
+        for link in (links or {}).values():
+            self.add(link)
+
+    def add(self, link: LinkInfo) -> None:
+        self.links[link.name] = link
+        self._by_index[link.index] = link
+        if link.master is not None:
+            self._ports.setdefault(link.master, []).append(link)
 
     def by_index(self, index: int | None) -> LinkInfo | None:
-        if index is None:
-            return None
-        for link in self.links.values():
-            if link.index == index:
-                return link
-        return None
+        return None if index is None else self._by_index.get(index)
 
     def get(self, name: str) -> LinkInfo | None:
         return self.links.get(name)
 
     def ports(self, bridge: str) -> list[LinkInfo]:
         br = self.links.get(bridge)
-        if br is None:
-            return []
-        return [lk for lk in self.links.values() if lk.master == br.index]
+        return [] if br is None else list(self._ports.get(br.index, []))
 
 
 class Kernel(Protocol):
