@@ -7,10 +7,12 @@ the model it returns is plain data.
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -226,6 +228,11 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
 
 # -- users ---------------------------------------------------------------
 def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
+    return _resolve_user(value, what)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_user(value: str, what: str) -> tuple[int, str]:
     if value.isdigit():
         uid = int(value)
         if uid > 0xFFFFFFFE:
@@ -243,6 +250,11 @@ def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
 
 
 def resolve_group(value: str, what: str = "--group") -> int:
+    return _resolve_group(value, what)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_group(value: str, what: str) -> int:
     if value.isdigit():
         gid = int(value)
         if gid > 0xFFFFFFFE:
@@ -255,7 +267,7 @@ def resolve_group(value: str, what: str = "--group") -> int:
                             hint="give an existing group name or a numeric gid") from None
 
 
-def invoking_user(env: dict[str, str]) -> str:
+def invoking_user(env: Mapping[str, str]) -> str:
     """SUDO_USER when run through sudo, else the caller (root for vmnet's usual use)."""
     sudo = env.get("SUDO_USER")
     if sudo and sudo != "root":
@@ -281,10 +293,10 @@ def _network_for(cfg: Config, name: str | None, ov: Overrides) -> Network:
 
 
 def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
-               env: dict[str, str] | None = None) -> Vm:
+               env: Mapping[str, str] | None = None) -> Vm:
     """Build the validated Vm for `name` from config, overrides and defaults."""
     ov = ov or Overrides()
-    env = dict(os.environ) if env is None else env
+    env = os.environ if env is None else env
     v.vm_name(name)
     spec = cfg.vms.get(name, VmSpec())
     if ov.nics is not None:

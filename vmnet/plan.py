@@ -172,7 +172,6 @@ def plan_up(vm: Vm, obs: Observed, records: dict[str, VmRecord],
 
     new_ports: dict[str, int] = {}
     nic_records: list[NicRecord] = []
-    taps_in_plan: set[str] = set()
     for nic in vm.nics:
         bridge = nic.network.bridge
         _check_mac(vm, nic, claims, snap)
@@ -196,14 +195,13 @@ def plan_up(vm: Vm, obs: Observed, records: dict[str, VmRecord],
             if br is None or link.master != br.index or not link.up:
                 steps.append(AttachTap(nic.tap, bridge))
             continue
-        taps_in_plan.add(nic.tap)
         new_ports[bridge] = new_ports.get(bridge, 0) + 1
         steps.append(CreateTap(TapSpec(name=nic.tap, owner=vm.uid, group=vm.gid,
                                        multi_queue=nic.multi_queue, mac=nic.tap_mac,
                                        mtu=mtu, alias=vm.mark(nic))))
         steps.append(AttachTap(nic.tap, bridge))
     for bridge, count in new_ports.items():
-        have = len(snap.ports(bridge))
+        have = snap.port_count(bridge)
         if have + count > v.MAX_BRIDGE_PORTS:
             raise ConflictError(f"bridge {bridge!r} would have {have + count} ports; a Linux "
                                 f"bridge holds at most {v.MAX_BRIDGE_PORTS}", ifname=bridge,
@@ -223,10 +221,12 @@ def plan_up_many(vms: list[Vm], obs: Observed, records: dict[str, VmRecord],
     claims = Claims({k: r for k, r in records.items() if k not in names})
     bridges = dict(bridges)
     plans: list[UpPlan] = []
+    seen: set[str] = set()
     fake = -1
     for vm in vms:
-        if vm.name in {p.vm.name for p in plans}:
+        if vm.name in seen:
             raise InputError(f"VM {vm.name!r} is named twice")
+        seen.add(vm.name)
         try:
             plan = plan_up(vm, Observed(snap, obs.uplink_addresses, obs.default_route_devices),
                            records, bridges, claims)
@@ -265,11 +265,11 @@ def _check_mac(vm: Vm, nic: Nic, claims: Claims, snap: Snapshot) -> None:
     if link is not None and snap.get(bridge) is not None and \
             link.master == snap.links[bridge].index:
         return  # our own port, checked when it was made
-    for port in snap.ports(bridge):
-        if port.name != nic.tap and port.mac in (nic.mac, nic.tap_mac):
-            raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} collides with "
-                                f"port {port.name!r} of bridge {bridge!r}",
-                                hint="give a different --mac")
+    macs = snap.port_macs(bridge)
+    if nic.mac in macs or nic.tap_mac in macs:
+        port = next(p.name for p in snap.ports(bridge) if p.mac in (nic.mac, nic.tap_mac))
+        raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} collides with "
+                            f"port {port!r} of bridge {bridge!r}", hint="give a different --mac")
 
 
 def _check_existing_tap(vm: Vm, nic: Nic, link: LinkInfo) -> None:

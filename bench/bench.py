@@ -1,0 +1,231 @@
+"""vmnet against the `ip` baselines, measured in the same run, in a throwaway namespace.
+
+    python bench/bench.py [--sizes 10,100,1000] [--repeat 3]
+
+Prints, for each N: vmnet's bulk up/down whole-process time, the baseline's
+(`ip -batch` doing the same work: tap with owner, MAC, MTU, alias, master,
+up; grouped `ip link del`), their ratio, the per-NIC cost growth from the
+smallest to the largest N, the hot paths' whole-process time against the
+equivalent three `ip` commands, and the peak memory (max RSS) of the largest
+bulk up.  Ratios, not absolute times, are the result: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+# vmnet's state lives in /run, a tmpfs on every systemd host; use a tmpfs here too.
+STATE_ROOT = "/dev/shm"
+TARGETS = {"bulk_up": 1.5, "bulk_down": 1.5, "growth": 1.3, "hot": 3.0, "rss_mb": 100.0}
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None,
+        check: bool = True) -> tuple[float, int]:
+    """Whole-process wall time (s) and peak RSS (KiB) of one command."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         env={**os.environ, **(env or {})})
+    _pid, status, usage = os.wait4(p.pid, 0)
+    dt = time.perf_counter() - t0
+    err = p.stderr.read().decode() if p.stderr else ""
+    if p.stderr:
+        p.stderr.close()
+    if check and status != 0:
+        raise RuntimeError(f"{argv[:6]} failed: {err}")
+    return dt, usage.ru_maxrss
+
+
+@contextmanager
+def netns() -> Iterator[str]:
+    name = f"vmbench-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def median(f: Callable[[], float], repeat: int) -> float:
+    return statistics.median(f() for _ in range(repeat))
+
+
+def vmnet(ns: str, state: str, cfg: str, *args: str) -> list[str]:
+    return [PY, "-m", "vmnet", "--netns", ns, "--state-dir", state, "--config", cfg, *args]
+
+
+def write_config(path: str, n: int) -> None:
+    with open(path, "w") as f:
+        f.write('[defaults]\nnetwork = "b"\n[networks.b]\nbridge = "vbr0"\n')
+        for i in range(n):
+            f.write(f'[vms.v{i}]\nuser = "0"\n')
+
+
+def baseline_batch(path: str, n: int, *, group: int = 0) -> None:
+    with open(path, "w") as f:
+        f.write("link add vbr0 type bridge\nlink set vbr0 up\n")
+        for i in range(n):
+            tap = f"v{i}-0"
+            mac = f"fe:54:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+            f.write(f"tuntap add dev {tap} mode tap user 0\n")
+            f.write(f"link set {tap} address {mac} mtu 1500 alias vmnet:v{i}:0"
+                    f"{' group %d' % group if group else ''}\n")
+            f.write(f"link set {tap} master vbr0 up\n")
+
+
+def bulk(n: int, repeat: int, tmp: str) -> dict[str, float]:
+    cfg = os.path.join(tmp, f"cfg{n}.toml")
+    write_config(cfg, n)
+    batch = os.path.join(tmp, f"batch{n}")
+    baseline_batch(batch, n, group=7)
+    res: dict[str, list[float]] = {k: [] for k in ("up", "down", "ip_up", "ip_del", "t0",
+                                                   "rss")}
+    for _ in range(repeat):
+        with netns() as ns:
+            state = tempfile.mkdtemp(dir=STATE_ROOT)
+            t, _ = run(vmnet(ns, state, cfg, "down", "--all"))
+            res["t0"].append(t)
+            t, rss = run(vmnet(ns, state, cfg, "up", "--all"))
+            res["up"].append(t)
+            res["rss"].append(rss / 1024)
+            t, _ = run(vmnet(ns, state, cfg, "down", "--all"))
+            res["down"].append(t)
+            left = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True,
+                                  text=True).stdout.count("\n")
+            assert left == 1, f"vmnet down --all left {left - 1} links"
+        with netns() as ns:
+            t, _ = run(["ip", "-n", ns, "-batch", batch])
+            res["ip_up"].append(t)
+            t, _ = run(["ip", "-n", ns, "link", "del", "group", "7"])
+            res["ip_del"].append(t)
+    return {k: statistics.median(v) for k, v in res.items()}
+
+
+def one_at_a_time_delete(n: int, tmp: str) -> float:
+    batch = os.path.join(tmp, "single")
+    baseline_batch(batch, n)
+    dels = os.path.join(tmp, "dels")
+    with open(dels, "w") as f:
+        for i in range(n):
+            f.write(f"link del v{i}-0\n")
+    with netns() as ns:
+        run(["ip", "-n", ns, "-batch", batch])
+        t, _ = run(["ip", "-n", ns, "-batch", dels])
+    return t / n
+
+
+def three_ip(ns: str, tap: str, create: bool) -> float:
+    t0 = time.perf_counter()
+    if create:
+        subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", tap, "mode", "tap", "user", "0"],
+                       check=True)
+    else:
+        subprocess.run(["ip", "-n", ns, "link", "set", tap, "mtu", "1500"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", tap, "master", "vbr0"], check=True)
+    subprocess.run(["ip", "-n", ns, "link", "set", tap, "up"], check=True)
+    return time.perf_counter() - t0
+
+
+def hot_paths(repeat: int, tmp: str) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    cfg = os.path.join(tmp, "hot.toml")
+    write_config(cfg, 0)
+    with netns() as ns:
+        state = tempfile.mkdtemp(dir=tmp)
+        subprocess.run(["ip", "-n", ns, "link", "add", "vbr0", "type", "bridge"], check=True)
+        # vmnet up VM when its network exists
+        ups, ips = [], []
+        for i in range(repeat):
+            ups.append(run(vmnet(ns, state, cfg, "up", f"h{i}", "--bridge", "vbr0"))[0])
+            ips.append(three_ip(ns, f"i{i}", create=True))
+        out["vmnet up VM (network exists)"] = (statistics.median(ups), statistics.median(ips))
+        # qemu ifup script on a tap QEMU created
+        ifup = shutil.which("vmnet-qemu-ifup", path=os.path.dirname(PY))
+        if ifup:
+            ups, ips = [], []
+            for i in range(repeat):
+                tap = f"q{i}"
+                subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"],
+                               check=True)
+                ups.append(run(["ip", "netns", "exec", ns, ifup, tap],
+                               env={"VMNET_STATE_DIR": state, "VMNET_CONFIG": cfg,
+                                    "VMNET_BRIDGE": "vbr0"})[0])
+                subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", f"r{i}", "mode", "tap"],
+                               check=True)
+                ips.append(three_ip(ns, f"r{i}", create=False))
+            # `ip netns exec` costs the same on both sides; measure it and take it off
+            nsx = median(lambda: run(["ip", "netns", "exec", ns, "true"])[0], repeat)
+            out["qemu ifup script"] = (statistics.median(ups) - nsx, statistics.median(ips))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10,100,1000")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--single-delete-n", type=int, default=100)
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench needs root (it makes a network namespace)")
+    sizes = [int(s) for s in a.sizes.split(",")]
+    tmp = tempfile.mkdtemp(prefix="vmnet-bench-")
+    try:
+        print(f"{'N':>6} {'vmnet up':>9} {'ip -batch':>9} {'ratio':>6}   "
+              f"{'vmnet down':>10} {'ip del grp':>10} {'ratio':>6}   {'T0':>6} {'RSS MB':>7}")
+        rows = {}
+        for n in sizes:
+            r = bulk(n, a.repeat, tmp)
+            rows[n] = r
+            print(f"{n:>6} {r['up'] * 1e3:>8.0f}ms {r['ip_up'] * 1e3:>8.0f}ms "
+                  f"{r['up'] / r['ip_up']:>6.2f}   {r['down'] * 1e3:>9.0f}ms "
+                  f"{r['ip_del'] * 1e3:>9.0f}ms {r['down'] / r['ip_del']:>6.2f}   "
+                  f"{r['t0'] * 1e3:>5.0f}ms {r['rss']:>7.1f}")
+        lo, hi = min(sizes), max(sizes)
+
+        def per_nic(n: int, key: str) -> float:
+            return (rows[n][key] - rows[n]["t0"]) / n
+
+        growth_up = per_nic(hi, "up") / per_nic(lo, "up")
+        growth_down = per_nic(hi, "down") / per_nic(lo, "down")
+        print(f"per-NIC cost (T(N)-T(0))/N: up {per_nic(lo, 'up') * 1e3:.3f} ms at {lo} -> "
+              f"{per_nic(hi, 'up') * 1e3:.3f} ms at {hi} (x{growth_up:.2f}); down "
+              f"{per_nic(lo, 'down') * 1e3:.3f} -> {per_nic(hi, 'down') * 1e3:.3f} ms "
+              f"(x{growth_down:.2f})")
+        single = one_at_a_time_delete(a.single_delete_n, tmp)
+        vm_del = rows[hi]["down"] / hi
+        print(f"one-at-a-time delete: {single * 1e3:.2f} ms/link; vmnet bulk down "
+              f"{vm_del * 1e3:.3f} ms/link: {single / vm_del:.0f}x faster")
+        print("hot paths (whole process, median):")
+        hot = hot_paths(max(5, a.repeat), tmp)
+        for name, (ours, ip3) in hot.items():
+            print(f"  {name:<32} {ours * 1e3:7.1f} ms vs three ip {ip3 * 1e3:6.1f} ms: "
+                  f"x{ours / ip3:.2f}")
+        print("targets: bulk up <= x1.5, bulk down <= x1.5, growth <= x1.3, hot <= x3, "
+              "RSS < 100 MB")
+        r = rows[hi]
+        verdict = {
+            f"bulk up {hi}": r["up"] / r["ip_up"] <= TARGETS["bulk_up"],
+            f"bulk down {hi}": r["down"] / r["ip_del"] <= TARGETS["bulk_down"],
+            "per-NIC growth": max(growth_up, growth_down) <= TARGETS["growth"],
+            "hot paths": all(o / i <= TARGETS["hot"] for o, i in hot.values()),
+            "peak RSS": r["rss"] < TARGETS["rss_mb"],
+        }
+        for k, ok in verdict.items():
+            print(f"  {k:<16} {'met' if ok else 'MISSED'}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
