@@ -2,10 +2,11 @@
 
 The order matters and each step says why:
 
-1. Refusals first (QEMU binary missing, a tap held by someone): nothing changed.
+1. Refusals first (QEMU binary missing; in `ops.up`, a tap held by someone):
+   nothing changed.
 2. `ops.up` in mode "run", with vmnet itself as the holder until QEMU exists,
    so a `vmnet run` killed before QEMU starts leaves a record `gc` clears.
-3. Under the state lock, check carrier again and open one fd per queue.  A
+3. Under the state lock again, check carrier and open one fd per queue.  A
    multi-queue tap silently accepts a second holder, so carrier (someone
    holds an fd) is the only guard; the lock keeps two `run`s from both
    passing it.  Persist is cleared on the attached fds: from then on the
@@ -31,7 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from vmnet import ops
+from vmnet import fault, ops
 from vmnet.config import resolve_user
 from vmnet.errors import BusyError, InputError, NotFoundError, VmnetError
 from vmnet.holders import tap_holders
@@ -243,15 +244,16 @@ def run(ctx: ops.Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = Fa
         raise InputError("no QEMU command given after `--`")
     exe = find_binary(argv[0], env)
     ident = qemu_identity(vm, env)
-    refuse_held(vm, ctx.kernel().snapshot())
     me = Proc.me()
     ours = {me}
     with SignalForwarder().installed() as sig:
-        ops.up(ctx, vm, mode="run", holder=me)
+        ops.up(ctx, vm, mode="run", holder=me, refuse_held=True)
         try:
+            fault.point("run:up")
             sig.check()
             fds, vhost = attach(ctx, vm, vhost_path=vhost_path)
             try:
+                fault.point("run:attached")
                 sig.check()
                 cmd = qemu_argv(vm, argv, fds, vhost, netdev_only=netdev_only)
                 log.debug("starting %s", " ".join(cmd))
