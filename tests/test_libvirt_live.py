@@ -320,3 +320,74 @@ def test_hotplug_config_persists_and_release_cleans_hotplugged(lab: Lab) -> None
     assert set(lab.records()) == {"vm1"}
     lab.d.virsh("destroy", "d1")
     assert lab.links() == {} and lab.records() == {}
+
+
+def test_config_only_attach_detach_on_a_stopped_domain(lab: Lab) -> None:
+    lab.d.virsh("define", str(lab.render("vm1", "d3")))
+    res = lab.vmnet("libvirt", "attach", "vm2", "d3", "-c", lab.d.uri, netns=True,
+                    check=False)
+    assert res.returncode == 2 and "domain d3 is not running" in res.stderr
+    res = lab.vmnet("libvirt", "attach", "vm2", "d3", "--config", "-c", lab.d.uri, netns=True)
+    assert "(persistent)" in res.stdout
+    # Nothing runs, so nothing is made: the hook brings vm2 up with the domain.
+    assert lab.links() == {} and lab.records() == {}
+    inactive = lab.d.virsh("dumpxml", "--inactive", "d3").stdout
+    assert "<target dev='vm2-0' managed='no'/>" in inactive and 'name="vm2"' in inactive
+    lab.d.virsh("start", "d3")
+    uuid = lab.uuid("d3")
+    assert {k: r["domain_uuid"] for k, r in lab.records().items()} == {"vm1": uuid,
+                                                                      "vm2": uuid}
+    assert lower_up(lab, "vm1-0") and lower_up(lab, "vm2-0")
+    lab.d.virsh("destroy", "d3")
+    assert lab.links() == {} and lab.records() == {}
+    lab.vmnet("libvirt", "detach", "vm2", "d3", "--config", "-c", lab.d.uri, netns=True)
+    inactive = lab.d.virsh("dumpxml", "--inactive", "d3").stdout
+    assert "vm2-0" not in inactive and 'name="vm2"' not in inactive
+    assert 'name="vm1"' in inactive and "vm1-0" in inactive
+    res = lab.vmnet("libvirt", "detach", "vm2", "d3", "--config", "-c", lab.d.uri, netns=True,
+                    check=False)
+    assert res.returncode == 1 and "has no interfaces of vmnet VM 'vm2'" in res.stderr
+
+
+# -- hot-plug errors, against libvirt's in-process test driver (no daemon) ------------
+@pytest.fixture
+def test_driver_ns(ns: Netns, tmp_path: Path) -> tuple[Netns, Path]:
+    pytest.importorskip("libvirt", reason="libvirt-python is not installed")
+    cfg = tmp_path / "vmnet.toml"
+    cfg.write_text(CONFIG)
+    return ns, tmp_path
+
+
+def run_vmnet(ns: Netns, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "vmnet", "--state-dir", str(tmp / "state"), "--config",
+            str(tmp / "vmnet.toml"), "--netns", ns.name, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["attach", "vm1", "nosuchdomain", "-c", "test:///default"], 1,
+     "libvirt has no domain 'nosuchdomain'"),
+    (["detach", "vm1", "nosuchdomain", "-c", "test:///default"], 1,
+     "libvirt has no domain 'nosuchdomain'"),
+    (["attach", "vm1", "test", "-c", "qemu:///system?socket=/nonexistent/sock"], 1,
+     "cannot connect to libvirt at qemu:///system?socket=/nonexistent/sock"),
+    (["attach", "broken", "test", "-c", "test:///default"], 1, "unknown user"),
+], ids=["attach-no-domain", "detach-no-domain", "no-daemon", "broken-vm"])
+def test_attach_errors_are_one_line(test_driver_ns: tuple[Netns, Path], args: list[str],
+                                    code: int, message: str) -> None:
+    ns, tmp = test_driver_ns
+    res = run_vmnet(ns, tmp, "libvirt", *args)
+    assert res.returncode == code, res
+    assert res.stderr.startswith("vmnet: error: ") and res.stderr.count("\n") == 1
+    assert message in res.stderr
+    assert {n for n in ns.links() if n != "lo"} == set()
+
+
+def test_attach_rolls_back_when_libvirt_refuses(test_driver_ns: tuple[Netns, Path]) -> None:
+    """The test driver's running domain `test` cannot hot-plug: the taps vmnet made go."""
+    ns, tmp = test_driver_ns
+    res = run_vmnet(ns, tmp, "libvirt", "attach", "vm1", "test", "-c", "test:///default")
+    assert res.returncode == 1
+    assert "attaching vm1-0 failed" in res.stderr and "not supported" in res.stderr
+    assert {n for n in ns.links() if n != "lo"} == set()
+    assert not list((tmp / "state").glob("ns-*/vms/*.json"))
