@@ -181,28 +181,32 @@ class Interrupted(Exception):
 
 
 class SignalForwarder:
-    """Catch SIGTERM/SIGINT/SIGHUP; pass them on to QEMU once it exists."""
+    """Catch SIGTERM/SIGINT/SIGHUP; pass them on to QEMU while it runs."""
 
     def __init__(self) -> None:
         self.received: int | None = None
-        self.pid: int | None = None
+        self.child: subprocess.Popen[bytes] | None = None
+        self.started = False
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self.received = self.received or signum
-        if self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
+        if self.child is not None:
+            # send_signal polls first: a QEMU already reaped (pid maybe reused) is skipped
+            self.child.send_signal(signum)
 
     def check(self) -> None:
         """Before QEMU runs, a signal means: give up (the caller tears down)."""
-        if self.received is not None and self.pid is None:
+        if self.received is not None and not self.started:
             raise Interrupted(self.received)
 
-    def attach(self, pid: int) -> None:
-        self.pid = pid
+    def attach(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        self.started = True
         if self.received is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, self.received)
+            child.send_signal(self.received)
+
+    def detach(self) -> None:
+        self.child = None
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[SignalForwarder]:
@@ -260,12 +264,13 @@ def run(ctx: ops.Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = Fa
                 proc = _start(cmd, exe, fds, vhost, ident)
             finally:
                 close_fds(fds, vhost)  # QEMU has its own copies now (or nothing started)
-            sig.attach(proc.pid)
+            sig.attach(proc)
             qemu = Proc.of(proc.pid)
             if qemu is not None:
                 ours.add(qemu)
                 set_holder(ctx, vm.name, qemu)
             rc = proc.wait()
+            sig.detach()
             log.info("%s: QEMU (pid %d) exited with status %d", vm.name, proc.pid,
                      exit_status(rc))
         except Interrupted as e:
