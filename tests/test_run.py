@@ -109,6 +109,20 @@ def assert_nothing_left(ns: Netns, state_dir: str) -> None:
     assert [f for _, _, fs in os.walk(state_dir) for f in fs] == []
 
 
+def settled_view(ns: Netns, state_dir: str) -> dict[str, Any]:
+    """host_snapshot minus what the kernel changes on a bridge by itself, late: its carrier
+    settles (linkwatch) after ports come and go, and it gains an IPv6 link-local address
+    once it has had a live port."""
+    snap = host_snapshot(ns, state_dir)
+    for link in snap["links"].values():
+        if link["kind"] == "bridge":
+            link["flags"] = sorted(set(link["flags"]) - {"LOWER_UP", "NO-CARRIER"})
+            link.pop("operstate", None)
+    snap["addrs"] = [(n, [a for a in addrs if not a[0].startswith("fe80:")])
+                     for n, addrs in snap["addrs"]]
+    return snap
+
+
 # -- the mechanics, with a stand-in QEMU --------------------------------------
 FD_CASES = [
     ("one-queue", [], 1, True, True),
@@ -270,10 +284,10 @@ def check_refused(r: subprocess.CompletedProcess[str], culprit: str) -> None:
 def test_bad_invocations(ns: Netns, state_dir: str, fake_qemu: str, args: list[str],
                          culprit: str) -> None:
     vmnet(ns, state_dir, "up", "other", check=True)  # something that must stay as it is
-    before = host_snapshot(ns, state_dir)
+    before = settled_view(ns, state_dir)
     r = vmnet(ns, state_dir, *[fake_qemu if a == "QEMU" else a for a in args])
     check_refused(r, culprit)
-    assert host_snapshot(ns, state_dir) == before
+    assert settled_view(ns, state_dir) == before
 
 
 @pytest.mark.parametrize("queues", [1, 2], ids=["single-queue", "multi-queue"])
@@ -283,11 +297,11 @@ def test_tap_held_by_another_process(ns: Netns, state_dir: str, fake_qemu: str,
     second holder: vmnet refuses any tap with carrier on, before changing anything."""
     vmnet(ns, state_dir, "up", "vm1", "--queues", str(queues), check=True)
     with hold_tap(ns, "vm1-0", queues=1, multi_queue=queues > 1) as holder:
-        before = host_snapshot(ns, state_dir)
+        before = settled_view(ns, state_dir)
         r = vmnet(ns, state_dir, "run", "vm1", "--queues", str(queues), "--", fake_qemu)
         check_refused(r, "vm1-0")
         assert f"pid {holder.pid}" in r.stderr or "held" in r.stderr
-        assert host_snapshot(ns, state_dir) == before
+        assert settled_view(ns, state_dir) == before
         assert record(ns, state_dir, "vm1")["mode"] == "up"  # type: ignore[index]
 
 
@@ -306,14 +320,14 @@ def test_second_fd_on_single_queue_tap_is_ebusy(ns: Netns) -> None:
 def test_queue_count_mismatching_existing_tap(ns: Netns, state_dir: str,
                                               fake_qemu: str) -> None:
     vmnet(ns, state_dir, "up", "vm1", "--queues", "2", check=True)
-    before = host_snapshot(ns, state_dir)
+    before = settled_view(ns, state_dir)
     check_refused(vmnet(ns, state_dir, "run", "vm1", "--", fake_qemu), "multi_queue")
-    assert host_snapshot(ns, state_dir) == before
+    assert settled_view(ns, state_dir) == before
     vmnet(ns, state_dir, "up", "vm2", check=True)
-    before = host_snapshot(ns, state_dir)
+    before = settled_view(ns, state_dir)
     check_refused(vmnet(ns, state_dir, "run", "vm2", "--queues", "4", "--", fake_qemu),
                   "multi_queue")
-    assert host_snapshot(ns, state_dir) == before
+    assert settled_view(ns, state_dir) == before
 
 
 @pytest.mark.parametrize(("point", "taps_left"), [("run:up", True), ("run:attached", False)],
@@ -492,18 +506,6 @@ def test_two_guests_on_one_bridge_reach_each_other(ns: Netns, state_dir: str, ne
         ports = {n for n, lk in ns.links().items() if lk.get("master") == "vmt0"}
         assert ports == {"vma-0", "vmb-0"}
     assert_nothing_left(ns, state_dir)
-
-
-def settled_view(ns: Netns, state_dir: str) -> dict[str, Any]:
-    """host_snapshot minus what the kernel itself changes once a bridge has had a live port
-    (carrier flags, the bridge's IPv6 link-local address)."""
-    snap = host_snapshot(ns, state_dir)
-    for link in snap["links"].values():
-        link["flags"] = sorted(set(link["flags"]) - {"LOWER_UP", "NO-CARRIER"})
-        link.pop("operstate", None)
-    snap["addrs"] = [(n, [a for a in addrs if not a[0].startswith("fe80:")])
-                     for n, addrs in snap["addrs"]]
-    return snap
 
 
 @pytest.mark.qemu
