@@ -531,6 +531,8 @@ def test_guest_in_script_mode(ns: Netns, state_dir: str, netcfg: str,
         assert tap["address"] == "fe" + mac[2:]
         assert tap["linkinfo"]["info_data"]["persist"] is False  # QEMU's own tap
         assert g.stop(grace=30) == 0
+    # the scripts said nothing (their stderr is QEMU's); QEMU reported no script failure
+    assert "vmnet-qemu-if" not in g.output and "network script" not in g.output, g.output
     assert settled_view(ns, state_dir) == before  # QEMU's tap gone, nothing else touched
     vmnet(ns, state_dir, "down", "anchor", config=netcfg, check=True)
     assert_nothing_left(ns, state_dir)
