@@ -461,3 +461,16 @@ def test_cli_install_refuses_netns(ns: Netns, tmp_path: Path) -> None:
     res = vmnet(ns, str(tmp_path / "st"), "hook", "install", "--hooks-dir", str(tmp_path))
     assert res.returncode == 2 and "--netns does not apply" in res.stderr
     assert not (tmp_path / "qemu.d").exists()
+
+
+@pytest.mark.kernel
+def test_failed_prepare_gives_back_an_adopted_record(ns: Netns, state: str,
+                                                     cfg_path: str) -> None:
+    vmnet(ns, state, "up", "vm1", config=cfg_path, check=True)
+    before = records(state, ns)["vm1"]
+    ns.ip("tuntap", "add", "vm2-0", "mode", "tap")  # vm2 cannot come up
+    xml = domain_xml("d1", UUID_A, [("vm1", Overrides()), ("vm2", Overrides())], cfg_path)
+    one_line_error(run_hook(ns, state, cfg_path, "d1", "prepare", "begin", xml), "vm2-0")
+    assert records(state, ns) == {"vm1": before}  # still a plain `up`, no domain
+    assert {"vm1-0", "vm1-1", "br-hook"} <= set(vmnet_links(ns))
+    vmnet(ns, state, "down", "vm1", config=cfg_path, check=True)

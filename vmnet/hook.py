@@ -129,6 +129,10 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
                                   "--domain FILE`")
         vms.append(vm)
     ctx = ops.Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
+    store = ctx.store()
+    # All or nothing: on failure, VMs this prepare created go again and records
+    # it adopted (e.g. from a plain `vmnet up`) are put back as they were.
+    before = {vm.name: store.get_vm(vm.name) for vm in vms}
     done: list[str] = []
     try:
         for vm in vms:
@@ -137,7 +141,12 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
     except BaseException:
         for name in reversed(done):
             with contextlib.suppress(VmnetError):
-                ops.down(ctx, name, domain_uuid=info.uuid, force=True)
+                prev = before[name]
+                if prev is None:
+                    ops.down(ctx, name, domain_uuid=info.uuid, force=True)
+                else:
+                    with store.locked(call.lock_timeout):
+                        store.put_vm(prev)
         raise
     finally:
         ctx.close()
