@@ -66,6 +66,9 @@ def main(ctx: click.Context, netns: str | None, state_dir: str, config: str | No
     """Give QEMU/KVM virtual machines their network: user-owned taps on Linux bridges."""
     logging.basicConfig(level=logging.WARNING, format="vmnet: %(message)s")
     if verbose:
+        from vmnet import log
+
+        log.set_verbose(True)
         logging.getLogger("vmnet").setLevel(logging.DEBUG)
     if netns:
         from vmnet.kernel.netns import enter
@@ -121,31 +124,13 @@ def emit_json(data: Any) -> None:
 @click.pass_obj
 def up(g: Globals, /, vms: tuple[str, ...], all_vms: bool, dry_run: bool, **kw: Any) -> None:
     """Create VM's taps (and its bridge if missing), owned by its user."""
-    from vmnet import ops
-    from vmnet.config import resolve_vm
-    from vmnet.render.qemu import vm_args
+    from vmnet import commands
 
     cfg = g.load_config()
-    names = _names(vms, all_vms, cfg)
-    ov = overrides(kw)
-    models = [resolve_vm(cfg, n, ov) for n in names]
-    with _progress(len(models)) as bar:
-        results = ops.up_many(g.context(), models, dry_run=dry_run, progress=bar)
-    for res in results:
-        vm = res.vm
-        if dry_run:
-            click.echo(f"# {vm.name}: planned steps" + ("" if res.plan.steps else " (none)"))
-            for s in res.plan.steps:
-                click.echo(s.ip())
-            continue
-        if res.plan.noop:
-            click.echo(f"{vm.name}: already up")
-        for nic in vm.nics:
-            owner = vm.user if vm.uid is not None else "-"
-            group = "" if vm.gid is None else f", group {vm.gid}"
-            click.echo(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
-                       f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
-        click.echo("QEMU options: " + " ".join(_shell(a) for a in vm_args(vm)))
+    count = len(cfg.vms) if all_vms else len(vms)
+    with _progress(count) as bar:
+        commands.up(g.context(), cfg, list(vms), all_vms, overrides(kw), dry_run,
+                    click.echo, bar)
 
 
 @contextlib.contextmanager
@@ -161,27 +146,6 @@ def _progress(vms: int) -> Iterator[Callable[[int, int], None] | None]:
         yield update
 
 
-def _shell(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word)
-
-
-def _names(vms: tuple[str, ...], all_vms: bool, cfg: Any) -> list[str]:
-    from vmnet import validate
-    from vmnet.errors import InputError
-
-    if all_vms and vms:
-        raise InputError("give VM names or --all, not both")
-    names = sorted(cfg.vms) if all_vms else list(vms)
-    if not names:
-        raise InputError("no VM named" + (" (the config declares none)" if all_vms else
-                                          ": give a VM name, e.g. `vmnet up vm1`"))
-    for n in names:
-        validate.vm_name(n)
-    return names
-
-
 @main.command()
 @click.argument("vms", nargs=-1, metavar="VM...")
 @click.option("--all", "all_vms", is_flag=True, help="Every VM vmnet has a record of.")
@@ -190,37 +154,12 @@ def _names(vms: tuple[str, ...], all_vms: bool, cfg: Any) -> list[str]:
 @click.pass_obj
 def down(g: Globals, vms: tuple[str, ...], all_vms: bool, force: bool, dry_run: bool) -> None:
     """Remove VM's taps, and bridges vmnet made that nothing uses any more."""
-    from vmnet import ops, validate
-    from vmnet.errors import InputError
+    from vmnet import commands
 
     ctx = g.context()
-    if all_vms and vms:
-        raise InputError("give VM names or --all, not both")
-    names = sorted(ctx.store().vms()) if all_vms else list(vms)
-    if not names and not all_vms:
-        raise InputError("give a VM name, e.g. `vmnet down vm1`")
-    for n in names:
-        validate.vm_name(n)
-    if not names:
-        click.echo("nothing to do")
-        return
-    with _progress(len(names)) as bar:
-        res = ops.down_many(ctx, names, force=force, dry_run=dry_run, progress=bar)
-    for note in res.plan.skipped:
-        click.echo(f"vmnet: {note}", err=True)
-    if dry_run:
-        click.echo(f"# {res.vm}: planned steps" + ("" if res.plan.steps else " (none)"))
-        for s in res.plan.steps:
-            click.echo(s.ip())
-    elif res.plan.noop and not res.had_record:
-        click.echo(f"{res.vm}: nothing to do")
-    else:
-        gone = ", ".join(res.plan.taps[:20]) + (f" and {len(res.plan.taps) - 20} more"
-                                               if len(res.plan.taps) > 20 else "")
-        extra = f"; bridge {', '.join(res.plan.drop_bridges)} released" \
-            if res.plan.drop_bridges else ""
-        click.echo(f"{res.vm if len(names) < 20 else f'{len(names)} VMs'}: removed "
-                   f"{gone or 'no taps left'}{extra}")
+    with _progress(len(vms) if vms else 100) as bar:
+        commands.down(ctx, list(vms), all_vms, force, dry_run, click.echo,
+                      lambda line: click.echo(line, err=True), bar)
 
 
 # Command modules register themselves on `main` when imported.

@@ -6,10 +6,10 @@ input, and everything else consumes them.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from vmnet import validate as v
+from vmnet._hash import sha256
 from vmnet.errors import InputError
 
 QEMU_OUI = "52:54:00"
@@ -52,7 +52,7 @@ class Network:
         Without it a bridge takes the lowest port MAC and changes it as ports
         come and go, which breaks the host's neighbours' ARP caches.
         """
-        h = hashlib.sha256(f"vmnet-bridge/{self.bridge}".encode()).digest()
+        h = sha256(f"vmnet-bridge/{self.bridge}".encode()).digest()
         return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
 
     @property
@@ -149,13 +149,13 @@ def default_tap_name(vm: str, index: int) -> str:
     reserved = vm.startswith((HASHED_TAP_PREFIX, *v.RESERVED_TAP_PREFIXES))
     if safe and not reserved and len(direct) <= v.MAX_IFNAME:
         return direct
-    h = hashlib.sha256(vm.encode()).hexdigest()[:9]
+    h = sha256(vm.encode()).hexdigest()[:9]
     return f"{HASHED_TAP_PREFIX}{h}-{index}"
 
 
 def default_mac(vm: str, index: int) -> str:
     """Deterministic guest MAC in QEMU's 52:54:00 range."""
-    h = hashlib.sha256(f"vmnet-mac/{vm}/{index}".encode()).digest()
+    h = sha256(f"vmnet-mac/{vm}/{index}".encode()).digest()
     return f"{QEMU_OUI}:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
 
 

@@ -12,10 +12,8 @@ import errno
 import fcntl
 import ipaddress
 import os
-import random
 import socket
 import struct
-from typing import Any
 
 from vmnet.errors import NotFoundError, VmnetError, kernel_error
 from vmnet.kernel import rtnl, tun
@@ -38,6 +36,10 @@ from vmnet.kernel.rtnl import (
     ifinfo,
     parse_attrs,
 )
+
+TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
+if TYPE_CHECKING:
+    from typing import Any
 
 _U32 = struct.Struct("=I")
 _STATS64 = struct.Struct("=QQQQ")  # rx_packets, tx_packets, rx_bytes, tx_bytes
@@ -254,7 +256,7 @@ class LeanKernel:
         used = {lk.group for lk in snap.links.values()}
         group = 0
         while group in used or group == 0:
-            group = random.randint(0x10000, 0x7FFFFFFF)
+            group = 0x10000 + int.from_bytes(os.urandom(4), 'little') % 0x7FFEFFFF
         for n in present:
             self.nl.send(RTM_SETLINK, 0, ifinfo(snap.links[n].index)
                          + a_u32(rtnl.IFLA_GROUP, group), tag=n)

@@ -7,7 +7,6 @@ nothing above this layer sees pyroute2.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import random
 import socket
@@ -21,8 +20,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vmnet.errors import NotFoundError, VmnetError, kernel_error
 from vmnet.kernel import tun
 from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec, TunInfo
-
-log = logging.getLogger("vmnet.kernel")
 
 RT_SCOPE_UNIVERSE = 0
 USER_HZ = 100  # bridge timers are in clock_t over netlink

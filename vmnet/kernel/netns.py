@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
@@ -28,6 +27,8 @@ def enter(name: str) -> None:
         raise NotFoundError(f"network namespace {name!r} does not exist",
                             hint=f"`ip netns list` shows the namespaces; {path} is missing") \
             from None
+    import ctypes  # only here: it costs milliseconds to import
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.setns(fd, CLONE_NEWNET) != 0:
