@@ -96,6 +96,11 @@ def _check_keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
     return table
 
 
+def _table(table: Any, where: str) -> dict[str, Any]:
+    """A table whose keys are names (networks, VMs): any key, but a table it must be."""
+    return _check_keys(table, set(table) if isinstance(table, dict) else set(), where)
+
+
 def _typed(value: Any, typ: type, where: str) -> Any:
     if value is None:
         return None
@@ -168,8 +173,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
         raise ConfigError(f"{src}: malformed TOML: {e}") from None
     _check_keys(data, _TOP_KEYS, src)
     networks: dict[str, Network] = {DEFAULT_NETWORK: builtin_network()}
-    for name, t in _check_keys(data.get("networks", {}), set(data.get("networks", {})),
-                               f"{src}: [networks]").items():
+    for name, t in _table(data.get("networks", {}), f"{src}: [networks]").items():
         networks[name] = _network(name, t, f"{src}: networks.{name}")
     bridges: dict[str, str] = {}
     for n in networks.values():
@@ -183,8 +187,7 @@ def parse_config(text: str, path: str | None = None) -> Config:
     if default_network not in networks:
         raise ConfigError(f"{src}: defaults.network names unknown network {default_network!r}")
     vms: dict[str, VmSpec] = {}
-    for name, t in _check_keys(data.get("vms", {}), set(data.get("vms", {})),
-                               f"{src}: [vms]").items():
+    for name, t in _table(data.get("vms", {}), f"{src}: [vms]").items():
         where = f"{src}: vms.{name}"
         try:
             v.vm_name(name, where)
@@ -202,7 +205,9 @@ def parse_config(text: str, path: str | None = None) -> Config:
         user = t.get("user")
         group = t.get("group")
         for key, val in (("user", user), ("group", group)):
-            if val is not None and not isinstance(val, str | int):
+            # bool is an int to Python, and a negative id is nobody's.
+            if val is not None and (isinstance(val, bool) or not isinstance(val, str | int)
+                                    or (isinstance(val, int) and val < 0)):
                 raise ConfigError(f"{where}.{key}: expected a name or a numeric id")
         vms[name] = VmSpec(user=None if user is None else str(user),
                            group=None if group is None else str(group), nics=nics)
