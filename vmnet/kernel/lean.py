@@ -11,13 +11,12 @@ import contextlib
 import errno
 import fcntl
 import ipaddress
-import os
 import socket
 import struct
 
 from vmnet.errors import NotFoundError, VmnetError, kernel_error
 from vmnet.kernel import rtnl, tun
-from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec, TunInfo
+from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec, TunInfo, disable_ipv6, fresh_group
 from vmnet.kernel.rtnl import (
     IFF_LOWER_UP,
     IFF_UP,
@@ -128,6 +127,7 @@ class LeanKernel:
         self._tun_path = tun_path
         self._index: dict[str, int] = {}
         self._full: Any = None
+        self._last: Snapshot | None = None
         self._ioctl_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def close(self) -> None:
@@ -152,7 +152,8 @@ class LeanKernel:
         except NetlinkError as e:
             raise kernel_error("list links", None, rtnl.errno_of(e)) from None
         self._index = {n: lk.index for n, lk in links.items()}
-        return Snapshot(links)
+        self._last = Snapshot(links)
+        return self._last
 
     def _idx(self, name: str) -> int:
         idx = self._index.get(name)
@@ -244,30 +245,28 @@ class LeanKernel:
         One RTM_DELLINK per link waits for an RCU grace period each time; a
         group delete pays it once.  The group is fresh (no link is in it) and
         never 0; only the named links, already verified as vmnet's by the
-        caller, are moved into it, just before the delete.
+        caller, are moved into it, just before the delete.  The caller's last
+        dump (from which it verified them) supplies the groups in use.
         """
         names = [n for n in names if n]
         if len(names) <= 1:
             for n in names:
                 self._delete_one(n)
             return
-        snap = self.snapshot()
-        present = [n for n in names if n in snap.links]
-        used = {lk.group for lk in snap.links.values()}
-        group = 0
-        while group in used or group == 0:
-            group = 0x10000 + int.from_bytes(os.urandom(4), 'little') % 0x7FFEFFFF
-        for n in present:
-            self.nl.send(RTM_SETLINK, 0, ifinfo(snap.links[n].index)
+        snap = self._last or self.snapshot()
+        group = fresh_group({lk.group for lk in snap.links.values()})
+        for n in names:
+            self.nl.send(RTM_SETLINK, 0, ifinfo() + _by_name(n)
                          + a_u32(rtnl.IFLA_GROUP, group), tag=n)
         failed = self.nl.wait()
         for tag, err in failed:
             if err.errno != errno.ENODEV:
                 raise kernel_error("set group", str(tag), rtnl.errno_of(err))
-        self._call("delete link group", ",".join(present[:3]), RTM_DELLINK, 0,
+        self._call("delete link group", ",".join(names[:3]), RTM_DELLINK, 0,
                    ifinfo() + a_u32(rtnl.IFLA_GROUP, group))
-        for n in present:
+        for n in names:
             self._index.pop(n, None)
+        self._last = None
 
     def add_address(self, name: str, cidr: str) -> None:
         iface = ipaddress.ip_interface(cidr)
@@ -278,10 +277,4 @@ class LeanKernel:
         self._call("add address", name, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
 
     def disable_ipv6(self, name: str) -> None:
-        if not os.path.exists("/proc/sys/net/ipv6"):
-            return  # IPv6 is off in this kernel: nothing to disable
-        try:
-            with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-                f.write("1")
-        except OSError as e:
-            raise kernel_error("disable IPv6", name, e.errno or errno.EIO) from None
+        disable_ipv6(name)

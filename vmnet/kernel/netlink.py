@@ -7,10 +7,8 @@ nothing above this layer sees pyroute2.
 from __future__ import annotations
 
 import errno
-import os
-import random
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,7 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vmnet.errors import NotFoundError, VmnetError, kernel_error
 from vmnet.kernel import tun
-from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec, TunInfo
+from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec, TunInfo, disable_ipv6, fresh_group
 
 RT_SCOPE_UNIVERSE = 0
 USER_HZ = 100  # bridge timers are in clock_t over netlink
@@ -240,10 +238,7 @@ class NetlinkKernel:
             return
         snap = self.snapshot()
         present = [n for n in names if n in snap.links]
-        used = {lk.group for lk in snap.links.values()}
-        group = 0
-        while group in used or group == 0:
-            group = random.randint(0x10000, 0x7FFFFFFF)
+        group = fresh_group({lk.group for lk in snap.links.values()})
         for n in present:
             with _wrap("set group", n):
                 self._ipr.link("set", index=snap.links[n].index, group=group)
@@ -258,14 +253,5 @@ class NetlinkKernel:
             self._ipr.addr("add", index=self._idx(name), address=addr, prefixlen=int(plen))
 
     def disable_ipv6(self, name: str) -> None:
-        path = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
-        if not os.path.exists("/proc/sys/net/ipv6"):
-            return  # IPv6 is off in this kernel: nothing to disable
-        try:
-            with open(path, "w") as f:
-                f.write("1")
-        except OSError as e:
-            raise kernel_error("disable IPv6", name, e.errno or errno.EIO) from None
+        disable_ipv6(name)
 
-
-_: Callable[[], NetlinkKernel] = NetlinkKernel
