@@ -34,6 +34,11 @@ def ifname(value: object, what: str) -> str:
             any(c.isspace() or not c.isprintable() for c in value):
         raise InputError(f"{what}: interface name {value!r} contains '/', ':', '%', "
                          "whitespace or control characters, or is '.'/'..'")
+    if b"\xa0" in value.encode():
+        # dev_valid_name() tests each byte with the kernel's Latin-1 isspace(), for
+        # which 0xA0 (NBSP) is a space: 'à' (c3 a0) and many more get EINVAL.
+        raise InputError(f"{what}: interface name {value!r} contains a character whose "
+                         "UTF-8 form the kernel takes for whitespace (byte 0xa0)")
     return value
 
 
