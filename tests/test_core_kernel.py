@@ -303,3 +303,28 @@ def test_gc_keeps_idle_up_taps_and_finishes_crashed_work(ns: Netns, state_dir: s
     vmnet(ns, state_dir, "gc", check=True)
     assert set(ns.links()) == {"lo"}
     assert os.listdir(state_dir) == []
+
+
+def test_gc_never_cuts_a_held_tap(ns: Netns, state_dir: str) -> None:
+    """A dead writer's record is kept while a process holds its tap (a running VM)."""
+    r = vmnet(ns, state_dir, "up", "vm1", env={"VMNET_FAULT": "up:applied"})
+    assert r.returncode == -9
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, "python3", "-c", textwrap.dedent("""
+            import fcntl, os, struct, sys
+            fd = os.open('/dev/net/tun', os.O_RDWR)
+            fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', b'vm1-0', 0x1002))
+            print('held', flush=True)
+            sys.stdin.read()
+        """)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        r = vmnet(ns, state_dir, "gc", check=True)
+        assert "vm1: in use (vm1-0 held)" in r.stdout
+        assert "vm1-0" in ns.links()
+    finally:
+        holder.kill()
+        holder.wait()
+    r = vmnet(ns, state_dir, "gc", check=True)
+    assert "vm1: rolled back" in r.stdout
+    assert set(ns.links()) == {"lo"}

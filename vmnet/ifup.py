@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
 from vmnet import validate
+from vmnet.caps import has_net_admin
 from vmnet.errors import ConflictError, InputError, NotFoundError, PrivilegeError, VmnetError
 
 if TYPE_CHECKING:
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 IFUP = "vmnet-qemu-ifup"
 IFDOWN = "vmnet-qemu-ifdown"
 _DEFAULT_NAME = re.compile(r"^(.+)-(\d+)$")
-CAP_NET_ADMIN = 12
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def find_port(tap: str, env: Mapping[str, str]) -> Port:
 
 def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:
     """Apply MTU, MAC, IPv6 off, bridge and up to an existing tap; return what was done."""
-    from vmnet.model import bridge_mark
+    from vmnet.ownership import is_our_bridge
 
     port = find_port(tap, env)
     snap = k.snapshot()
@@ -119,7 +119,7 @@ def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:
     if br.kind != "bridge":
         raise ConflictError(f"{port.bridge} ({port.source}) is not a bridge", ifname=port.bridge)
     # The rule `vmnet up` applies (vmnet.plan): only the NIC's own MTU is refused.
-    ours = br.alias == bridge_mark(br.name)  # vmnet.plan.is_our_bridge, without its imports
+    ours = is_our_bridge(br)
     if port.nic_mtu and port.mtu and port.mtu < br.mtu and not ours:
         raise ConflictError(f"MTU {port.mtu} of {tap} ({port.source}) would lower the MTU of "
                             f"bridge {port.bridge} ({br.mtu}), which vmnet did not create",
@@ -166,22 +166,6 @@ def _main(prog: str, action: Callable[[str, Kernel], object], argv: list[str]) -
         print(f"{prog}: error: {e.one_line()}", file=sys.stderr)
         return e.exit_code
     return 0
-
-
-def has_net_admin() -> bool:
-    """CAP_NET_ADMIN in the effective set.
-
-    The check vmnet.ops.require_net_admin makes, repeated here because
-    importing vmnet.ops (plan, apply, steps) costs QEMU's start 15 ms.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except OSError:
-        pass
-    return True  # cannot tell: let the kernel say no
 
 
 def main_ifup(argv: list[str] | None = None) -> NoReturn:

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 
 from vmnet import fault
 from vmnet.apply import apply_steps
+from vmnet.caps import has_net_admin
 from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
 from vmnet.kernel import open_kernel
 from vmnet.kernel import tun as tunmod
+from vmnet.kernel.base import Snapshot
 from vmnet.kernel.netns import current_inode
 from vmnet.model import Vm
 from vmnet.plan import (
@@ -33,7 +35,6 @@ TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as 
 if TYPE_CHECKING:
     from vmnet.kernel.protocol import Kernel
 
-CAP_NET_ADMIN = 12
 
 
 @dataclass
@@ -62,17 +63,9 @@ class Context:
 
 def require_net_admin() -> None:
     """Refuse early, with a hint, when the caller lacks CAP_NET_ADMIN."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    if int(line.split()[1], 16) >> CAP_NET_ADMIN & 1:
-                        return
-                    break
-    except OSError:
-        return
-    raise PrivilegeError("vmnet needs CAP_NET_ADMIN to change network interfaces",
-                         hint="run it as root (e.g. with sudo)")
+    if not has_net_admin():
+        raise PrivilegeError("vmnet needs CAP_NET_ADMIN to change network interfaces",
+                             hint="run it as root (e.g. with sudo)")
 
 
 def observe(k: Kernel, vms: list[Vm]) -> Observed:
@@ -277,15 +270,27 @@ class GcReport:
     corrupt: list[str] = field(default_factory=list)  # unreadable record files removed
 
 
-def gc_reason(rec: VmRecord, snap_has: Callable[[str], bool],
+def held_taps(rec: VmRecord, snap: Snapshot) -> list[str]:
+    """The record's taps that a process holds (carrier on)."""
+    return [n.tap for n in rec.nics if (lk := snap.get(n.tap)) is not None and lk.carrier]
+
+
+def gc_reason(rec: VmRecord, snap: Snapshot,
               domain_alive: Callable[[str], bool | None]) -> str | None:
-    """Why a record should be cleared now, or None to keep it."""
+    """Why a record should be cleared now, or None to keep it.
+
+    A record whose taps a process still holds is always kept, whatever its
+    writer's fate: clearing it would cut a running VM off (e.g. a `vmnet run`
+    killed in the instant between starting QEMU and recording it).
+    """
+    if held_taps(rec, snap):
+        return None
     if rec.phase != "ready":
         if rec.writer.alive():
             return None
         return ("rolled back: its `up` died mid-way" if rec.phase == "applying"
                 else "finished: its `down` died mid-way")
-    if not any(snap_has(n.tap) for n in rec.nics):
+    if not any(n.tap in snap.links for n in rec.nics):
         return "its interfaces are gone"
     if rec.mode == "run" and rec.holder is not None and not rec.holder.alive():
         return f"its QEMU (pid {rec.holder.pid}) is gone"
@@ -312,10 +317,13 @@ def gc(ctx: Context, *, dry_run: bool = False,
                 store.remove_corrupt(path)
         snap = k.snapshot()
         for name, rec in sorted(store.vms().items()):
-            reason = gc_reason(rec, snap.links.__contains__, alive)
+            reason = gc_reason(rec, snap, alive)
             if reason is None:
-                if rec.phase != "ready" or (rec.holder and rec.holder.alive()):
-                    report.skipped.append(f"{name}: in use or in progress")
+                held = held_taps(rec, snap)
+                if held:
+                    report.skipped.append(f"{name}: in use ({', '.join(held)} held)")
+                elif rec.phase != "ready" or (rec.holder and rec.holder.alive()):
+                    report.skipped.append(f"{name}: in progress")
                 elif rec.mode == "up":
                     idle = [n.tap for n in rec.nics
                             if (lk := snap.get(n.tap)) is not None and not lk.carrier]

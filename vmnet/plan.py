@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from vmnet import validate as v
 from vmnet.errors import ConflictError, InputError, NotFoundError, VmnetError
 from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec
-from vmnet.model import Network, Nic, Vm, bridge_mark, nic_mark
+from vmnet.model import Network, Nic, Vm, nic_mark
+from vmnet.ownership import is_our_bridge, is_our_tap
 from vmnet.state import BridgeRecord, NicRecord, VmRecord
 from vmnet.steps import (
     AddAddress,
@@ -76,17 +77,6 @@ class DownPlan:
     @property
     def noop(self) -> bool:
         return not self.steps and not self.drop_bridges
-
-
-def is_our_tap(link: LinkInfo | None, vm: str, index: int, owner: int | None) -> bool:
-    """Kernel-side proof that a link is the tap vmnet made for this VM's NIC."""
-    return (link is not None and link.kind == "tun" and link.tun is not None
-            and link.tun.tap and link.alias == nic_mark(vm, index)
-            and link.tun.owner == owner)
-
-
-def is_our_bridge(link: LinkInfo | None) -> bool:
-    return link is not None and link.kind == "bridge" and link.alias == bridge_mark(link.name)
 
 
 def uplinks_to_check(vm: Vm, snap: Snapshot) -> list[str]:

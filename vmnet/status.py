@@ -7,7 +7,7 @@ from typing import Any
 
 from vmnet.kernel.base import Snapshot
 from vmnet.model import parse_nic_mark
-from vmnet.plan import is_our_bridge, is_our_tap
+from vmnet.ownership import is_our_bridge, is_our_tap
 from vmnet.state import BridgeRecord, VmRecord
 
 

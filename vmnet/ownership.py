@@ -1,0 +1,22 @@
+"""Kernel-side proof that a link is vmnet's: its mark (ifalias), kind and owner.
+
+A record in the state directory is never proof by itself.  Kept apart from
+vmnet.plan so the qemu ifup script can use it without importing the planner.
+"""
+
+from __future__ import annotations
+
+from vmnet.kernel.base import LinkInfo
+from vmnet.model import bridge_mark, nic_mark
+
+
+def is_our_tap(link: LinkInfo | None, vm: str, index: int, owner: int | None) -> bool:
+    """The tap vmnet made for this VM's NIC: marked, a tap, owned as recorded."""
+    return (link is not None and link.kind == "tun" and link.tun is not None
+            and link.tun.tap and link.alias == nic_mark(vm, index)
+            and link.tun.owner == owner)
+
+
+def is_our_bridge(link: LinkInfo | None) -> bool:
+    """A bridge vmnet created (it carries vmnet's bridge mark)."""
+    return link is not None and link.kind == "bridge" and link.alias == bridge_mark(link.name)
