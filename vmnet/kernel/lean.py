@@ -180,21 +180,20 @@ class LeanKernel:
 
     # -- changing --------------------------------------------------------
     def create_tap(self, spec: TapSpec) -> None:
-        tun.create_persistent_tap(spec.name, owner=spec.owner, group=spec.group,
-                                  multi_queue=spec.multi_queue, path=self._tun_path,
-                                  ioctl=self._ioctl)
-        # IPv6 off before the tap goes up, so it never gets a link-local address.
         body = ifinfo(0, IFF_UP, IFF_UP) + _by_name(spec.name) + \
             a_mac(rtnl.IFLA_ADDRESS, spec.mac) + a_str(rtnl.IFLA_IFALIAS, spec.alias)
         if spec.mtu:
             body += a_u32(rtnl.IFLA_MTU, spec.mtu)
-        try:
+
+        def configure() -> None:  # before persist: see tun.create_persistent_tap
+            # IPv6 off before the tap goes up, so it never gets a link-local address.
             self.disable_ipv6(spec.name)
             self._call("configure tap", spec.name, RTM_SETLINK, 0, body)
-            tun.settle_operstate(self._ioctl_sock.fileno(), spec.name, self._ioctl)
-        except VmnetError:
-            self._delete_one(spec.name)
-            raise
+
+        tun.create_persistent_tap(spec.name, owner=spec.owner, group=spec.group,
+                                  multi_queue=spec.multi_queue, path=self._tun_path,
+                                  ioctl=self._ioctl, configure=configure)
+        tun.settle_operstate(self._ioctl_sock.fileno(), spec.name, self._ioctl)
 
     def create_bridge(self, name: str, *, mac: str, mtu: int | None, stp: bool,
                       forward_delay: int, alias: str) -> None:

@@ -156,13 +156,9 @@ class NetlinkKernel:
 
     # -- changing --------------------------------------------------------
     def create_tap(self, spec: TapSpec) -> None:
-        tun.create_persistent_tap(spec.name, owner=spec.owner, group=spec.group,
-                                  multi_queue=spec.multi_queue, path=self._tun_path,
-                                  ioctl=self._ioctl)
-        try:
+        def configure() -> None:  # before persist: see tun.create_persistent_tap
             with _wrap("configure tap", spec.name):
                 idx = self._ipr.link_lookup(ifname=spec.name)[0]
-                self._index[spec.name] = idx
                 # IPv6 off before the tap goes up: no link-local address.
                 self.disable_ipv6(spec.name)
                 kw: dict[str, Any] = {"address": spec.mac, "ifalias": spec.alias,
@@ -170,11 +166,13 @@ class NetlinkKernel:
                 if spec.mtu:
                     kw["mtu"] = spec.mtu
                 self._ipr.link("set", index=idx, **kw)
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                    tun.settle_operstate(s.fileno(), spec.name, self._ioctl)
-        except VmnetError:
-            self._delete_one(spec.name)
-            raise
+                self._index[spec.name] = idx
+
+        tun.create_persistent_tap(spec.name, owner=spec.owner, group=spec.group,
+                                  multi_queue=spec.multi_queue, path=self._tun_path,
+                                  ioctl=self._ioctl, configure=configure)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            tun.settle_operstate(s.fileno(), spec.name, self._ioctl)
 
     def create_bridge(self, name: str, *, mac: str, mtu: int | None, stp: bool,
                       forward_delay: int, alias: str) -> None:

@@ -87,11 +87,15 @@ def tap_flags(*, multi_queue: bool, vnet_hdr: bool) -> int:
 
 def create_persistent_tap(name: str, *, owner: int | None, group: int | None,
                           multi_queue: bool, path: str = TUN_PATH,
-                          ioctl: Ioctl = fcntl.ioctl) -> None:
+                          ioctl: Ioctl = fcntl.ioctl,
+                          configure: Callable[[], None] | None = None) -> None:
     """Create a new persistent tap; fail if any interface of that name exists.
 
     IFF_TUN_EXCL makes the kernel refuse an existing name (EBUSY) instead of
     attaching to it, so vmnet never adopts or re-owns a foreign tap.
+    `configure` (mark, MAC, MTU, ...) runs while our fd still holds the tap and
+    before persist: if vmnet dies before persist, closing the fd deletes the
+    tap, so no unmarked tap (one gc cannot prove vmnet's) is ever left behind.
     """
     fd = _open_tun(path)
     step = "create tap"
@@ -104,6 +108,8 @@ def create_persistent_tap(name: str, *, owner: int | None, group: int | None,
         if group is not None:
             step = "set tap group"
             ioctl(fd, TUNSETGROUP, group)
+        if configure is not None:
+            configure()
         step = "make tap persistent"
         ioctl(fd, TUNSETPERSIST, 1)
     except OSError as e:
