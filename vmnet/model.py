@@ -52,8 +52,7 @@ class Network:
         Without it a bridge takes the lowest port MAC and changes it as ports
         come and go, which breaks the host's neighbours' ARP caches.
         """
-        h = sha256(f"vmnet-bridge/{self.bridge}".encode()).digest()
-        return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
+        return pinned_bridge_mac(self.bridge)
 
     @property
     def mark(self) -> str:
@@ -167,6 +166,12 @@ def tap_mac(guest_mac: str) -> str:
     """
     first = "fa" if guest_mac[:2].lower() == "fe" else "fe"
     return first + guest_mac[2:].lower()
+
+
+def pinned_bridge_mac(bridge: str) -> str:
+    """The MAC vmnet gives a bridge it creates (locally administered, from the name)."""
+    h = sha256(f"vmnet-bridge/{bridge}".encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
 
 
 def bridge_mark(bridge: str) -> str:
