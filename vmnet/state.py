@@ -332,11 +332,25 @@ class StateStore:
     def drop_bridge(self, bridge: str) -> None:
         self._remove("bridges", bridge)
 
+    def _remove_dead_tmp(self) -> None:
+        """`<record>.tmp.<pid>` of a writer killed before its rename: never read, but
+        left alone it stays as long as any record does."""
+        for sub in ("vms", "bridges"):
+            p = os.path.join(self.dir, sub)
+            with contextlib.suppress(OSError):
+                for fn in os.listdir(p):
+                    pid = fn.rpartition(".tmp.")[2]
+                    if ".tmp." in fn and pid.isdigit() and int(pid) != os.getpid() \
+                            and proc_start_time(int(pid)) is None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(os.path.join(p, fn))
+
     def is_empty(self) -> bool:
         return not self._read_all("vms") and not self._read_all("bridges")
 
     def cleanup_dir(self) -> None:
-        """Remove the namespace's directory once it holds no records."""
+        """Remove temp files of dead writers; the directory once it holds no records."""
+        self._remove_dead_tmp()
         if not self.is_empty():
             return
         for sub in ("vms", "bridges"):
