@@ -198,6 +198,9 @@ class StateStore:
                 raise PrivilegeError(f"cannot create state directory {d}",
                                      hint="vmnet must run as root (or set --state-dir)") \
                     from None
+            except OSError as e:  # a missing parent, a file in the way, a read-only fs
+                raise VmnetError(f"cannot create state directory {d}: {e.strerror}",
+                                 hint="check --state-dir / $VMNET_STATE_DIR") from None
         self._dirs_made = True
 
     @contextlib.contextmanager
@@ -213,6 +216,9 @@ class StateStore:
         except PermissionError:
             raise PrivilegeError(f"cannot open lock file {path}",
                                  hint="vmnet must run as root") from None
+        except OSError as e:
+            raise VmnetError(f"cannot open lock file {path}: {e.strerror}",
+                             hint="check --state-dir / $VMNET_STATE_DIR") from None
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:
