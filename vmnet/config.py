@@ -171,6 +171,8 @@ def parse_config(text: str, path: str | None = None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{src}: malformed TOML: {e}") from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"{src}: malformed TOML: values nested too deeply") from None
     _check_keys(data, _TOP_KEYS, src)
     networks: dict[str, Network] = {DEFAULT_NETWORK: builtin_network()}
     for name, t in _table(data.get("networks", {}), f"{src}: [networks]").items():
