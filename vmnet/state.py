@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from vmnet.errors import ConflictError, PrivilegeError, VmnetError
+from vmnet.errors import ConflictError, InputError, PrivilegeError, VmnetError
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -209,6 +209,8 @@ class StateStore:
         if self._lock_fd is not None:  # re-entrant within one process
             yield self
             return
+        if not timeout >= 0:  # NaN (`--lock-timeout nan`) would never time out
+            raise InputError(f"--lock-timeout: {timeout} is not a number of seconds >= 0")
         self._ensure_dirs()
         path = os.path.join(self.dir, "lock")
         try:
