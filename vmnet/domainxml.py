@@ -150,7 +150,9 @@ def parse_xml(data: bytes | str, what: str = "domain XML",
         root: ET.Element = parser.close()
     except DefusedXmlException as e:
         raise InputError(f"{what} refused: {_defused_reason(e)}") from None
-    except ET.ParseError as e:
+    except (ET.ParseError, ValueError, LookupError) as e:
+        # expat raises ValueError for a multi-byte encoding it cannot handle (UTF-7)
+        # and LookupError for an encoding Python does not know.
         raise InputError(f"{what} is malformed: {e}") from None
     return root
 
