@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -201,6 +202,7 @@ class StateStore:
             except OSError as e:  # a missing parent, a file in the way, a read-only fs
                 raise VmnetError(f"cannot create state directory {d}: {e.strerror}",
                                  hint="check --state-dir / $VMNET_STATE_DIR") from None
+            check_trusted_dir(d, top=d == self.root)
         self._dirs_made = True
 
     @contextlib.contextmanager
@@ -259,6 +261,10 @@ class StateStore:
 
     def _read_all(self, sub: str) -> dict[str, dict[str, Any]]:
         d = os.path.join(self.dir, sub)
+        if not self._dirs_made:  # records are acted on: never read them from a planted dir
+            for level in (self.root, self.dir, d):
+                if os.path.lexists(level):
+                    check_trusted_dir(level, top=level == self.root)
         out: dict[str, dict[str, Any]] = {}
         try:
             names = os.listdir(d)
@@ -372,6 +378,30 @@ class StateStore:
             os.unlink(os.path.join(self.dir, "lock"))
             os.rmdir(self.dir)
         self._dirs_made = False
+
+
+def check_trusted_dir(path: str, *, top: bool = False) -> None:
+    """Refuse a state directory someone else could write: vmnet acts on its records.
+
+    vmnet's own levels must be real directories, owned by root (or by vmnet's
+    uid) and writable by no one else; the top (--state-dir) may be a shared,
+    sticky one like /tmp, and may be reached through a symlink.
+    """
+    try:
+        st = os.stat(path) if top else os.lstat(path)
+    except OSError as e:
+        raise VmnetError(f"cannot check state directory {path}: {e.strerror}") from None
+    mode = st.st_mode
+    why = None
+    if not stat.S_ISDIR(mode):
+        why = "is a symlink" if stat.S_ISLNK(mode) else "is not a directory"
+    elif st.st_uid not in (0, os.geteuid()):
+        why = f"is owned by uid {st.st_uid}"
+    elif mode & 0o022 and not (top and mode & stat.S_ISVTX):
+        why = f"is writable by others (mode {stat.S_IMODE(mode):04o})"
+    if why:
+        raise VmnetError(f"state directory {path} {why}; vmnet will not trust its records",
+                         hint="remove it, or give a --state-dir only root can write")
 
 
 def _valid_names(*names: object) -> bool:
