@@ -16,6 +16,7 @@ read of the FIFO, the hook's peak memory small and its time short.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -478,3 +479,54 @@ def test_weird_but_valid_names_never_reach_a_shell(host: tuple[Netns, str, str],
         assert r.returncode == 0, r.stderr
     assert not canary.exists()
     assert host_snapshot(ns, state_dir) == before
+
+
+# -- no shell anywhere ------------------------------------------------------------------------
+def test_no_command_runs_through_a_shell() -> None:
+    """vmnet's source never hands a string to a shell: no os.system/os.popen, no shell=True,
+    and every subprocess gets an argv list."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "vmnet"
+    calls = 0
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            assert name not in ("os.system", "os.popen", "subprocess.getoutput",
+                                "subprocess.getstatusoutput"), f"{path}:{node.lineno}"
+            for kw in node.keywords:
+                assert not (kw.arg == "shell" and ast.unparse(kw.value) != "False"), \
+                    f"{path}:{node.lineno}: shell={ast.unparse(kw.value)}"
+            if name.startswith("subprocess.") and node.args:
+                calls += 1
+                assert not isinstance(node.args[0], ast.Constant | ast.JoinedStr), \
+                    f"{path}:{node.lineno}: a command string"
+    assert calls >= 2  # run.py starts QEMU, hookinstall probes the interpreter
+
+
+def test_installed_hook_quotes_hostile_paths(tmp_path: Path) -> None:
+    """The hook file is a shell script (libvirtd execs it): settings full of shell syntax
+    come back as the same single words, and run nothing."""
+    from vmnet import hookinstall
+
+    canary = tmp_path / "pwned"
+    state = f"{tmp_path}/st $(touch {canary}) `touch {canary}`;\n'\"x"
+    cfg = f"{tmp_path}/c.toml;touch {canary}"
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    res = hookinstall.install(hookinstall.HookSettings(
+        python=sys.executable, state_dir=state, config=cfg, lock_timeout=5), str(hooks))
+    probe = tmp_path / "argv.py"
+    probe.write_text("import json, sys; print(json.dumps(sys.argv[1:]))\n")
+    text = Path(res.path).read_text().replace(" -I -m vmnet.hook", f" -I {probe}")
+    Path(res.path).write_text(text)  # the same command line, but printing its argv
+    r = subprocess.run([res.path, "dom", "started", "begin", "-"], capture_output=True,
+                       text=True, env={}, timeout=30)
+    assert r.returncode == 0, r.stderr
+    argv = json.loads(r.stdout)
+    assert argv[:2] == [f"--state-dir={state}", f"--config={cfg}"]
+    assert argv[-4:] == ["dom", "started", "begin", "-"]
+    assert not canary.exists()
