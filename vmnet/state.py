@@ -195,6 +195,12 @@ class StateStore:
                 os.mkdir(d, 0o700)
             except FileExistsError:
                 pass
+            except FileNotFoundError:
+                if d == self.root:
+                    raise VmnetError(f"cannot create state directory {d}: its parent does "
+                                     "not exist",
+                                     hint="check --state-dir / $VMNET_STATE_DIR") from None
+                raise  # a lock holder's cleanup_dir removed the level above: locked() retries
             except PermissionError:
                 raise PrivilegeError(f"cannot create state directory {d}",
                                      hint="vmnet must run as root (or set --state-dir)") \
@@ -213,22 +219,53 @@ class StateStore:
             return
         if not timeout >= 0:  # NaN (`--lock-timeout nan`) would never time out
             raise InputError(f"--lock-timeout: {timeout} is not a number of seconds >= 0")
-        self._ensure_dirs()
         path = os.path.join(self.dir, "lock")
+        deadline = time.monotonic() + timeout
+        while True:
+            # A holder may remove the directories and the lock file (cleanup_dir,
+            # once no record is left) while we make or open them, or while we wait
+            # on the lock: a flock on an unlinked file would exclude no one.  So
+            # check after locking, and start again if they went away.
+            self._dirs_made = False
+            try:
+                self._ensure_dirs()
+                fd = self._open_lock(path)
+            except FileNotFoundError:
+                if time.monotonic() >= deadline:
+                    raise VmnetError(f"state directory {self.dir} keeps disappearing") \
+                        from None
+                continue
+            self._flock(fd, path, deadline, timeout)
+            if _same_file(fd, path):
+                break
+            os.close(fd)
+        self._lock_fd = fd
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            yield self
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # releases the flock
+
+    @staticmethod
+    def _open_lock(path: str) -> int:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            raise
         except PermissionError:
             raise PrivilegeError(f"cannot open lock file {path}",
                                  hint="vmnet must run as root") from None
         except OSError as e:
             raise VmnetError(f"cannot open lock file {path}: {e.strerror}",
                              hint="check --state-dir / $VMNET_STATE_DIR") from None
-        deadline = time.monotonic() + timeout
+
+    @staticmethod
+    def _flock(fd: int, path: str, deadline: float, timeout: float) -> None:
         delay = 0.002
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
@@ -240,12 +277,6 @@ class StateStore:
                         hint="another vmnet command is running in this namespace") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
-        self._lock_fd = fd
-        try:
-            yield self
-        finally:
-            self._lock_fd = None
-            os.close(fd)  # releases the flock
 
     # -- files -------------------------------------------------------------
     def _write(self, sub: str, key: str, data: dict[str, Any]) -> None:
@@ -263,7 +294,7 @@ class StateStore:
         d = os.path.join(self.dir, sub)
         if not self._dirs_made:  # records are acted on: never read them from a planted dir
             for level in (self.root, self.dir, d):
-                if os.path.lexists(level):
+                with contextlib.suppress(FileNotFoundError):  # none yet, or just removed
                     check_trusted_dir(level, top=level == self.root)
         out: dict[str, dict[str, Any]] = {}
         try:
@@ -380,6 +411,16 @@ class StateStore:
         self._dirs_made = False
 
 
+def _same_file(fd: int, path: str) -> bool:
+    """Is `fd` still the file at `path` (not unlinked or replaced since it was opened)?"""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
 def check_trusted_dir(path: str, *, top: bool = False) -> None:
     """Refuse a state directory someone else could write: vmnet acts on its records.
 
@@ -389,6 +430,8 @@ def check_trusted_dir(path: str, *, top: bool = False) -> None:
     """
     try:
         st = os.stat(path) if top else os.lstat(path)
+    except FileNotFoundError:
+        raise  # removed meanwhile by a lock holder (cleanup_dir): the caller decides
     except OSError as e:
         raise VmnetError(f"cannot check state directory {path}: {e.strerror}") from None
     mode = st.st_mode
