@@ -6,6 +6,8 @@
    the default bridge, a bridge with an uplink that comes and goes with it,
    and the admin's bridge, which must stay.  After every round, with
    everything quiet, `vmnet status --json` is checked against `ip -d -j link`.
+   `vmnet gc` runs in a loop all the while: it must leave live work and idle
+   VMs alone.
 2. Races on one VM (VMNET_SOAK_RACES rounds): two `up` at once, `up`
    against `down`, and `up` against `down --force` of a bulk set; every
    command must succeed, and the end state must be one of the two orders.
@@ -183,8 +185,18 @@ def test_parallel_up_down_cycles(ns: Netns, state_dir: str, tmp_path: Path) -> N
                 for v in vms:
                     is_up[v] = op == "up"
             plans.append(plan)
+        stop = threading.Event()
+
+        def collector(stop: threading.Event) -> None:  # gc must leave live work be
+            while not stop.is_set():
+                s.run("gc")
+
+        gc_thread = threading.Thread(target=collector, args=(stop,))
+        gc_thread.start()
         with ThreadPoolExecutor(WORKERS) as pool:
             list(pool.map(worker, range(WORKERS), plans))
+        stop.set()
+        gc_thread.join()
         problems = agreement(s, {v for v, u in is_up.items() if u})
         disagreements += [f"round {rnd}: {p}" for p in problems]
     # everything down, in one bulk call: nothing of vmnet's left
@@ -196,7 +208,7 @@ def test_parallel_up_down_cycles(ns: Netns, state_dir: str, tmp_path: Path) -> N
     assert not [f for _, _, fs in os.walk(state_dir) for f in fs]
     figures.report("soak", "parallel-cycles", rounds=ROUNDS, workers=WORKERS,
                    vms=len(names), commands=sum(s.counts.values()), ups=s.counts["up"],
-                   downs=s.counts["down"], failures=len(s.failures),
+                   downs=s.counts["down"], gcs=s.counts["gc"], failures=len(s.failures),
                    disagreements=len(disagreements))
     assert not s.failures, "\n".join(s.failures)
     assert not disagreements, "\n".join(disagreements)
