@@ -328,3 +328,27 @@ def test_gc_never_cuts_a_held_tap(ns: Netns, state_dir: str) -> None:
     r = vmnet(ns, state_dir, "gc", check=True)
     assert "vm1: rolled back" in r.stdout
     assert set(ns.links()) == {"lo"}
+
+
+def test_records_of_a_dead_namespace_with_a_reused_inode_are_set_aside(
+        ns: Netns, state_dir: str) -> None:
+    """The kernel reuses namespace inodes; the stored cookie tells the records apart."""
+    ns.ip("link", "add", "br-a", "type", "bridge")
+    ns.ip("link", "add", "up0", "type", "veth", "peer", "name", "up0p")
+    ns.ip("link", "set", "up0", "up")
+    vmnet(ns, state_dir, "up", "vm1", "--bridge", "br-a", "--uplink", "up0", check=True)
+    nsdir = Path(state_dir) / f"ns-{ns.inode}"
+    assert (nsdir / "cookie").read_text().strip().isdigit()
+    # Make the records look like a dead namespace's that had this inode, and make
+    # this namespace's own state unlike what they describe.
+    (nsdir / "cookie").write_text("1\n")
+    ns.ip("link", "del", "vm1-0")
+    r = vmnet(ns, state_dir, "gc", check=True)
+    assert "nothing to do" in r.stdout
+    assert status_json(ns, state_dir)["vms"] == []
+    assert ns.links()["up0"]["master"] == "br-a"  # the admin's uplink stays where it is
+    vmnet(ns, state_dir, "up", "vm2", "--bridge", "br-a", check=True)  # claims the dir
+    assert (nsdir / "stale-1-vms" / "vm1.json").exists()
+    assert (nsdir / "cookie").read_text().strip() != "1"
+    vmnet(ns, state_dir, "down", "vm2", check=True)
+    assert ns.links()["up0"]["master"] == "br-a"

@@ -155,10 +155,10 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
 
 def domain_records(state_dir: str, domain_uuid: str) -> list[str]:
     """VMs whose records belong to this domain (read without the lock: down re-checks)."""
-    from vmnet.kernel.netns import current_inode
+    from vmnet.kernel.netns import current_cookie, current_inode
     from vmnet.state import StateStore
 
-    store = StateStore(state_dir, current_inode())
+    store = StateStore(state_dir, current_inode(), current_cookie())
     if not os.path.isdir(store.dir):
         return []
     return sorted(name for name, rec in store.vms().items() if rec.domain_uuid == domain_uuid)

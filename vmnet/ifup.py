@@ -86,10 +86,11 @@ def port_from_config(tap: str, cfg: Config, env: Mapping[str, str]) -> Port:
 
 def find_port(tap: str, env: Mapping[str, str]) -> Port:
     """Records first (they know `vmnet up`'s overrides), then the config file."""
-    from vmnet.kernel.netns import current_inode
+    from vmnet.kernel.netns import current_cookie, current_inode
     from vmnet.state import DEFAULT_STATE_DIR, StateStore
 
-    store = StateStore(env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR, current_inode())
+    store = StateStore(env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR, current_inode(),
+                       current_cookie())
     port = port_from_records(tap, store.vms())
     if port is not None:
         return port

@@ -17,7 +17,7 @@ from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
 from vmnet.kernel import open_kernel
 from vmnet.kernel import tun as tunmod
 from vmnet.kernel.base import Snapshot
-from vmnet.kernel.netns import current_inode
+from vmnet.kernel.netns import current_cookie, current_inode
 from vmnet.model import Vm
 from vmnet.plan import (
     DownPlan,
@@ -48,7 +48,7 @@ class Context:
     _kernel: Kernel | None = field(default=None, repr=False)
 
     def store(self) -> StateStore:
-        return StateStore(self.state_dir, current_inode())
+        return StateStore(self.state_dir, current_inode(), current_cookie())
 
     def kernel(self) -> Kernel:
         if self._kernel is None:

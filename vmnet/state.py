@@ -179,11 +179,44 @@ def _key(fname: str) -> str:
 class StateStore:
     """Records for one network namespace."""
 
-    def __init__(self, root: str, ns_inode: int) -> None:
+    def __init__(self, root: str, ns_inode: int, ns_cookie: int | None = None) -> None:
         self.root = root
         self.dir = os.path.join(root, f"ns-{ns_inode}")
+        self.cookie = ns_cookie
         self._lock_fd: int | None = None
         self._dirs_made = False
+
+    # -- namespace identity ----------------------------------------------
+    # The directory is keyed by the namespace's inode, which the kernel reuses
+    # once a namespace is gone.  The cookie stored beside the records tells
+    # whether they describe this namespace or a dead one with the same inode.
+    def _stored_cookie(self) -> int | None:
+        try:
+            with open(os.path.join(self.dir, "cookie")) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+
+    def stale(self) -> bool:
+        """True when the records belong to a dead namespace whose inode was reused."""
+        stored = self._stored_cookie()
+        return self.cookie is not None and stored is not None and stored != self.cookie
+
+    def _claim(self) -> None:
+        """Under the lock: set a dead namespace's records aside, then stamp ours."""
+        if self.cookie is None:
+            return
+        stored = self._stored_cookie()
+        if stored == self.cookie:
+            return
+        if stored is not None:
+            for sub in ("vms", "bridges"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(os.path.join(self.dir, sub),
+                              os.path.join(self.dir, f"stale-{stored}-{sub}"))
+            self._dirs_made = False
+            self._ensure_dirs()
+        self._write_file(os.path.join(self.dir, "cookie"), f"{self.cookie}\n".encode())
 
     # -- locking -----------------------------------------------------------
     def _ensure_dirs(self) -> None:
@@ -241,6 +274,7 @@ class StateStore:
             os.close(fd)
         self._lock_fd = fd
         try:
+            self._claim()
             yield self
         finally:
             self._lock_fd = None
@@ -281,17 +315,23 @@ class StateStore:
     # -- files -------------------------------------------------------------
     def _write(self, sub: str, key: str, data: dict[str, Any]) -> None:
         self._ensure_dirs()
-        path = os.path.join(self.dir, sub, _fname(key))
+        self._write_file(os.path.join(self.dir, sub, _fname(key)),
+                         json.dumps(data, sort_keys=True).encode())
+
+    @staticmethod
+    def _write_file(path: str, data: bytes) -> None:
         tmp = f"{path}.tmp.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, json.dumps(data, sort_keys=True).encode())
+            os.write(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)
 
     def _read_all(self, sub: str) -> dict[str, dict[str, Any]]:
         d = os.path.join(self.dir, sub)
+        if self.stale():
+            return {}  # a dead namespace's records: never acted on here
         if not self._dirs_made:  # records are acted on: never read them from a planted dir
             for level in (self.root, self.dir, d):
                 with contextlib.suppress(FileNotFoundError):  # none yet, or just removed
@@ -329,6 +369,8 @@ class StateStore:
         self._write("vms", rec.vm, rec.to_json())
 
     def get_vm(self, vm: str) -> VmRecord | None:
+        if self.stale():
+            return None
         data = self._read_file(os.path.join(self.dir, "vms", _fname(vm)))
         return None if data is None else parse_vm_record(data)
 
@@ -363,6 +405,8 @@ class StateStore:
         self._write("bridges", rec.bridge, rec.to_json())
 
     def get_bridge(self, bridge: str) -> BridgeRecord | None:
+        if self.stale():
+            return None
         data = self._read_file(os.path.join(self.dir, "bridges", _fname(bridge)))
         return None if data is None else parse_bridge_record(data)
 
@@ -405,6 +449,8 @@ class StateStore:
                     if ".tmp." in fn:
                         os.unlink(os.path.join(p, fn))
                 os.rmdir(p)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.dir, "cookie"))
         with contextlib.suppress(FileNotFoundError, OSError):
             os.unlink(os.path.join(self.dir, "lock"))
             os.rmdir(self.dir)

@@ -8,12 +8,30 @@ import os
 from vmnet.errors import NotFoundError, PrivilegeError, kernel_error
 
 CLONE_NEWNET = 0x40000000
+SO_NETNS_COOKIE = 71
 NETNS_RUN_DIR = "/run/netns"
 
 
 def current_inode() -> int:
     """Identity of the calling process's network namespace (its nsfs inode)."""
     return os.stat("/proc/self/ns/net").st_ino
+
+
+def current_cookie() -> int | None:
+    """The namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+), None where unsupported.
+
+    Unlike its inode, a namespace's cookie is never reused within a boot, so it
+    tells a namespace apart from a dead one whose inode number came back.
+    """
+    import _socket
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    try:
+        return int.from_bytes(s.getsockopt(_socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return None
+    finally:
+        s.close()
 
 
 def enter(name: str) -> None:
