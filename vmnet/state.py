@@ -183,6 +183,7 @@ class StateStore:
         self.root = root
         self.dir = os.path.join(root, f"ns-{ns_inode}")
         self.cookie = ns_cookie
+        self._stamped = False
         self._lock_fd: int | None = None
         self._dirs_made = False
 
@@ -203,20 +204,27 @@ class StateStore:
         return self.cookie is not None and stored is not None and stored != self.cookie
 
     def _claim(self) -> None:
-        """Under the lock: set a dead namespace's records aside, then stamp ours."""
+        """Under the lock: set a dead namespace's records aside (ours are stamped on write)."""
         if self.cookie is None:
             return
         stored = self._stored_cookie()
-        if stored == self.cookie:
+        if stored is None or stored == self.cookie:
             return
-        if stored is not None:
-            for sub in ("vms", "bridges"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(os.path.join(self.dir, sub),
-                              os.path.join(self.dir, f"stale-{stored}-{sub}"))
-            self._dirs_made = False
-            self._ensure_dirs()
-        self._write_file(os.path.join(self.dir, "cookie"), f"{self.cookie}\n".encode())
+        for sub in ("vms", "bridges"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(os.path.join(self.dir, sub),
+                          os.path.join(self.dir, f"stale-{stored}-{sub}"))
+        os.unlink(os.path.join(self.dir, "cookie"))
+        self._stamped = False
+        self._dirs_made = False
+        self._ensure_dirs()
+
+    def _stamp(self) -> None:
+        if self._stamped or self.cookie is None:
+            return
+        if self._stored_cookie() != self.cookie:
+            self._write_file(os.path.join(self.dir, "cookie"), f"{self.cookie}\n".encode())
+        self._stamped = True
 
     # -- locking -----------------------------------------------------------
     def _ensure_dirs(self) -> None:
@@ -315,6 +323,7 @@ class StateStore:
     # -- files -------------------------------------------------------------
     def _write(self, sub: str, key: str, data: dict[str, Any]) -> None:
         self._ensure_dirs()
+        self._stamp()
         self._write_file(os.path.join(self.dir, sub, _fname(key)),
                          json.dumps(data, sort_keys=True).encode())
 
@@ -451,6 +460,7 @@ class StateStore:
                 os.rmdir(p)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.dir, "cookie"))
+        self._stamped = False
         with contextlib.suppress(FileNotFoundError, OSError):
             os.unlink(os.path.join(self.dir, "lock"))
             os.rmdir(self.dir)
