@@ -26,8 +26,9 @@ from contextlib import contextmanager
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
-# vmnet's state lives in /run, a tmpfs on every systemd host; use a tmpfs here too.
-STATE_ROOT = "/dev/shm"
+# vmnet's state lives in /run, a tmpfs on every systemd host; use a tmpfs here too
+# (a directory of this run's, removed at the end).
+STATE_ROOT = tempfile.mkdtemp(prefix="vmnet-bench-", dir="/dev/shm")
 TARGETS = {"bulk_up": 1.5, "bulk_down": 1.5, "growth": 1.3, "hot": 3.0, "rss_mb": 100.0}
 
 
@@ -264,6 +265,7 @@ def main() -> None:
             print(f"  {k:<16} {'met' if ok else 'MISSED'}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(STATE_ROOT, ignore_errors=True)
 
 
 if __name__ == "__main__":
