@@ -9,13 +9,12 @@ grouped delete.
 from __future__ import annotations
 
 import os
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.nsutil import Netns
+from tests.tapholder import hold_tap
 from tests.test_core_kernel import tap_info
 from tests.vmnetcli import host_snapshot, status_json, vmnet
 
@@ -112,22 +111,10 @@ def test_bulk_up_kernel_failure_rolls_back_everything(ns: Netns, state_dir: str,
 def test_bulk_down_refuses_batch_with_held_tap(ns: Netns, state_dir: str) -> None:
     names = [f"h{i}" for i in range(6)]
     vmnet(ns, state_dir, "up", *names, check=True)
-    holder = subprocess.Popen(
-        ["ip", "netns", "exec", ns.name, "python3", "-c", textwrap.dedent("""
-            import fcntl, os, struct, time
-            fd = os.open('/dev/net/tun', os.O_RDWR)
-            fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', b'h3-0', 0x1002))
-            print('held', flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with hold_tap(ns, "h3-0"):
         before = ns.links()
         r = vmnet(ns, state_dir, "down", *names)
         assert r.returncode != 0 and "h3" in r.stderr and "still running" in r.stderr
         assert set(ns.links()) == set(before)
         vmnet(ns, state_dir, "down", "--force", *names, check=True)
         assert not any(n.startswith("h") for n in ns.links())
-    finally:
-        holder.kill()
-        holder.wait()

@@ -6,7 +6,6 @@ import grp
 import json
 import os
 import pwd
-import subprocess
 import textwrap
 import threading
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.nsutil import Netns
+from tests.tapholder import hold_tap
 from tests.vmnetcli import host_snapshot, status_json, vmnet
 
 pytestmark = pytest.mark.kernel
@@ -201,27 +201,15 @@ def test_foreign_interface_with_tap_name_is_never_adopted(ns: Netns, state_dir: 
 
 def test_busy_tap_refused_by_down_unless_force(ns: Netns, state_dir: str) -> None:
     vmnet(ns, state_dir, "up", "vm1", check=True)
-    holder = subprocess.Popen(
-        ["ip", "netns", "exec", ns.name, "python3", "-c", textwrap.dedent("""
-            import fcntl, os, struct, sys, time
-            fd = os.open('/dev/net/tun', os.O_RDWR)
-            fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', b'vm1-0', 0x1002))
-            print('held', flush=True)
-            time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with hold_tap(ns, "vm1-0") as holder:
         st = status_json(ns, state_dir, "vm1")["vms"][0]["nics"][0]
-        assert st["held"] is True and any(str(holder.pid) in h or "python" in h
+        assert st["held"] is True and any(f"pid {holder.pid}" in h or "python" in h
                                           for h in st["holders"])
         r = vmnet(ns, state_dir, "down", "vm1")
         assert r.returncode != 0 and "still running" in r.stderr and "pid" in r.stderr
         assert "vm1-0" in ns.links()
         vmnet(ns, state_dir, "down", "vm1", "--force", check=True)
         assert "vm1-0" not in ns.links()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_dry_run_changes_nothing(ns: Netns, state_dir: str) -> None:
@@ -309,22 +297,10 @@ def test_gc_never_cuts_a_held_tap(ns: Netns, state_dir: str) -> None:
     """A dead writer's record is kept while a process holds its tap (a running VM)."""
     r = vmnet(ns, state_dir, "up", "vm1", env={"VMNET_FAULT": "up:applied"})
     assert r.returncode == -9
-    holder = subprocess.Popen(
-        ["ip", "netns", "exec", ns.name, "python3", "-c", textwrap.dedent("""
-            import fcntl, os, struct, sys
-            fd = os.open('/dev/net/tun', os.O_RDWR)
-            fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH22x', b'vm1-0', 0x1002))
-            print('held', flush=True)
-            sys.stdin.read()
-        """)], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with hold_tap(ns, "vm1-0"):
         r = vmnet(ns, state_dir, "gc", check=True)
         assert "vm1: in use (vm1-0 held)" in r.stdout
         assert "vm1-0" in ns.links()
-    finally:
-        holder.kill()
-        holder.wait()
     r = vmnet(ns, state_dir, "gc", check=True)
     assert "vm1: rolled back" in r.stdout
     assert set(ns.links()) == {"lo"}
