@@ -122,3 +122,14 @@ def test_down_refuses_held_tap() -> None:
     with pytest.raises(ConflictError, match="pid 42"):
         plan_down("vm1", rec1, snap(t1), {}, {}, holders={"vm1-0": ["pid 42 (qemu)"]})
     assert plan_down("vm1", rec1, snap(t1), {}, {}, force=True).taps == ["vm1-0"]
+
+
+def test_bulk_plan_attaches_a_shared_uplink_once() -> None:
+    from vmnet.plan import plan_up_many
+
+    up = link(5, "eth1", "veth")
+    plans = plan_up_many([vm("a", uplink="eth1"), vm("b", uplink="eth1")],
+                         Observed(snap(up)), {}, {})
+    attaches = [s for p in plans for s in p.steps if isinstance(s, AttachUplink)]
+    creates = [s for p in plans for s in p.steps if isinstance(s, CreateBridge)]
+    assert len(attaches) == 1 and len(creates) == 1

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from vmnet.kernel.protocol import Kernel
 
 
-
 @dataclass
 class Context:
     """Where vmnet works: state directory, kernel factory, lock patience."""

@@ -6,6 +6,7 @@ so a refused request leaves the host exactly as it was.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from vmnet import validate as v
@@ -233,6 +234,10 @@ def plan_up_many(vms: list[Vm], obs: Observed, records: dict[str, VmRecord],
                                   mtu=step.mtu or 1500, up=True, carrier=False, master=None,
                                   alias=step.alias))
                 fake -= 1
+            elif isinstance(step, AttachUplink):
+                up, br = snap.get(step.uplink), snap.get(step.bridge)
+                if up is not None and br is not None:
+                    snap.add(dataclasses.replace(up, master=br.index, up=True))
             elif isinstance(step, CreateTap):
                 br = snap.get(next(n.bridge for n in plan.nics if n.tap == step.spec.name))
                 snap.add(LinkInfo(index=fake, name=step.spec.name, kind="tun",

@@ -67,6 +67,12 @@ class Snapshot:
             self.add(link)
 
     def add(self, link: LinkInfo) -> None:
+        """Add a link, or replace the one of that name (a planner's view of a change)."""
+        old = self.links.get(link.name)
+        if old is not None and old.master is not None:
+            ports = self._ports.get(old.master, [])
+            if old in ports:
+                ports.remove(old)
         self.links[link.name] = link
         self._by_index[link.index] = link
         if link.master is not None:
