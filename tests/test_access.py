@@ -39,7 +39,7 @@ EPERM = 1
 ALICE, BOB, CAROL = 4001, 4002, 4003  # numeric uids: nobody's, never added to the host
 GUESTS = 4242  # a numeric group
 
-PRIVATE_TUN = ('mount -t tmpfs vmnet-tun /dev/net && mknod /dev/net/tun c 10 200 && '
+PRIVATE_TUN = ('mount -n -t tmpfs vmnet-tun /dev/net && mknod /dev/net/tun c 10 200 && '
                'chmod 0666 /dev/net/tun && exec "$@"')
 
 ATTACH = r"""

@@ -108,7 +108,7 @@ def test_missing_dev_net_tun(ns: Netns, state_dir: str) -> None:
     """/dev/net/tun hidden by a tmpfs in a private mount namespace (the host's node is kept)."""
     before = host_snapshot(ns, state_dir)
     prefix = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-              'mount -t tmpfs vmnet-test /dev/net && exec "$@"', "sh"]
+              'mount -n -t tmpfs vmnet-test /dev/net && exec "$@"', "sh"]
     r = vmnet(ns, state_dir, "up", "vm1", prefix=prefix)
     check_clean_failure(r, "/dev/net/tun")
     assert "modprobe tun" in r.stderr
