@@ -1,6 +1,6 @@
 """Console entry point.
 
-`vmnet up VM...` and `vmnet down VM...` with only the global options are
+`vmnet up VM...|--all` and `vmnet down VM...|--all` with only the global options are
 served here without importing click (about 30 ms): they call the same
 functions as the click commands (vmnet.commands), print the same lines and
 fail the same way.  Anything else goes to the click CLI.
@@ -12,13 +12,13 @@ import os
 import sys
 
 _GLOBAL_VALUE = {"--netns", "--state-dir", "--config", "--lock-timeout"}
-_FLAGS = {"up": {"--dry-run"}, "down": {"--dry-run", "--force"}}
+_FLAGS = {"up": {"--dry-run", "--all"}, "down": {"--dry-run", "--force", "--all"}}
 
 
 class Request:
     """An `up`/`down` request the lean path serves."""
 
-    __slots__ = ("cmd", "config", "dry_run", "force", "lock_timeout", "names", "netns",
+    __slots__ = ("all", "cmd", "config", "dry_run", "force", "lock_timeout", "names", "netns",
                  "state_dir")
 
     def __init__(self, cmd: str, names: list[str], flags: set[str], opts: dict[str, str]) -> None:
@@ -26,6 +26,7 @@ class Request:
         self.names = names
         self.dry_run = "--dry-run" in flags
         self.force = "--force" in flags
+        self.all = "--all" in flags
         self.netns = opts.get("--netns") or None
         self.state_dir = opts.get("--state-dir") or os.environ.get("VMNET_STATE_DIR") \
             or "/run/vmnet"
@@ -60,8 +61,10 @@ def parse_lean(argv: list[str]) -> Request | None:
             return None
         else:
             names.append(a)
-    if not names:
-        return None
+    if not names and "--all" not in flags:
+        return None  # click words the usage error
+    if ("--all" in flags or len(names) >= 20) and sys.stderr.isatty():
+        return None  # a person at a terminal gets click's progress bar
     try:
         return Request(cmd, names, flags, opts)
     except ValueError:  # a bad --lock-timeout: let click word the error
@@ -106,8 +109,8 @@ def _run(req: Request) -> None:
         enter(req.netns)
     ctx = Context(state_dir=req.state_dir, lock_timeout=req.lock_timeout)
     if req.cmd == "up":
-        commands.up(ctx, load_config(req.config), req.names, False, Overrides(), req.dry_run,
+        commands.up(ctx, load_config(req.config), req.names, req.all, Overrides(), req.dry_run,
                     _out)
     else:
-        commands.down(ctx, req.names, False, req.force, req.dry_run, _out, _err)
+        commands.down(ctx, req.names, req.all, req.force, req.dry_run, _out, _err)
     sys.stdout.flush()
