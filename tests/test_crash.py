@@ -243,6 +243,20 @@ class Lab:
         return self.host
 
 
+def _after_kill(lab: Lab, res: Sweep, what: str, recover: Callable[[Host], list[str]],
+                expect: Callable[[Host], dict[str, Any]],
+                redo: Callable[[Host], list[str]]) -> None:
+    """Recover as an admin would, check the host against `expect`, redo; count leaks."""
+    host = lab.host
+    problems = recover(host)
+    problems += host.settled_diff(expect(host))
+    if not problems:
+        problems += redo(host)
+    if problems:
+        res.leaks += [f"{what}: {p}" for p in problems]
+        lab.rebuild()
+
+
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
     if os.geteuid() != 0:
@@ -307,13 +321,7 @@ def sweep(lab: Lab, op: str, *, prepare: Callable[[Host], None],
             break
         res.kills += 1
         where = res.points[n - 1] if n <= len(res.points) else f"#{n}"
-        problems = recover(host)
-        problems += host.settled_diff(expect(host))
-        if not problems:
-            problems += redo(host)
-        if problems:
-            res.leaks += [f"{op} killed at {where}: {p}" for p in problems]
-            lab.rebuild()
+        _after_kill(lab, res, f"{op} killed at {where}", recover, expect, redo)
     else:
         pytest.fail(f"{op}: still being killed after {MAX_POINTS} points")
     figures.report("crash", op, points=len(res.points), kills=res.kills,
@@ -615,13 +623,8 @@ def syscall_sweep(lab: Lab, op: str, args: tuple[str, ...], *,
             assert not (p := undo(host)), p
             continue
         res.kills += 1
-        problems = recover(host)
-        problems += host.settled_diff(expect(host))
-        if not problems:
-            problems += redo(host)
-        if problems:
-            res.leaks += [f"{op} killed before {call.label} {call.text}: {p}" for p in problems]
-            lab.rebuild()
+        _after_kill(lab, res, f"{op} killed before {call.label} {call.text}", recover,
+                    expect, redo)
     assert len(missed) <= len(calls) // 10, f"{op}: calls not reproduced: {missed}"
     figures.report("crash", f"{op} (syscalls)", points=len(calls), kills=res.kills,
                    leaks=len(res.leaks), missed=len(missed))
