@@ -9,14 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmnet import validate as v
-from vmnet._hash import sha256
 from vmnet.errors import InputError
+from vmnet.names import (
+    HASHED_TAP_PREFIX,
+    MARK_PREFIX,
+    QEMU_OUI,
+    bridge_mark,
+    default_mac,
+    default_tap_name,
+    nic_mark,
+    parse_nic_mark,
+    pinned_bridge_mac,
+    tap_mac,
+)
 
-QEMU_OUI = "52:54:00"
-MARK_PREFIX = "vmnet:"
 DEFAULT_NETWORK = "default"
 DEFAULT_BRIDGE = "vmnet0"
-HASHED_TAP_PREFIX = "vmn"
 
 
 @dataclass(frozen=True)
@@ -120,60 +128,6 @@ class Vm:
         return nic_mark(self.name, nic.index)
 
 
-def nic_mark(vm: str, index: int) -> str:
-    """The ifalias vmnet puts on a tap it creates: proof, kernel-side, that it is ours."""
-    return f"{MARK_PREFIX}{vm}:{index}"
-
-
-def parse_nic_mark(alias: str | None) -> tuple[str, int] | None:
-    if not alias or not alias.startswith(MARK_PREFIX) or alias.startswith(
-            f"{MARK_PREFIX}bridge:"):
-        return None
-    vm, _, idx = alias[len(MARK_PREFIX):].rpartition(":")
-    if not vm or not idx.isdigit():
-        return None
-    return vm, int(idx)
-
-
-def default_tap_name(vm: str, index: int) -> str:
-    """`<vm>-<index>` when it fits and is safe, else `vmn<hash>-<index>`.
-
-    Direct names are injective (the suffix after the last '-' is the index).
-    Hashed names start with 'vmn' followed by 9 hex digits; a VM name that
-    itself starts with 'vmn' always gets a hashed name, so the two forms
-    cannot collide.
-    """
-    direct = f"{vm}-{index}"
-    safe = all(c.isalnum() or c in "-_." for c in vm) and vm.isascii()
-    reserved = vm.startswith((HASHED_TAP_PREFIX, *v.RESERVED_TAP_PREFIXES))
-    if safe and not reserved and len(direct) <= v.MAX_IFNAME:
-        return direct
-    h = sha256(vm.encode()).hexdigest()[:9]
-    return f"{HASHED_TAP_PREFIX}{h}-{index}"
-
-
-def default_mac(vm: str, index: int) -> str:
-    """Deterministic guest MAC in QEMU's 52:54:00 range."""
-    h = sha256(f"vmnet-mac/{vm}/{index}".encode()).digest()
-    return f"{QEMU_OUI}:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
-
-
-def tap_mac(guest_mac: str) -> str:
-    """The tap's own MAC: the guest's with first byte 0xfe (0xfa if it already is 0xfe).
-
-    A bridge takes the lowest MAC of its ports unless pinned; 0xfe sorts high,
-    and a tap that shares the guest's MAC would confuse the bridge's FDB.
-    """
-    first = "fa" if guest_mac[:2].lower() == "fe" else "fe"
-    return first + guest_mac[2:].lower()
-
-
-def pinned_bridge_mac(bridge: str) -> str:
-    """The MAC vmnet gives a bridge it creates (locally administered, from the name)."""
-    h = sha256(f"vmnet-bridge/{bridge}".encode()).digest()
-    return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
-
-
-def bridge_mark(bridge: str) -> str:
-    """The ifalias vmnet puts on a bridge it creates."""
-    return f"{MARK_PREFIX}bridge:{bridge}"
+__all__ = ["DEFAULT_BRIDGE", "DEFAULT_NETWORK", "HASHED_TAP_PREFIX", "MARK_PREFIX", "QEMU_OUI",
+           "Network", "Nic", "Vm", "bridge_mark", "default_mac", "default_tap_name", "nic_mark",
+           "parse_nic_mark", "pinned_bridge_mac", "tap_mac"]

@@ -24,19 +24,28 @@ import errno
 import fcntl
 import json
 import os
-import stat
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from vmnet.errors import ConflictError, InputError, PrivilegeError, VmnetError
+from vmnet.statefs import (
+    DEFAULT_STATE_DIR,
+    FORMAT,
+    check_trusted_dir,
+    dumps,
+    fname,
+    key_of,
+    proc_start_time,
+    same_file,
+    write_file,
+)
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from typing import Any
 
-DEFAULT_STATE_DIR = "/run/vmnet"
-FORMAT = 1
+__all__ = ["DEFAULT_STATE_DIR", "FORMAT", "check_trusted_dir", "proc_start_time"]
 
 
 @dataclass(frozen=True)
@@ -57,20 +66,6 @@ class Proc:
 
     def alive(self) -> bool:
         return proc_start_time(self.pid) == self.start
-
-
-def proc_start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(rest[19])
-    except (IndexError, ValueError):
-        return None
 
 
 @dataclass
@@ -147,33 +142,6 @@ class BridgeRecord:
                    uplink_attached=bool(d.get("uplink_attached")),
                    uplink_was_down=bool(d.get("uplink_was_down")),
                    address=d.get("address"), writer=Proc(**w) if w else None)
-
-
-def _fname(key: str) -> str:
-    # Percent-encode everything but [A-Za-z0-9_.-] (urllib.parse costs an import).
-    out = []
-    for b in key.encode():
-        c = chr(b)
-        out.append(c if c.isascii() and (c.isalnum() or c in "_.-") else f"%{b:02X}")
-    name = "".join(out)
-    return (name if name not in (".", "..") else name.replace(".", "%2E")) + ".json"
-
-
-def _key(fname: str) -> str:
-    raw = fname[: -len(".json")]
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        if raw[i] == "%" and i + 3 <= len(raw):
-            try:
-                out += bytes.fromhex(raw[i + 1:i + 3])
-                i += 3
-                continue
-            except ValueError:
-                pass  # not an escape we made: keep it as it is
-        out += raw[i].encode()
-        i += 1
-    return out.decode(errors="replace")
 
 
 class StateStore:
@@ -277,7 +245,7 @@ class StateStore:
                         from None
                 continue
             self._flock(fd, path, deadline, timeout)
-            if _same_file(fd, path):
+            if same_file(fd, path):
                 break
             os.close(fd)
         self._lock_fd = fd
@@ -324,18 +292,12 @@ class StateStore:
     def _write(self, sub: str, key: str, data: dict[str, Any]) -> None:
         self._ensure_dirs()
         self._stamp()
-        self._write_file(os.path.join(self.dir, sub, _fname(key)),
-                         json.dumps(data, sort_keys=True).encode())
+        self._write_file(os.path.join(self.dir, sub, fname(key)),
+                         dumps(data))
 
     @staticmethod
     def _write_file(path: str, data: bytes) -> None:
-        tmp = f"{path}.tmp.{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_file(path, data)
 
     def _read_all(self, sub: str) -> dict[str, dict[str, Any]]:
         d = os.path.join(self.dir, sub)
@@ -355,7 +317,7 @@ class StateStore:
                 continue
             data = self._read_file(os.path.join(d, fn))
             if data is not None:
-                out[_key(fn)] = data
+                out[key_of(fn)] = data
         return out
 
     @staticmethod
@@ -371,7 +333,7 @@ class StateStore:
 
     def _remove(self, sub: str, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.dir, sub, _fname(key)))
+            os.unlink(os.path.join(self.dir, sub, fname(key)))
 
     # -- VM records --------------------------------------------------------
     def put_vm(self, rec: VmRecord) -> None:
@@ -380,7 +342,7 @@ class StateStore:
     def get_vm(self, vm: str) -> VmRecord | None:
         if self.stale():
             return None
-        data = self._read_file(os.path.join(self.dir, "vms", _fname(vm)))
+        data = self._read_file(os.path.join(self.dir, "vms", fname(vm)))
         return None if data is None else parse_vm_record(data)
 
     def vms(self) -> dict[str, VmRecord]:
@@ -398,7 +360,7 @@ class StateStore:
             for key, data in self._read_all(sub).items():
                 if "__corrupt__" in data or (sub == "vms" and parse_vm_record(data) is None) \
                         or (sub == "bridges" and parse_bridge_record(data) is None):
-                    bad.append(os.path.join(self.dir, sub, _fname(key)))
+                    bad.append(os.path.join(self.dir, sub, fname(key)))
         return bad
 
     def remove_corrupt(self, path: str) -> None:
@@ -416,7 +378,7 @@ class StateStore:
     def get_bridge(self, bridge: str) -> BridgeRecord | None:
         if self.stale():
             return None
-        data = self._read_file(os.path.join(self.dir, "bridges", _fname(bridge)))
+        data = self._read_file(os.path.join(self.dir, "bridges", fname(bridge)))
         return None if data is None else parse_bridge_record(data)
 
     def bridges(self) -> dict[str, BridgeRecord]:
@@ -465,42 +427,6 @@ class StateStore:
             os.unlink(os.path.join(self.dir, "lock"))
             os.rmdir(self.dir)
         self._dirs_made = False
-
-
-def _same_file(fd: int, path: str) -> bool:
-    """Is `fd` still the file at `path` (not unlinked or replaced since it was opened)?"""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-def check_trusted_dir(path: str, *, top: bool = False) -> None:
-    """Refuse a state directory someone else could write: vmnet acts on its records.
-
-    vmnet's own levels must be real directories, owned by root (or by vmnet's
-    uid) and writable by no one else; the top (--state-dir) may be a shared,
-    sticky one like /tmp, and may be reached through a symlink.
-    """
-    try:
-        st = os.stat(path) if top else os.lstat(path)
-    except FileNotFoundError:
-        raise  # removed meanwhile by a lock holder (cleanup_dir): the caller decides
-    except OSError as e:
-        raise VmnetError(f"cannot check state directory {path}: {e.strerror}") from None
-    mode = st.st_mode
-    why = None
-    if not stat.S_ISDIR(mode):
-        why = "is a symlink" if stat.S_ISLNK(mode) else "is not a directory"
-    elif st.st_uid not in (0, os.geteuid()):
-        why = f"is owned by uid {st.st_uid}"
-    elif mode & 0o022 and not (top and mode & stat.S_ISVTX):
-        why = f"is writable by others (mode {stat.S_IMODE(mode):04o})"
-    if why:
-        raise VmnetError(f"state directory {path} {why}; vmnet will not trust its records",
-                         hint="remove it, or give a --state-dir only root can write")
 
 
 def _valid_names(*names: object) -> bool:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vmnet.kernel.sysctl import disable_ipv6
+
+__all__ = ["LinkInfo", "Snapshot", "TapSpec", "TunInfo", "disable_ipv6", "fresh_group"]
+
 
 @dataclass(frozen=True)
 class TunInfo:
@@ -108,19 +112,3 @@ def fresh_group(used: set[int]) -> int:
         group = 0x10000 + int.from_bytes(os.urandom(4), "little") % 0x7FFEFFFF
         if group not in used:
             return group
-
-
-def disable_ipv6(name: str) -> None:
-    """IPv6 off on an interface (a sysctl of the caller's network namespace)."""
-    import errno
-    import os
-
-    from vmnet.errors import kernel_error
-
-    if not os.path.exists("/proc/sys/net/ipv6"):
-        return  # IPv6 is off in this kernel: nothing to disable
-    try:
-        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-            f.write("1")
-    except OSError as e:
-        raise kernel_error("disable IPv6", name, e.errno or errno.EIO) from None

@@ -12,14 +12,11 @@ import errno
 import fcntl
 import ipaddress
 import socket
-import struct
 
 from vmnet.errors import NotFoundError, VmnetError, kernel_error
 from vmnet.kernel import rtnl, tun
 from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec, TunInfo, disable_ipv6, fresh_group
 from vmnet.kernel.rtnl import (
-    IFF_LOWER_UP,
-    IFF_UP,
     NLM_F_CREATE,
     NLM_F_EXCL,
     RTM_DELLINK,
@@ -33,85 +30,20 @@ from vmnet.kernel.rtnl import (
     a_str,
     a_u32,
     ifinfo,
-    parse_attrs,
 )
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from typing import Any
 
-_U32 = struct.Struct("=I")
-_STATS64 = struct.Struct("=QQQQ")  # rx_packets, tx_packets, rx_bytes, tx_bytes
-USER_HZ = 100
-
-
-def _mac(b: bytes) -> str:
-    return ":".join(f"{x:02x}" for x in b)
+USER_HZ = rtnl.USER_HZ
 
 
 def parse_link(buf: bytes, off: int, end: int) -> LinkInfo:
     """An RTM_NEWLINK message body -> LinkInfo."""
-    _fam, _type, index, flags, _change = rtnl._IFI.unpack_from(buf, off)
-    name = ""
-    mac = alias = kind = None
-    mtu = group = 0
-    master = None
-    carrier = None
-    stats = (0, 0, 0, 0)
-    tun_info = None
-    stp = fwd = None
-    for t, s, e in parse_attrs(buf, off + rtnl._IFI.size, end):
-        if t == rtnl.IFLA_IFNAME:
-            name = buf[s:e].rstrip(b"\0").decode()
-        elif t == rtnl.IFLA_ADDRESS:
-            mac = _mac(buf[s:e])
-        elif t == rtnl.IFLA_MTU:
-            mtu = _U32.unpack_from(buf, s)[0]
-        elif t == rtnl.IFLA_MASTER:
-            master = _U32.unpack_from(buf, s)[0]
-        elif t == rtnl.IFLA_IFALIAS:
-            alias = buf[s:e].rstrip(b"\0").decode(errors="replace")
-        elif t == rtnl.IFLA_GROUP:
-            group = _U32.unpack_from(buf, s)[0]
-        elif t == rtnl.IFLA_CARRIER:
-            carrier = bool(buf[s])
-        elif t == rtnl.IFLA_STATS64:
-            stats = _STATS64.unpack_from(buf, s)
-        elif t == rtnl.IFLA_LINKINFO:
-            data_s = data_e = 0
-            for it, is_, ie in parse_attrs(buf, s, e):
-                if it == rtnl.IFLA_INFO_KIND:
-                    kind = buf[is_:ie].rstrip(b"\0").decode()
-                elif it == rtnl.IFLA_INFO_DATA:
-                    data_s, data_e = is_, ie
-            if kind == "tun" and data_e:
-                d = {dt: buf[ds:de] for dt, ds, de in parse_attrs(buf, data_s, data_e)}
-
-                def u32(k: int, d: dict[int, bytes] = d) -> int | None:
-                    return _U32.unpack(d[k])[0] if k in d else None
-
-                def u8(k: int, d: dict[int, bytes] = d) -> bool:
-                    return bool(d[k][0]) if k in d else False
-
-                tun_info = TunInfo(tap=d.get(rtnl.IFLA_TUN_TYPE, b"\0")[:1] == b"\x02",
-                                   owner=u32(rtnl.IFLA_TUN_OWNER),
-                                   group=u32(rtnl.IFLA_TUN_GROUP),
-                                   multi_queue=u8(rtnl.IFLA_TUN_MULTI_QUEUE),
-                                   persist=u8(rtnl.IFLA_TUN_PERSIST),
-                                   vnet_hdr=u8(rtnl.IFLA_TUN_VNET_HDR),
-                                   pi=u8(rtnl.IFLA_TUN_PI),
-                                   num_queues=u32(rtnl.IFLA_TUN_NUM_QUEUES) or 0)
-            elif kind == "bridge" and data_e:
-                for dt, ds, _de in parse_attrs(buf, data_s, data_e):
-                    if dt == rtnl.IFLA_BR_STP_STATE:
-                        stp = bool(_U32.unpack_from(buf, ds)[0])
-                    elif dt == rtnl.IFLA_BR_FORWARD_DELAY:
-                        fwd = _U32.unpack_from(buf, ds)[0] // USER_HZ
-    return LinkInfo(index=index, name=name, kind=kind, mac=mac, mtu=mtu, up=bool(flags & IFF_UP),
-                    carrier=carrier if carrier is not None else bool(flags & IFF_LOWER_UP),
-                    master=master, alias=alias, group=group, tun=tun_info,
-                    rx_packets=stats[0], tx_packets=stats[1], rx_bytes=stats[2],
-                    tx_bytes=stats[3], stp=stp, forward_delay=fwd)
+    f = rtnl.link_fields(buf, off, end)
+    tun_info = f.pop("tun")
+    return LinkInfo(**f, tun=None if tun_info is None else TunInfo(**tun_info))  # type: ignore[arg-type]
 
 
 def _by_name(name: str) -> bytes:
@@ -180,10 +112,7 @@ class LeanKernel:
 
     # -- changing --------------------------------------------------------
     def create_tap(self, spec: TapSpec) -> None:
-        body = ifinfo(0, IFF_UP, IFF_UP) + _by_name(spec.name) + \
-            a_mac(rtnl.IFLA_ADDRESS, spec.mac) + a_str(rtnl.IFLA_IFALIAS, spec.alias)
-        if spec.mtu:
-            body += a_u32(rtnl.IFLA_MTU, spec.mtu)
+        body = rtnl.tap_config(spec.name, mac=spec.mac, alias=spec.alias, mtu=spec.mtu)
 
         def configure() -> None:  # before persist: see tun.create_persistent_tap
             # IPv6 off before the tap goes up, so it never gets a link-local address.
@@ -217,21 +146,10 @@ class LeanKernel:
                  up: bool | None = None, mtu: int | None = None,
                  alias: str | None = None, group: int | None = None,
                  mac: str | None = None) -> None:
-        body = _by_name(name)
-        if mac is not None:
-            body += a_mac(rtnl.IFLA_ADDRESS, mac)
-        if mtu is not None:
-            body += a_u32(rtnl.IFLA_MTU, mtu)
-        if alias is not None:
-            body += a_str(rtnl.IFLA_IFALIAS, alias)
-        if group is not None:
-            body += a_u32(rtnl.IFLA_GROUP, group)
-        if master is not None:
-            body += a_u32(rtnl.IFLA_MASTER, self._idx(master))
-        if nomaster:
-            body += a_u32(rtnl.IFLA_MASTER, 0)
-        head = ifinfo() if up is None else ifinfo(0, IFF_UP if up else 0, IFF_UP)
-        self._call("set link", name, RTM_SETLINK, 0, head + body)
+        idx = self._idx(master) if master is not None else (0 if nomaster else None)
+        body = rtnl.set_link(name, master=idx, up=up, mtu=mtu, alias=alias, group=group,
+                             mac=mac)
+        self._call("set link", name, RTM_SETLINK, 0, body)
 
     def _delete_one(self, name: str) -> None:
         with contextlib.suppress(NotFoundError):

@@ -8,12 +8,14 @@ if_link.h).  Requests can be pipelined: many sent, their ACKs read together.
 
 from __future__ import annotations
 
-import contextlib
+import _socket  # not `socket`: its enum classes cost ~2 ms to import
 import errno
 import os
-import socket
 import struct
-from collections.abc import Iterator
+
+TYPE_CHECKING = False  # typing and collections cost milliseconds; mypy treats this as true
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 NETLINK_ROUTE = 0
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
@@ -72,7 +74,7 @@ def a_nest(kind: int, *attrs: bytes) -> bytes:
 
 
 def ifinfo(index: int = 0, flags: int = 0, change: int = 0) -> bytes:
-    return _IFI.pack(socket.AF_UNSPEC, 0, index, flags, change)
+    return _IFI.pack(0, 0, index, flags, change)  # AF_UNSPEC
 
 
 def ifaddr(family: int, prefixlen: int, index: int) -> bytes:
@@ -93,15 +95,17 @@ class Rtnl:
     """One rtnetlink socket with sequence numbers and pipelined ACKs."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        self.sock = _socket.socket(_socket.AF_NETLINK,
+                                   _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, 1 << 20)
+        self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, 1 << 20)
         # NETLINK_EXT_ACK (11): the kernel's reason string with errors; NETLINK_CAP_ACK
         # (10): ACKs without the echoed request.
         for opt in (10, 11):
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 - contextlib costs an import on the hot path
                 self.sock.setsockopt(270, opt, 1)
+            except OSError:
+                pass
         self.sock.bind((0, 0))
         self.seq = 0
         self.pending: dict[int, object] = {}
@@ -146,6 +150,29 @@ class Rtnl:
         if failed:
             raise failed[0][1]
 
+    def get(self, mtype: int, body: bytes) -> tuple[bytes, int, int] | None:
+        """One request answered by one message: (buffer, body offset, end), None on ENODEV."""
+        if self.pending:
+            raise RuntimeError("get() with requests pending")
+        self.seq += 1
+        seq = self.seq
+        self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST, seq, 0) + body)
+        while True:
+            data = self.sock.recv(1 << 16)
+            off = 0
+            while off + _HDR.size <= len(data):
+                n, t, _flags, s, _pid = _HDR.unpack_from(data, off)
+                if n < _HDR.size:
+                    break
+                if s == seq:
+                    if t == NLMSG_ERROR:
+                        (code,) = _ERR.unpack_from(data, off + _HDR.size)
+                        if code == -errno.ENODEV:
+                            return None
+                        raise NetlinkError(-code, os.strerror(-code) + _ext_msg(data, off, n))
+                    return data, off + _HDR.size, off + n
+                off += (n + 3) & ~3
+
     def dump(self, mtype: int, body: bytes) -> Iterator[tuple[bytes, int, int]]:
         """Yield (buffer, body offset, message end) for each message of a dump."""
         self.seq += 1
@@ -183,3 +210,112 @@ def _ext_msg(data: bytes, off: int, n: int) -> str:
 
 def errno_of(e: OSError) -> int:
     return e.errno or errno.EIO
+
+
+# -- links ---------------------------------------------------------------
+_U32 = struct.Struct("=I")
+_STATS64 = struct.Struct("=QQQQ")  # rx_packets, tx_packets, rx_bytes, tx_bytes
+USER_HZ = 100
+
+
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def link_fields(buf: bytes, off: int, end: int) -> dict[str, object]:
+    """An RTM_NEWLINK message body -> the fields of vmnet.kernel.base.LinkInfo.
+
+    Plain data, so the hot path (vmnet.hot) reads links without the model's
+    classes; `tun` is a dict of TunInfo's fields or None.
+    """
+    _fam, _type, index, flags, _change = _IFI.unpack_from(buf, off)
+    name = ""
+    mac = alias = kind = None
+    mtu = group = 0
+    master = None
+    carrier = None
+    stats = (0, 0, 0, 0)
+    tun_info: dict[str, object] | None = None
+    stp = fwd = None
+    for t, s, e in parse_attrs(buf, off + _IFI.size, end):
+        if t == IFLA_IFNAME:
+            name = buf[s:e].rstrip(b"\0").decode()
+        elif t == IFLA_ADDRESS:
+            mac = _mac(buf[s:e])
+        elif t == IFLA_MTU:
+            mtu = _U32.unpack_from(buf, s)[0]
+        elif t == IFLA_MASTER:
+            master = _U32.unpack_from(buf, s)[0]
+        elif t == IFLA_IFALIAS:
+            alias = buf[s:e].rstrip(b"\0").decode(errors="replace")
+        elif t == IFLA_GROUP:
+            group = _U32.unpack_from(buf, s)[0]
+        elif t == IFLA_CARRIER:
+            carrier = bool(buf[s])
+        elif t == IFLA_STATS64:
+            stats = _STATS64.unpack_from(buf, s)
+        elif t == IFLA_LINKINFO:
+            data_s = data_e = 0
+            for it, is_, ie in parse_attrs(buf, s, e):
+                if it == IFLA_INFO_KIND:
+                    kind = buf[is_:ie].rstrip(b"\0").decode()
+                elif it == IFLA_INFO_DATA:
+                    data_s, data_e = is_, ie
+            if kind == "tun" and data_e:
+                d = {dt: buf[ds:de] for dt, ds, de in parse_attrs(buf, data_s, data_e)}
+
+                def u32(k: int, d: dict[int, bytes] = d) -> int | None:
+                    return _U32.unpack(d[k])[0] if k in d else None
+
+                def u8(k: int, d: dict[int, bytes] = d) -> bool:
+                    return bool(d[k][0]) if k in d else False
+
+                tun_info = {"tap": d.get(IFLA_TUN_TYPE, b"\0")[:1] == b"\x02",
+                            "owner": u32(IFLA_TUN_OWNER), "group": u32(IFLA_TUN_GROUP),
+                            "multi_queue": u8(IFLA_TUN_MULTI_QUEUE),
+                            "persist": u8(IFLA_TUN_PERSIST), "vnet_hdr": u8(IFLA_TUN_VNET_HDR),
+                            "pi": u8(IFLA_TUN_PI), "num_queues": u32(IFLA_TUN_NUM_QUEUES) or 0}
+            elif kind == "bridge" and data_e:
+                for dt, ds, _de in parse_attrs(buf, data_s, data_e):
+                    if dt == IFLA_BR_STP_STATE:
+                        stp = bool(_U32.unpack_from(buf, ds)[0])
+                    elif dt == IFLA_BR_FORWARD_DELAY:
+                        fwd = _U32.unpack_from(buf, ds)[0] // USER_HZ
+    return {"index": index, "name": name, "kind": kind, "mac": mac, "mtu": mtu,
+            "up": bool(flags & IFF_UP),
+            "carrier": carrier if carrier is not None else bool(flags & IFF_LOWER_UP),
+            "master": master, "alias": alias, "group": group, "tun": tun_info,
+            "rx_packets": stats[0], "tx_packets": stats[1], "rx_bytes": stats[2],
+            "tx_bytes": stats[3], "stp": stp, "forward_delay": fwd}
+
+
+def by_name(name: str) -> bytes:
+    return a_str(IFLA_IFNAME, name)
+
+
+def tap_config(name: str, *, mac: str, alias: str, mtu: int | None) -> bytes:
+    """RTM_SETLINK body that gives a new tap its MAC, mark and MTU and brings it up."""
+    body = ifinfo(0, IFF_UP, IFF_UP) + by_name(name) + a_mac(IFLA_ADDRESS, mac) + \
+        a_str(IFLA_IFALIAS, alias)
+    if mtu:
+        body += a_u32(IFLA_MTU, mtu)
+    return body
+
+
+def set_link(name: str, *, master: int | None = None, up: bool | None = None,
+             mtu: int | None = None, alias: str | None = None, group: int | None = None,
+             mac: str | None = None) -> bytes:
+    """RTM_SETLINK body; master is an ifindex (0: no master)."""
+    body = by_name(name)
+    if mac is not None:
+        body += a_mac(IFLA_ADDRESS, mac)
+    if mtu is not None:
+        body += a_u32(IFLA_MTU, mtu)
+    if alias is not None:
+        body += a_str(IFLA_IFALIAS, alias)
+    if group is not None:
+        body += a_u32(IFLA_GROUP, group)
+    if master is not None:
+        body += a_u32(IFLA_MASTER, master)
+    head = ifinfo() if up is None else ifinfo(0, IFF_UP if up else 0, IFF_UP)
+    return head + body

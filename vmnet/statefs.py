@@ -1,0 +1,152 @@
+"""The file layer under vmnet's records, light enough for the hot path.
+
+vmnet.state (the records, the store) and vmnet.hot (the few-millisecond
+`up` and ifup) both read and write records through these functions, so both
+lay files out, trust directories and encode JSON the same way.  Only builtin
+modules: no `json` (its decoder imports `re`), no dataclasses.
+"""
+
+from __future__ import annotations
+
+import _json
+import os
+import stat
+
+from vmnet.errors import VmnetError
+
+DEFAULT_STATE_DIR = "/run/vmnet"
+FORMAT = 1
+
+# json.dumps(obj, sort_keys=True), byte for byte: the C encoder json uses, without
+# importing json (whose decoder imports re).
+def _unencodable(o: object) -> object:
+    raise TypeError(f"Object of type {type(o).__name__} is not JSON serializable")
+
+
+_encode = _json.make_encoder(None, _unencodable, _json.encode_basestring_ascii, None, ": ",
+                             ", ", True, False, True)
+
+
+def dumps(obj: object) -> bytes:
+    """JSON text of a record, exactly as json.dumps(obj, sort_keys=True) writes it."""
+    return "".join(_encode(obj, 0)).encode()
+
+
+class _ScanContext:
+    """What json's C scanner reads from a JSONDecoder."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = None
+
+
+_scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
+
+
+def loads(data: bytes) -> object:
+    """Parse a record file's JSON; ValueError if it is not exactly one JSON value.
+
+    Stricter than json.loads (no NaN/Infinity, no leading BOM): vmnet never
+    writes those, and a file the hot path cannot read sends it to the full path.
+    """
+    try:
+        text = data.decode().strip()
+        obj, end = _scan(text, 0)
+    except (UnicodeDecodeError, StopIteration, TypeError, RecursionError) as e:
+        raise ValueError(f"not JSON: {e!r}") from None
+    except ValueError:
+        raise
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return obj
+
+
+def proc_start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
+    rest = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def fname(key: str) -> str:
+    # Percent-encode everything but [A-Za-z0-9_.-] (urllib.parse costs an import).
+    out = []
+    for b in key.encode():
+        c = chr(b)
+        out.append(c if c.isascii() and (c.isalnum() or c in "_.-") else f"%{b:02X}")
+    name = "".join(out)
+    return (name if name not in (".", "..") else name.replace(".", "%2E")) + ".json"
+
+
+def key_of(fname: str) -> str:
+    raw = fname[: -len(".json")]
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i] == "%" and i + 3 <= len(raw):
+            try:
+                out += bytes.fromhex(raw[i + 1:i + 3])
+                i += 3
+                continue
+            except ValueError:
+                pass  # not an escape we made: keep it as it is
+        out += raw[i].encode()
+        i += 1
+    return out.decode(errors="replace")
+
+
+def write_file(path: str, data: bytes) -> None:
+    """Replace `path` atomically: a temp file beside it, then rename(2)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def same_file(fd: int, path: str) -> bool:
+    """Is `fd` still the file at `path` (not unlinked or replaced since it was opened)?"""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def check_trusted_dir(path: str, *, top: bool = False) -> None:
+    """Refuse a state directory someone else could write: vmnet acts on its records.
+
+    vmnet's own levels must be real directories, owned by root (or by vmnet's
+    uid) and writable by no one else; the top (--state-dir) may be a shared,
+    sticky one like /tmp, and may be reached through a symlink.
+    """
+    try:
+        st = os.stat(path) if top else os.lstat(path)
+    except FileNotFoundError:
+        raise  # removed meanwhile by a lock holder (cleanup_dir): the caller decides
+    except OSError as e:
+        raise VmnetError(f"cannot check state directory {path}: {e.strerror}") from None
+    mode = st.st_mode
+    why = None
+    if not stat.S_ISDIR(mode):
+        why = "is a symlink" if stat.S_ISLNK(mode) else "is not a directory"
+    elif st.st_uid not in (0, os.geteuid()):
+        why = f"is owned by uid {st.st_uid}"
+    elif mode & 0o022 and not (top and mode & stat.S_ISVTX):
+        why = f"is writable by others (mode {stat.S_IMODE(mode):04o})"
+    if why:
+        raise VmnetError(f"state directory {path} {why}; vmnet will not trust its records",
+                         hint="remove it, or give a --state-dir only root can write")
