@@ -5,17 +5,16 @@ them, so the two paths print and behave the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from vmnet import validate
 from vmnet.errors import InputError
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-Echo = Callable[[str], None]
-Progress = Callable[[int, int], None] | None
+    Echo = Callable[[str], None]
+    Progress = Callable[[int, int], None] | None
 
 
 def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool,
@@ -23,7 +22,6 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
     """Bring `vms` (or every configured VM) up and say what was done."""
     from vmnet import ops
     from vmnet.config import resolve_vm
-    from vmnet.render.qemu import vm_args
 
     if all_vms and vms:
         raise InputError("give VM names or --all, not both")
@@ -35,6 +33,10 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
         validate.vm_name(n)
     models = [resolve_vm(cfg, n, ov) for n in names]
     results = ops.up_many(ctx, models, dry_run=dry_run, progress=progress)
+    if not dry_run:  # the hot path (vmnet.hot) reads this config's compiled form from now on
+        from vmnet import confcache
+
+        confcache.save(ctx.state_dir, cfg)
     for res in results:
         vm = res.vm
         if dry_run:
@@ -44,12 +46,25 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
             continue
         if res.plan.noop:
             out(f"{vm.name}: already up")
-        for nic in vm.nics:
-            owner = vm.user if vm.uid is not None else "-"
-            group = "" if vm.gid is None else f", group {vm.gid}"
-            out(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
-                f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
-        out("QEMU options: " + " ".join(_quote(a) for a in vm_args(vm)))
+        for line in up_lines(vm):
+            out(line)
+
+
+def up_lines(vm: Any) -> list[str]:
+    """What `up` says of a VM that is up: its taps, then its QEMU options.
+
+    `vm` is a vmnet.model.Vm, or the hot path's (vmnet.hot) plain equivalent.
+    """
+    from vmnet.render.qemu import shell_quote, vm_args
+
+    lines = []
+    for nic in vm.nics:
+        owner = vm.user if vm.uid is not None else "-"
+        group = "" if vm.gid is None else f", group {vm.gid}"
+        lines.append(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
+                     f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
+    lines.append("QEMU options: " + " ".join(shell_quote(a) for a in vm_args(vm)))
+    return lines
 
 
 def down(ctx: Any, vms: list[str], all_vms: bool, force: bool, dry_run: bool, out: Echo,
@@ -83,9 +98,3 @@ def down(ctx: Any, vms: list[str], all_vms: bool, force: bool, dry_run: bool, ou
             if res.plan.drop_bridges else ""
         out(f"{res.vm if len(names) < 20 else f'{len(names)} VMs'}: removed "
             f"{gone or 'no taps left'}{extra}")
-
-
-def _quote(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word)

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from vmnet import validate as v
+from vmnet.confcache import DEFAULT_CONFIG, digest
 from vmnet.errors import ConfigError, InputError, NotFoundError
 from vmnet.model import (
     DEFAULT_BRIDGE,
@@ -30,7 +31,6 @@ TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as 
 if TYPE_CHECKING:
     from typing import Any
 
-DEFAULT_CONFIG = "/etc/vmnet/vmnet.toml"
 
 _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address"}
 _VM_KEYS = {"user", "group", "nics"}
@@ -63,6 +63,7 @@ class Config:
     networks: dict[str, Network]
     vms: dict[str, VmSpec]
     default_network: str = DEFAULT_NETWORK
+    digest: str | None = None  # of the file's bytes: names its compiled form (confcache)
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
         text = raw.decode()
     except UnicodeDecodeError:
         raise ConfigError(f"{target}: not UTF-8 text") from None
-    return parse_config(text, target)
+    return replace(parse_config(text, target), digest=digest(raw))
 
 
 # -- users ---------------------------------------------------------------

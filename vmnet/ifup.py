@@ -94,9 +94,12 @@ def find_port(tap: str, env: Mapping[str, str]) -> Port:
     port = port_from_records(tap, store.vms())
     if port is not None:
         return port
+    from vmnet import confcache
     from vmnet.config import load_config
 
-    return port_from_config(tap, load_config(None, dict(env)), env)
+    cfg = load_config(None, dict(env))
+    confcache.save(store.root, cfg)  # for the hot path (vmnet.hot) next time
+    return port_from_config(tap, cfg, env)
 
 
 def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from vmnet import validate as v
 from vmnet.errors import InputError
 from vmnet.names import (
+    DEFAULT_BRIDGE,
+    DEFAULT_NETWORK,
     HASHED_TAP_PREFIX,
     MARK_PREFIX,
     QEMU_OUI,
@@ -22,9 +24,6 @@ from vmnet.names import (
     pinned_bridge_mac,
     tap_mac,
 )
-
-DEFAULT_NETWORK = "default"
-DEFAULT_BRIDGE = "vmnet0"
 
 
 @dataclass(frozen=True)

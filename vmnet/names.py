@@ -13,6 +13,8 @@ from vmnet._hash import sha256
 QEMU_OUI = "52:54:00"
 MARK_PREFIX = "vmnet:"
 HASHED_TAP_PREFIX = "vmn"
+DEFAULT_NETWORK = "default"
+DEFAULT_BRIDGE = "vmnet0"
 
 
 def nic_mark(vm: str, index: int) -> str:

@@ -7,13 +7,13 @@ implementation.  Nothing outside this package imports pyroute2.
 
 from __future__ import annotations
 
-from vmnet.kernel.base import LinkInfo, TapSpec, TunInfo
-
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from vmnet.kernel.protocol import Kernel as Kernel
 
-__all__ = ["LinkInfo", "TapSpec", "TunInfo", "open_kernel"]
+# Types live in vmnet.kernel.base: importing this package stays free of
+# dataclasses, for the hot path (vmnet.hot) that uses rtnl/tun/sysctl/netns.
+__all__ = ["open_kernel"]
 
 
 def open_kernel() -> Kernel:
