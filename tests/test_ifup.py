@@ -96,7 +96,9 @@ def test_qemu_created_tap_found_in_config(ns: Netns, state_dir: str, lab: str) -
     for key in ("mtu", "address", "ifalias", "master"):
         assert bridge_after.get(key) == bridge_before.get(key)
     assert "UP" in bridge_after["flags"]  # (carrier differs: the kernel's doing)
-    assert not os.listdir(state_dir)  # the scripts record nothing
+    # The scripts record nothing; config-cache/ is the config file compiled for the
+    # hot path (vmnet.confcache) by the full path's first run.
+    assert os.listdir(state_dir) in ([], ["config-cache"])
 
 
 def test_vmnet_tap_found_in_records(ns: Netns, state_dir: str) -> None:

@@ -78,7 +78,9 @@ def host_snapshot(ns: Netns, state_dir: str) -> dict[str, Any]:
     for root, _dirs, names in os.walk(state_dir):
         for n in names:
             p = os.path.join(root, n)
-            if n == "lock":
+            # config-cache/: the full path's compiled config for the hot path
+            # (vmnet.confcache), kept while VMs come and go, like a .pyc.
+            if n == "lock" or os.path.relpath(root, state_dir) == "config-cache":
                 continue
             with open(p, "rb") as f:
                 files.append((os.path.relpath(p, state_dir), f.read()))

@@ -427,6 +427,23 @@ class StateStore:
             os.unlink(os.path.join(self.dir, "lock"))
             os.rmdir(self.dir)
         self._dirs_made = False
+        self._drop_config_cache()
+
+    def _drop_config_cache(self) -> None:
+        """Once no namespace has records, the compiled configs (vmnet.confcache) go too:
+        a host with nothing up keeps nothing of vmnet's.  (Racing a writer in another
+        namespace costs at most one entry: the hot path then defers to the full path.)"""
+        from vmnet.confcache import SUBDIR
+
+        try:
+            if any(n.startswith("ns-") for n in os.listdir(self.root)):
+                return
+            cache = os.path.join(self.root, SUBDIR)
+            for fn in os.listdir(cache):
+                os.unlink(os.path.join(cache, fn))
+            os.rmdir(cache)
+        except OSError:
+            pass
 
 
 def _valid_names(*names: object) -> bool:
