@@ -508,8 +508,8 @@ def test_no_command_runs_through_a_shell() -> None:
 
 
 def test_installed_hook_quotes_hostile_paths(tmp_path: Path) -> None:
-    """The hook file is a shell script (libvirtd execs it): settings full of shell syntax
-    come back as the same single words, and run nothing."""
+    """The hook file (libvirtd execs it) carries the settings as literals: settings full
+    of shell and Python syntax come back as the same single words, and run nothing."""
     from vmnet import hookinstall
 
     canary = tmp_path / "pwned"
@@ -519,10 +519,11 @@ def test_installed_hook_quotes_hostile_paths(tmp_path: Path) -> None:
     hooks.mkdir()
     res = hookinstall.install(hookinstall.HookSettings(
         python=sys.executable, state_dir=state, config=cfg, lock_timeout=5), str(hooks))
-    probe = tmp_path / "argv.py"
-    probe.write_text("import json, sys; print(json.dumps(sys.argv[1:]))\n")
-    text = Path(res.path).read_text().replace(" -I -m vmnet.hook", f" -I {probe}")
-    Path(res.path).write_text(text)  # the same command line, but printing its argv
+    text = Path(res.path).read_text()
+    assert "from vmnet.hook import main\n" in text
+    text = text.replace("from vmnet.hook import main\n", "import json\n"
+                        "def main(argv):\n    print(json.dumps(argv))\n    return 0\n")
+    Path(res.path).write_text(text)  # the same settings, but printing the argv
     r = subprocess.run([res.path, "dom", "started", "begin", "-"], capture_output=True,
                        text=True, env={}, timeout=30)
     assert r.returncode == 0, r.stderr

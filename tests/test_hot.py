@@ -350,3 +350,175 @@ def test_ifup_same_as_full_path(case: str, tmp_path: Path) -> None:
     assert hot["result"] == (*full["result"][:3], expect)
     assert hot["records"] == full["records"] and hot["kernel"] == full["kernel"]
     assert hot["kernel"][tap]["master"] is not None
+
+
+# -- the libvirt hook at `prepare begin` ------------------------------------------------
+UUID = "3f2c1a9e-5b7d-4c1e-9a0b-2d4e6f8a0b1c"
+DOMAIN = ("<domain type='qemu'><name>d1</name><uuid>" + UUID + "</uuid>"
+          "<memory>131072</memory><os><type arch='x86_64'>hvm</type></os></domain>")
+
+
+def rendered_domain(tmp_path: Path, cfg: str, vm: str) -> bytes:
+    """A domain with `vmnet libvirt-xml VM --domain FILE`'s interfaces and metadata."""
+    base = tmp_path / "base.xml"
+    base.write_text(DOMAIN)
+    with netns("vmhotx") as ns:
+        state = str(tmp_path / "render-state")
+        r = vmnet(ns, state, "libvirt-xml", vm, "--domain", str(base), config=cfg, check=True)
+    return r.stdout.encode()
+
+
+def run_hook(ns: Netns, state: str, cfg: str, xml: bytes,
+             env: dict[str, str]) -> tuple[int, str, str, str]:
+    e = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER", "VMNET_FAULT")}
+    r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-X", "importtime",
+                        "-m", "vmnet.hook", f"--state-dir={state}", f"--config={cfg}", "d1",
+                        "prepare", "begin", "-"], input=xml, capture_output=True,
+                       env={**e, **env}, timeout=60)
+    path, err = served_by(r.stderr.decode())
+    return r.returncode, r.stdout.decode(), err, path
+
+
+HOOK_CASES: dict[str, tuple[str, str, str]] = {
+    # name: (config, VM the domain names, path expected)
+    "configured VM, two networks": (TWO_NETS, "big", "hot"),
+    "unconfigured VM": (TWO_NETS, "vm5", "hot"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOOK_CASES), ids=list(HOOK_CASES))
+def test_hook_prepare_same_as_full_path(case: str, tmp_path: Path) -> None:
+    text, vm, expect = HOOK_CASES[case]
+    cfg = config_file(tmp_path, text)
+    xml = rendered_domain(tmp_path, cfg, vm)
+
+    def setup(ns: Netns, state: str) -> None:
+        _warm(cfg, "warm", "vm0")(ns, state)
+
+    def act(ns: Netns, state: str, env: dict[str, str]) -> tuple[Any, ...]:
+        return run_hook(ns, state, cfg, xml, env)
+
+    full, hot = twice(setup, act)
+    assert full["result"] == (0, "", "", "full"), full["result"]
+    assert hot["result"] == (0, "", "", expect)
+    assert hot["records"] == full["records"] and hot["kernel"] == full["kernel"]
+    [rec] = [r for k, r in hot["records"].items() if k == f"vms/{vm}.json"]
+    assert (rec["mode"], rec["domain_uuid"]) == ("hook", UUID)
+
+
+def test_hook_declines_a_stale_domain(tmp_path: Path) -> None:
+    """XML rendered from another config (the MAC changed since): the full path's refusal."""
+    cfg = config_file(tmp_path, TWO_NETS)
+    xml = rendered_domain(tmp_path, cfg, "big").replace(b"52:54:00:00:00:b1",
+                                                        b"52:54:00:00:00:b2")
+
+    def act(ns: Netns, state: str, env: dict[str, str]) -> tuple[Any, ...]:
+        return run_hook(ns, state, cfg, xml, env)
+
+    full, hot = twice(_warm(cfg, "warm"), act)
+    assert full["result"][0] == 1 and "does not match vmnet's config" in full["result"][2]
+    assert hot["result"] == (*full["result"][:3], "full")
+    assert hot["records"] == full["records"] and hot["kernel"] == full["kernel"]
+
+
+META = "<metadata><v:vmnet xmlns:v='urn:vmnet:libvirt:1'>{}</v:vmnet></metadata>"
+IFACE = ("<interface type='{}'><mac address='{}'/><target dev='{}'/><source bridge='{}'/>"
+         "<alias name='{}'/></interface>")
+XMLS = {
+    "plain": DOMAIN,
+    "vmnet VM": DOMAIN.replace("</domain>", META.format("<v:vm name='vm1'/>") + "</domain>"),
+    "interfaces": DOMAIN.replace("</domain>", "<devices>" + IFACE.format(
+        "ethernet", "52:54:00:AA:bb:01", "vm1-0", "", "ua-vmnet-vm1-0") + IFACE.format(
+        "bridge", "52:54:00:00:00:02", "x", "br0", "ua-other") + "</devices><devices>"
+        + IFACE.format("bridge", "52:54:00:00:00:03", "y", "br1", "ua-vmnet-y") + "</devices>"
+        + "</domain>"),
+    "name with a child": DOMAIN.replace("<name>d1</name>", "<name> d1 <b/>tail</name>"),
+    "two names, two metadata": DOMAIN.replace(
+        "<name>d1</name>", "<name>d1</name><name>d2</name>" + META.format(
+            "<v:vm name='a'/>") + "<metadata>" + META.format("<v:vm name='b'/>") + "</metadata>"),
+    "vmnet element in no namespace": DOMAIN.replace(
+        "</domain>", "<metadata><vmnet><vm name='a'/></vmnet></metadata></domain>"),
+    "comment and PI": DOMAIN.replace("<name>", "<!-- c --><?pi x?><name>"),
+    "interface children twice": DOMAIN.replace("</domain>", "<devices><interface type='e'>"
+                                               "<target dev='a'/><target dev='b'/></interface>"
+                                               "</devices></domain>"),
+    "no uuid": DOMAIN.replace(f"<uuid>{UUID}</uuid>", ""),
+    "latin-1": ("<?xml version='1.0' encoding='ISO-8859-1'?>" + DOMAIN.replace(
+        "d1", "d\xe9")).encode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("name", list(XMLS), ids=list(XMLS))
+def test_hot_xml_reader_reads_what_domainxml_reads(name: str) -> None:
+    """The hook's hot path reads a domain with expat alone; wherever it does not decline,
+    it must see exactly what vmnet.domainxml (ElementTree + defusedxml) sees."""
+    from vmnet import domainxml, hot
+
+    data = XMLS[name]
+    raw = data.encode() if isinstance(data, str) else data
+    ref = domainxml.read_domain(raw)
+    try:
+        got = hot.read_domain(raw)
+    except hot.Decline:
+        pytest.fail("declined a document the full path reads without trouble")
+    assert got.name == ref.name and got.uuid == ref.uuid
+    assert got.vms == [e.name for e in ref.vms]
+    assert [(i.type, i.alias, i.mac, i.target_dev, i.bridge) for i in got.interfaces] == \
+        [(i.type, i.alias, i.mac, i.target_dev, i.bridge) for i in ref.interfaces]
+
+
+@pytest.mark.parametrize("data", [
+    DOMAIN.replace("<domain", "<!DOCTYPE domain [<!ENTITY x 'y'>]><domain"),
+    DOMAIN.replace("</domain>", META.format("<v:vm name='a'><v:mtu>9000</v:mtu></v:vm>")
+                   + "</domain>"),
+    DOMAIN.replace(UUID, UUID.upper()),
+    DOMAIN[:-5],
+    "<network/>",
+], ids=["dtd", "overrides", "uuid upper case", "truncated", "not a domain"])
+def test_hot_xml_reader_declines(data: str) -> None:
+    from vmnet import hot
+
+    with pytest.raises(hot.Decline):
+        hot.read_domain(data.encode())
+
+
+def test_launchers_serve_every_command(ns: Netns, state_dir: str, tmp_path: Path) -> None:
+    """The commands as scripts/install installs them (vmnet.launchers: python -IS)."""
+    from vmnet import launchers
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    paths = launchers.write(str(bindir))
+    assert sorted(os.path.basename(p) for p in paths) == sorted(launchers.COMMANDS)
+    for p in paths:
+        assert Path(p).read_text().startswith(f"#!{os.path.abspath(sys.executable)} -IS\n")
+        assert os.access(p, os.X_OK)
+    cfg = empty_config()
+    e = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER", "VMNET_FAULT")}
+    e["PYTHONPATH"] = "/nonexistent"  # -I: ignored
+    base = [str(bindir / "vmnet"), "--netns", ns.name, "--state-dir", state_dir,
+            "--config", cfg]
+    for vm in ("a", "b"):  # a: the full path (no compiled config yet); b: the hot path
+        r = subprocess.run([*base, "up", vm], capture_output=True, text=True, env=e)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith(f"{vm}: tap {vm}-0 on bridge vmnet0")
+        assert ns.link(f"{vm}-0")["master"] == "vmnet0"
+    r = subprocess.run([str(bindir / "vmnet"), "--help"], capture_output=True, text=True,
+                       env=e)
+    assert r.returncode == 0 and "Usage:" in r.stdout  # click, through the same launcher
+    ns.ip("tuntap", "add", "dev", "qt0", "mode", "tap")
+    r = subprocess.run(["ip", "netns", "exec", ns.name, str(bindir / "vmnet-qemu-ifup"), "qt0"],
+                       capture_output=True, text=True,
+                       env={**e, "VMNET_STATE_DIR": state_dir, "VMNET_CONFIG": cfg})
+    assert r.returncode == 0, r.stderr
+    assert ns.link("qt0")["master"] == "vmnet0"
+    r = subprocess.run(["ip", "netns", "exec", ns.name, str(bindir / "vmnet-qemu-ifdown"),
+                        "qt0"], capture_output=True, text=True, env=e)
+    assert r.returncode == 0, r.stderr
+    assert "master" not in ns.link("qt0")
+    r = subprocess.run([str(bindir / "vmnet-libvirt-hook"), "d", "started", "begin", "-"],
+                       input="<domain/>", capture_output=True, text=True, env=e)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
+    r = subprocess.run([*base, "down", "a", "b"], capture_output=True, text=True, env=e)
+    assert r.returncode == 0, r.stderr
+    assert set(ns.links()) == {"lo", "qt0"}

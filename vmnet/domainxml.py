@@ -19,8 +19,6 @@ found (and replaced) later.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -28,20 +26,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vmnet.errors import InputError
+from vmnet.names import ALIAS_PREFIX, MAX_XML_BYTES, alias_for
 
 if TYPE_CHECKING:
     from vmnet.config import Overrides
 
 NS_URI = "urn:vmnet:libvirt:1"
 NS_PREFIX = "vmnet"
-ALIAS_PREFIX = "ua-vmnet-"
-MAX_XML_BYTES = 4 << 20  # libvirt's own limit for domain XML is 10 MiB; ours are small
 
 # Metadata child element -> Overrides field.  Order is the rendering order.
 FIELDS = ("bridge", "uplink", "user", "group", "nics", "queues", "mac", "mtu", "vnet-hdr",
           "model")
 _INT_FIELDS = {"nics", "queues", "mtu"}
-_ALIAS_SAFE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 @dataclass(frozen=True)
@@ -102,17 +98,6 @@ class DomainInfo:
     uuid: str | None
     vms: tuple[VmEntry, ...]
     interfaces: tuple[InterfaceInfo, ...]
-
-
-def alias_for(tap: str) -> str:
-    """The user alias of the `<interface>` vmnet renders for a tap.
-
-    Tap names are unique in a namespace, so the alias is unique in a domain.
-    libvirt allows [A-Za-z0-9_.-] in aliases; other tap names are hashed.
-    """
-    if _ALIAS_SAFE.match(tap):
-        return f"{ALIAS_PREFIX}{tap}"
-    return f"{ALIAS_PREFIX}h{hashlib.sha256(tap.encode()).hexdigest()[:12]}"
 
 
 def override_fields(ov: Overrides) -> tuple[tuple[str, str], ...]:
@@ -286,3 +271,6 @@ def stale_interfaces(info: DomainInfo | Sequence[InterfaceInfo], taps_macs: Sequ
         if i.mac is not None and i.mac != mac:
             problems.append(f"interface {i.alias} has MAC {i.mac}, config says {mac}")
     return problems
+
+
+__all__ = ["ALIAS_PREFIX", "MAX_XML_BYTES", "NS_PREFIX", "NS_URI", "alias_for"]

@@ -2,25 +2,26 @@
 
 libvirt (6.5 and later; checked against 9.0) runs every executable in
 `hooks/qemu.d/` after the main `hooks/qemu` script, so vmnet never needs to
-touch a `qemu` hook someone else wrote.  The file vmnet writes is a two-line
-shell script that names the Python interpreter by absolute path (libvirtd
-gives hooks a minimal PATH) and carries vmnet's settings (state directory,
-config file, lock timeout), so the hook acts exactly as the `vmnet` that
-installed it.  A marker line identifies it: vmnet replaces or removes only a
-file carrying that marker.
+touch a `qemu` hook someone else wrote.  The file vmnet writes is a small
+Python launcher (vmnet.launchers): it names the interpreter by absolute path
+(libvirtd gives hooks a minimal PATH), starts it with -IS and the
+installation's import path written out (the hook runs on every VM start),
+and carries vmnet's settings (state directory, config file, lock timeout) as
+Python literals, so the hook acts exactly as the `vmnet` that installed it.
+A marker line identifies it: vmnet replaces or removes only a file carrying
+that marker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import stat
 import subprocess
 import sys
 from dataclasses import dataclass
 
-from vmnet.errors import ConflictError, NotFoundError, PrivilegeError
+from vmnet.errors import ConflictError, InputError, NotFoundError, PrivilegeError
 
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_SUBDIR = "qemu.d"
@@ -51,18 +52,27 @@ def hook_path(hooks_dir: str = DEFAULT_HOOKS_DIR) -> str:
     return os.path.join(hooks_dir, HOOK_SUBDIR, HOOK_NAME)
 
 
-def hook_script(s: HookSettings) -> str:
-    """The hook file's text: exec the interpreter (isolated mode) on vmnet.hook."""
-    argv = [s.python, "-I", "-m", "vmnet.hook", f"--state-dir={s.state_dir}"]
+def hook_script(s: HookSettings, paths: list[str]) -> str:
+    """The hook file's text: a launcher of vmnet.hook with the settings baked in.
+
+    `paths` is the interpreter's import path beyond `-IS` (vmnet.launchers).
+    """
+    if not os.path.isabs(s.python) or any(c.isspace() for c in s.python):
+        raise InputError(f"interpreter path {s.python!r} must be absolute and without "
+                         "whitespace (it goes on the hook's #! line)")
+    args = [f"--state-dir={s.state_dir}"]
     if s.config:
-        argv.append(f"--config={s.config}")
-    argv.append(f"--lock-timeout={s.lock_timeout:g}")
+        args.append(f"--config={s.config}")
+    args.append(f"--lock-timeout={s.lock_timeout:g}")
     return "\n".join([
-        "#!/bin/sh",
+        f"#!{s.python} -IS",
         MARKER,
         "# libvirtd runs this for every qemu domain event; vmnet acts only at",
         "# 'prepare begin' and 'release end' of domains whose metadata names a vmnet VM.",
-        f"exec {shlex.join(argv)} \"$@\"",
+        "import sys",
+        f"sys.path += {paths!r}",
+        "from vmnet.hook import main",
+        f"sys.exit(main({args!r} + sys.argv[1:]))",
         "",
     ])
 
@@ -111,7 +121,13 @@ def install(settings: HookSettings, hooks_dir: str = DEFAULT_HOOKS_DIR, *,
                             hint="remove or rename it yourself if it is not needed")
     if verify:
         check_importable(settings.python)
-    text = hook_script(settings)
+    from vmnet.launchers import import_path
+
+    try:
+        paths = import_path(settings.python)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise NotFoundError(f"cannot run {settings.python}: {e}") from None
+    text = hook_script(settings, paths)
     if exists:
         with open(path) as f:
             if f.read() == text:

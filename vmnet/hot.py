@@ -439,22 +439,28 @@ def _up(req: Request, env: Mapping[str, str]) -> list[str]:
             enter(req.netns)
         except VmnetError:
             raise Decline from None
+    return bring_up(req.state_dir, vm, "up", None)
+
+
+def bring_up(state_dir: str, vm: Vm, mode: str, domain_uuid: str | None) -> list[str]:
+    """vmnet.ops.up for a VM the hot path can serve; the lines `vmnet up` prints."""
     from vmnet.kernel.tun import TUN_PATH
 
     if not os.path.exists(TUN_PATH):
         raise Decline
-    store = Store(req.state_dir)
+    store = Store(state_dir)
     store.lock()
     k = Links()
     try:
-        lines = _up_locked(store, k, vm)
+        lines = _up_locked(store, k, vm, mode, domain_uuid)
     finally:
         k.close()
         store.unlock()
     return lines
 
 
-def _up_locked(store: Store, k: Links, vm: Vm) -> list[str]:
+def _up_locked(store: Store, k: Links, vm: Vm, mode: str,
+               domain_uuid: str | None) -> list[str]:
     """vmnet.ops.up_many + vmnet.plan.plan_up for one new VM on existing bridges."""
     records = store.vm_records()
     if vm.name in records:
@@ -506,9 +512,9 @@ def _up_locked(store: Store, k: Links, vm: Vm) -> list[str]:
             raise Decline
     import time
 
-    rec: dict[str, Any] = {"format": FORMAT, "vm": vm.name, "mode": "up", "phase": "applying",
+    rec: dict[str, Any] = {"format": FORMAT, "vm": vm.name, "mode": mode, "phase": "applying",
                            "writer": _me(), "nics": nic_records, "holder": None,
-                           "domain_uuid": None, "created_at": time.time()}
+                           "domain_uuid": domain_uuid, "created_at": time.time()}
     store.put_vm(vm.name, rec)
     made: list[str] = []
     try:
@@ -625,3 +631,187 @@ def _ifup(tap: str, env: Mapping[str, str]) -> None:
             raise Decline from None  # the full path tries again and words the error
     finally:
         k.close()
+
+
+# -- libvirt hook: prepare begin ------------------------------------------------
+NS_URI = "urn:vmnet:libvirt:1"
+_HEX = frozenset("0123456789abcdef")
+
+
+class Iface:
+    """vmnet.domainxml.InterfaceInfo."""
+
+    __slots__ = ("alias", "bridge", "mac", "target_dev", "type")
+
+    def __init__(self, type_: str) -> None:
+        self.type = type_
+        self.alias: str | None = None
+        self.mac: str | None = None
+        self.target_dev: str | None = None
+        self.bridge: str | None = None
+
+
+class Domain:
+    """What vmnet.domainxml.read_domain gives the hook, gathered in one expat pass."""
+
+    __slots__ = ("interfaces", "name", "uuid", "vms")
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.uuid: str | None = None
+        self.vms: list[str] = []
+        self.interfaces: list[Iface] = []
+
+
+def read_domain(data: bytes) -> Domain:
+    """The domain XML, read as vmnet.domainxml reads it (ElementTree + defusedxml).
+
+    Declines anything unusual: a DTD (defusedxml refuses those; the full path
+    words it), a malformed document, a metadata VM with overrides, a UUID not in
+    libvirt's canonical form.
+    """
+    import pyexpat
+
+    dom = Domain()
+    seen: set[tuple[int, str]] = set()  # (depth, tag) of first-child lookups already done
+    path: list[str] = []
+    state: dict[str, Any] = {"text": None, "meta": False, "iface": None, "vm": False}
+    text: list[str] = []
+
+    def first(depth: int, tag: str) -> bool:
+        """Is this the first `tag` child of its parent (ElementTree's find())?"""
+        key = (depth, tag)
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    def finish_text() -> None:
+        """ElementTree's .text: the character data before the first child element."""
+        if state["text"] is not None:
+            value = "".join(text).strip()
+            if state["text"] == "name":
+                dom.name = value
+            else:
+                dom.uuid = value or None
+            state["text"] = None
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        depth = len(path)
+        parent = path[-1] if path else None
+        path.append(tag)
+        finish_text()
+        if depth == 0:
+            if tag != "domain":
+                raise Decline
+        elif depth == 1:
+            for k in [k for k in seen if k[0] > 1]:
+                seen.discard(k)
+            if tag in ("name", "uuid") and first(1, tag):
+                state["text"] = tag
+                text.clear()
+            elif tag == "metadata" and first(1, tag):
+                state["meta"] = True
+        elif depth == 2 and state["meta"] and tag == f"{NS_URI}}}vmnet":
+            state["vm"] = True
+        elif depth == 3 and state["vm"] and parent == f"{NS_URI}}}vmnet":
+            name = attrs.get("name")
+            if tag != f"{NS_URI}}}vm" or not name or name in dom.vms:
+                raise Decline
+            dom.vms.append(name)
+        elif depth == 4 and state["vm"] and parent == f"{NS_URI}}}vm":
+            raise Decline  # overrides in the metadata: the full path resolves those
+        elif depth == 2 and parent == "devices" and tag == "interface":
+            state["iface"] = Iface(attrs.get("type", ""))
+            dom.interfaces.append(state["iface"])
+            for k in [k for k in seen if k[0] > 2]:
+                seen.discard(k)
+        elif depth == 3 and state["iface"] is not None and parent == "interface" and \
+                first(3, tag):
+            i = state["iface"]
+            if tag == "alias":
+                i.alias = attrs.get("name")
+            elif tag == "mac":
+                mac = attrs.get("address")
+                i.mac = mac.lower() if mac else None
+            elif tag == "target":
+                i.target_dev = attrs.get("dev")
+            elif tag == "source":
+                i.bridge = attrs.get("bridge")
+
+    def end(tag: str) -> None:
+        depth = len(path) - 1
+        path.pop()
+        if depth == 1:
+            finish_text()
+            state["meta"] = False
+        elif depth == 2:
+            if tag == f"{NS_URI}}}vmnet":
+                state["vm"] = False
+            elif tag == "interface":
+                state["iface"] = None
+
+    def chars(data: str) -> None:
+        if state["text"] is not None and len(path) == 2:
+            text.append(data)
+
+    def refuse(*_args: object) -> int:
+        raise Decline
+
+    p = pyexpat.ParserCreate(None, "}")
+    p.SetParamEntityParsing(pyexpat.XML_PARAM_ENTITY_PARSING_NEVER)
+    p.StartDoctypeDeclHandler = refuse
+    p.EntityDeclHandler = refuse
+    p.UnparsedEntityDeclHandler = refuse
+    p.ExternalEntityRefHandler = refuse
+    p.StartElementHandler = start
+    p.EndElementHandler = end
+    p.CharacterDataHandler = chars
+    try:
+        p.Parse(data, True)
+    except (pyexpat.ExpatError, ValueError, LookupError):
+        # ValueError: a multi-byte encoding expat cannot handle (UTF-7); LookupError:
+        # one Python does not know.  The full path words both.
+        raise Decline from None
+    if dom.uuid is not None:  # libvirt's canonical form only (the full path normalises)
+        u = dom.uuid
+        if len(u) != 36 or any(u[i] != "-" for i in (8, 13, 18, 23)) or \
+                not set(u.replace("-", "")) <= _HEX:
+            raise Decline
+    return dom
+
+
+def hook_prepare(call: Any, data: bytes) -> bool:
+    """Serve the hook's `prepare begin` (vmnet.hook.prepare); False: the full path must."""
+    try:
+        _hook_prepare(call, data)
+    except Decline:
+        return False
+    return True
+
+
+def _hook_prepare(call: Any, data: bytes) -> None:
+    from vmnet.caps import has_net_admin
+    from vmnet.names import ALIAS_PREFIX, alias_for
+
+    dom = read_domain(data)
+    if not dom.vms:
+        return  # not a domain of vmnet's: nothing to do
+    if len(dom.vms) != 1 or not dom.uuid:
+        raise Decline  # several VMs (all or nothing across them) or no UUID: the full path
+    env: dict[str, str] = {}  # the hook resolves without the environment (libvirt's)
+    cfg = load_config(call.config, env, call.state_dir)
+    vm = resolve(cfg, dom.vms[0], env)
+    by_alias = {i.alias: i for i in dom.interfaces
+                if i.alias is not None and i.alias.startswith(ALIAS_PREFIX)}
+    for nic in vm.nics:
+        i = by_alias.get(alias_for(nic.tap))
+        if i is None:
+            continue
+        if (i.type == "ethernet" and i.target_dev != nic.tap) or \
+                (i.type == "bridge" and i.bridge != nic.network.bridge) or \
+                (i.mac is not None and i.mac != nic.mac):
+            raise Decline  # XML rendered from another config: the full path words it
+    if not has_net_admin():
+        raise Decline
+    bring_up(call.state_dir, vm, "hook", dom.uuid)

@@ -15,6 +15,9 @@ MARK_PREFIX = "vmnet:"
 HASHED_TAP_PREFIX = "vmn"
 DEFAULT_NETWORK = "default"
 DEFAULT_BRIDGE = "vmnet0"
+ALIAS_PREFIX = "ua-vmnet-"  # user alias of the libvirt <interface> vmnet renders
+MAX_XML_BYTES = 4 << 20  # libvirt's own limit for domain XML is 10 MiB; ours are small
+_ALIAS_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def nic_mark(vm: str, index: int) -> str:
@@ -74,3 +77,14 @@ def pinned_bridge_mac(bridge: str) -> str:
 def bridge_mark(bridge: str) -> str:
     """The ifalias vmnet puts on a bridge it creates."""
     return f"{MARK_PREFIX}bridge:{bridge}"
+
+
+def alias_for(tap: str) -> str:
+    """The user alias of the `<interface>` vmnet renders for a tap.
+
+    Tap names are unique in a namespace, so the alias is unique in a domain.
+    libvirt allows [A-Za-z0-9_.-] in aliases; other tap names are hashed.
+    """
+    if tap and all(c in _ALIAS_SAFE for c in tap):
+        return f"{ALIAS_PREFIX}{tap}"
+    return f"{ALIAS_PREFIX}h{sha256(tap.encode()).hexdigest()[:12]}"
