@@ -231,7 +231,8 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (`vmnet-libvirt-hook`, `python -m vmnet.hook`); one line on error."""
+    """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.hook`, the installed
+    hook file); one line on error.  On success it ends the process itself."""
     # Nothing may reach stdout, whatever a library prints: libvirt may read
     # it as replacement XML.
     try:
@@ -242,7 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        return run(args, sys.stdin.buffer)
+        rc = run(args, sys.stdin.buffer)
+        if rc == 0:
+            # Done, nothing left to flush or close: skip the interpreter's teardown
+            # (~1-2 ms; libvirtd waits for every hook call).
+            sys.stderr.flush()
+            os._exit(0)
+        return rc
     except VmnetError as e:
         _say(f"vmnet: error: {e.one_line()}")
         return 1
