@@ -22,6 +22,7 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
     """Bring `vms` (or every configured VM) up and say what was done."""
     from vmnet import ops
     from vmnet.config import resolve_vm
+    from vmnet.render import qemu
 
     if all_vms and vms:
         raise InputError("give VM names or --all, not both")
@@ -46,25 +47,8 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
             continue
         if res.plan.noop:
             out(f"{vm.name}: already up")
-        for line in up_lines(vm):
+        for line in qemu.up_lines(vm):
             out(line)
-
-
-def up_lines(vm: Any) -> list[str]:
-    """What `up` says of a VM that is up: its taps, then its QEMU options.
-
-    `vm` is a vmnet.model.Vm, or the hot path's (vmnet.hot) plain equivalent.
-    """
-    from vmnet.render.qemu import shell_quote, vm_args
-
-    lines = []
-    for nic in vm.nics:
-        owner = vm.user if vm.uid is not None else "-"
-        group = "" if vm.gid is None else f", group {vm.gid}"
-        lines.append(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
-                     f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
-    lines.append("QEMU options: " + " ".join(shell_quote(a) for a in vm_args(vm)))
-    return lines
 
 
 def down(ctx: Any, vms: list[str], all_vms: bool, force: bool, dry_run: bool, out: Echo,

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
     from vmnet.config import Config
 
-DEFAULT_CONFIG = "/etc/vmnet/vmnet.toml"
 VERSION = 1
 SUBDIR = "config-cache"
 KEEP = 8  # entries kept (the newest): a host's config changes rarely

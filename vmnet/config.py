@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from vmnet import validate as v
-from vmnet.confcache import DEFAULT_CONFIG, digest
+from vmnet.confcache import digest
 from vmnet.errors import ConfigError, InputError, NotFoundError
 from vmnet.model import (
     DEFAULT_BRIDGE,
@@ -26,6 +26,7 @@ from vmnet.model import (
     default_mac,
     default_tap_name,
 )
+from vmnet.names import DEFAULT_CONFIG
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ full path (vmnet.ops: model, planner, steps, records as classes) costs
 40-50 ms of imports alone; the `ip` commands it replaces cost ~4 ms.  This
 module does the common case with builtin modules only, through the same
 light layer the full path stands on (vmnet.names, vmnet.statefs,
-vmnet.confcache, vmnet.kernel.rtnl/tun/sysctl/netns, vmnet.commands.up_lines):
+vmnet.confcache, vmnet.kernel.rtnl/tun/netns, vmnet.render.qemu.up_lines):
 
 - `up VM` of one VM that has no record yet, whose bridges exist with
   vmnet's bridge record (any uplink already a port), and whose taps do not
@@ -115,7 +115,7 @@ _BUILTIN: dict[str, Any] = {"default_network": DEFAULT_NETWORK,
 
 def load_config(path: str | None, env: Mapping[str, str], state_root: str) -> dict[str, Any]:
     """The compiled config (vmnet.confcache), or the built-in default when there is no file."""
-    from vmnet.confcache import DEFAULT_CONFIG, load
+    from vmnet.names import DEFAULT_CONFIG
 
     explicit = path or env.get("VMNET_CONFIG") or None
     try:
@@ -127,6 +127,8 @@ def load_config(path: str | None, env: Mapping[str, str], state_root: str) -> di
         return _BUILTIN
     except OSError:
         raise Decline from None
+    from vmnet.confcache import load
+
     compiled = load(state_root, raw)
     if compiled is None:
         raise Decline  # the full path parses it and stores its compiled form
@@ -396,13 +398,13 @@ def _create_tap(k: Links, vm: Vm, nic: Nic, mtu: int) -> None:
     """vmnet.kernel.lean.LeanKernel.create_tap, on the hot path's socket."""
     import _socket
 
-    from vmnet.kernel import sysctl, tun
+    from vmnet.kernel import tun
 
     body = rtnl.tap_config(nic.tap, mac=nic.tap_mac, alias=nic_mark(vm.name, nic.index),
                            mtu=mtu)
 
     def configure() -> None:
-        sysctl.disable_ipv6(nic.tap)
+        tun.disable_ipv6(nic.tap)
         k.setlink(body)
 
     tun.create_persistent_tap(nic.tap, owner=vm.uid, group=vm.gid,
@@ -532,7 +534,7 @@ def _up_locked(store: Store, k: Links, vm: Vm, mode: str,
         raise
     rec["phase"] = "ready"
     store.put_vm(vm.name, rec)
-    from vmnet.commands import up_lines
+    from vmnet.render.qemu import up_lines
 
     return up_lines(vm)
 
@@ -619,7 +621,7 @@ def _ifup(tap: str, env: Mapping[str, str]) -> None:
         if port.nic_mtu and port.mtu and port.mtu < br["mtu"] and not _is_our_bridge(br):
             raise Decline
         mtu = port.mtu or br["mtu"]
-        from vmnet.kernel.sysctl import disable_ipv6
+        from vmnet.kernel.tun import disable_ipv6
 
         try:
             disable_ipv6(tap)

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from vmnet.kernel.protocol import Kernel as Kernel
 
 # Types live in vmnet.kernel.base: importing this package stays free of
-# dataclasses, for the hot path (vmnet.hot) that uses rtnl/tun/sysctl/netns.
+# dataclasses, for the hot path (vmnet.hot) that uses rtnl/tun/netns.
 __all__ = ["open_kernel"]
 
 

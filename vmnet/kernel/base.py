@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmnet.kernel.sysctl import disable_ipv6
+from vmnet.kernel.tun import disable_ipv6
 
 __all__ = ["LinkInfo", "Snapshot", "TapSpec", "TunInfo", "disable_ipv6", "fresh_group"]
 

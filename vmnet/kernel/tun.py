@@ -171,3 +171,15 @@ def open_queues(name: str, queues: int, *, vnet_hdr: bool, path: str = TUN_PATH,
         for fd in fds:
             os.close(fd)
         raise kernel_error("attach to tap", name, e.errno or errno.EIO) from None
+
+
+def disable_ipv6(name: str) -> None:
+    """IPv6 off on an interface (a sysctl of the caller's network namespace: /proc/sys/net
+    is per namespace): no link-local address, no router solicitations."""
+    if not os.path.exists("/proc/sys/net/ipv6"):
+        return  # IPv6 is off in this kernel: nothing to disable
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError as e:
+        raise kernel_error("disable IPv6", name, e.errno or errno.EIO) from None

@@ -5,7 +5,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Protocol
+    from typing import Any, Protocol
 
     class Nic(Protocol):
         """What rendering reads of a NIC (vmnet.model.Nic, or the hot path's own)."""
@@ -137,3 +137,18 @@ def vm_args(vm: Vm, *, fds: dict[int, list[int]] | None = None,
         if not netdev_only:
             out += device(nic)
     return out
+
+
+def up_lines(vm: Any) -> list[str]:
+    """What `up` says of a VM that is up: its taps, then its QEMU options.
+
+    `vm` is a vmnet.model.Vm, or the hot path's (vmnet.hot) plain equivalent.
+    """
+    lines = []
+    for nic in vm.nics:
+        owner = vm.user if vm.uid is not None else "-"
+        group = "" if vm.gid is None else f", group {vm.gid}"
+        lines.append(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
+                     f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
+    lines.append("QEMU options: " + " ".join(shell_quote(a) for a in vm_args(vm)))
+    return lines
