@@ -37,7 +37,8 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
     if not dry_run:  # the hot path (vmnet.hot) reads this config's compiled form from now on
         from vmnet import confcache
 
-        confcache.save(ctx.state_dir, cfg)
+        plain = ov is None or ov == type(ov)()  # resolved without overrides: reusable
+        confcache.save(ctx.state_dir, cfg, {vm.name: vm for vm in models} if plain else None)
     for res in results:
         vm = res.vm
         if dry_run:

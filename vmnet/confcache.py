@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from vmnet.config import Config
+    from vmnet.model import Vm
 
 VERSION = 1
 SUBDIR = "config-cache"
@@ -40,23 +41,27 @@ def digest(raw: bytes) -> str:
     return str(sha256(b"vmnet-config-cache/%d\0" % VERSION + raw).hexdigest())
 
 
-def compile_config(cfg: Config) -> dict[str, Any]:
+def compile_config(cfg: Config, resolved: dict[str, Vm] | None = None) -> dict[str, Any]:
     """What the hot path needs of `cfg`, as plain data (marshal-able).
 
     networks: name -> (bridge, uplink, mtu); vms: name -> (user, group, nics)
     with nics as (index, tap, mac, queues, mtu, vnet_hdr, model, network), or
     None for a VM the full path cannot resolve whatever the user database says.
+    `resolved`: VMs the caller resolved from `cfg` without overrides (a bulk `up`),
+    so they are not resolved twice (their NICs do not depend on the owner).
     """
     from vmnet.config import Overrides, resolve_vm
 
     vms: dict[str, Any] = {}
     for name, spec in cfg.vms.items():
-        try:
-            # Numeric ids always resolve: the NICs do not depend on the owner.
-            vm = resolve_vm(cfg, name, Overrides(user="0", group="0"), env={})
-        except VmnetError:
-            vms[name] = None
-            continue
+        vm = (resolved or {}).get(name)
+        if vm is None:
+            try:
+                # Numeric ids always resolve: the NICs do not depend on the owner.
+                vm = resolve_vm(cfg, name, Overrides(user="0", group="0"), env={})
+            except VmnetError:
+                vms[name] = None
+                continue
         vms[name] = (spec.user, spec.group,
                      tuple((n.index, n.tap, n.mac, n.queues, n.mtu, n.vnet_hdr, n.model,
                             n.network.name) for n in vm.nics))
@@ -69,7 +74,7 @@ def _dir(state_root: str) -> str:
     return os.path.join(state_root, SUBDIR)
 
 
-def save(state_root: str, cfg: Config) -> None:
+def save(state_root: str, cfg: Config, resolved: dict[str, Vm] | None = None) -> None:
     """Store `cfg`'s compiled form if it is not there yet.  Best effort, silent:
     without it the hot path hands requests to the full path."""
     if cfg.digest is None:
@@ -83,7 +88,7 @@ def save(state_root: str, cfg: Config) -> None:
         if not os.path.isdir(d):
             os.mkdir(d, 0o700)
         check_trusted_dir(d)
-        write_file(path, marshal.dumps(compile_config(cfg)))
+        write_file(path, marshal.dumps(compile_config(cfg, resolved)))
         entries = sorted((e for e in os.scandir(d) if ".tmp." not in e.name),
                          key=lambda e: e.stat().st_mtime_ns, reverse=True)
         for old in entries[KEEP:]:

@@ -75,17 +75,23 @@ def settle_operstate(sock_fd: int, name: str, ioctl: Ioctl = fcntl.ioctl) -> Non
         pass  # best effort: only the operstate's timing is at stake
 
 
+_U8: Any = None
+
+
 def _address(buf: bytearray) -> int:
     """The address of a bytearray's buffer, for a pointer inside an ioctl argument.
 
     Through _ctypes (ctypes costs ~1.5 ms to import, array's buffer_info ~2 ms
     because `array` imports collections); the buffer stays alive with `buf`.
     """
+    global _U8
     import _ctypes
 
-    class _U8(_ctypes._SimpleCData):  # type: ignore[type-arg]
-        _type_ = "B"
+    if _U8 is None:
+        class U8(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "B"
 
+        _U8 = U8
     return int(_ctypes.addressof((_U8 * len(buf)).from_buffer(buf)))
 
 
