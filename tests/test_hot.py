@@ -522,3 +522,37 @@ def test_launchers_serve_every_command(ns: Netns, state_dir: str, tmp_path: Path
     r = subprocess.run([*base, "down", "a", "b"], capture_output=True, text=True, env=e)
     assert r.returncode == 0, r.stderr
     assert set(ns.links()) == {"lo", "qt0"}
+
+
+KILLED = r"""
+import os, signal, sys
+from vmnet import entry, hot
+from vmnet.kernel import tun
+real = tun.create_persistent_tap
+calls = []
+def dying(name, **kw):
+    calls.append(name)
+    if len(calls) == 2:  # the record says "applying", the first tap is made and attached
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(name, **kw)
+tun.create_persistent_tap = dying
+hot.up(entry.parse_lean(sys.argv[1:]), os.environ)
+"""
+
+
+def test_killed_mid_way_leaves_what_gc_rolls_back(ns: Netns, state_dir: str,
+                                                  tmp_path: Path) -> None:
+    """SIGKILL inside the hot path, between two taps: as for the full path, the record
+    written first lets `gc` roll the half-made VM back; nothing else is touched."""
+    cfg = config_file(tmp_path, TWO_NETS)
+    vmnet(ns, state_dir, "up", "warm", config=cfg, check=True)
+    before = (kernel_view(ns), records(state_dir))
+    argv = [sys.executable, "-c", KILLED,
+            *vmnet_argv(ns, state_dir, "up", "big", config=cfg)[3:]]
+    r = subprocess.run(argv, text=True, capture_output=True, timeout=60)
+    assert r.returncode == -9, r.stderr
+    assert ns.link("big-data") is not None  # made, persistent, on its bridge
+    assert records(state_dir)["vms/big.json"]["phase"] == "applying"
+    r = vmnet(ns, state_dir, "gc", config=cfg, check=True)
+    assert "big: rolled back" in r.stdout
+    assert (kernel_view(ns), records(state_dir)) == before
