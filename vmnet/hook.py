@@ -42,6 +42,7 @@ DEFAULT_LOCK_TIMEOUT = 10.0
 # (op, subop) pairs with work; libvirt 9.0 also calls start/started/stopped,
 # reconnect, migrate, restore, attach: none of them concerns the taps.
 PREPARE = ("prepare", "begin")
+_served_hot = False  # run() had the hot path (vmnet.hot) serve the request
 RELEASE = ("release", "end")
 
 
@@ -214,6 +215,8 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
         from vmnet import hot
 
         if hot.enabled(os.environ) and hot.hook_prepare(call, data):
+            global _served_hot
+            _served_hot = True
             return 0
         from vmnet.domainxml import read_domain
 
@@ -244,9 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         rc = run(args, sys.stdin.buffer)
-        if rc == 0:
-            # Done, nothing left to flush or close: skip the interpreter's teardown
-            # (~1-2 ms; libvirtd waits for every hook call).
+        if rc == 0 and _served_hot:
+            # The hot path is done and left nothing to flush or close: skip the
+            # interpreter's teardown (~1-2 ms; libvirtd waits for every hook call).
             sys.stderr.flush()
             os._exit(0)
         return rc

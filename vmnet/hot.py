@@ -48,10 +48,12 @@ from vmnet.statefs import (
     check_trusted_dir,
     dumps,
     fname,
+    is_stale,
     key_of,
     loads,
     proc_start_time,
     same_file,
+    stored_cookie,
     write_file,
 )
 
@@ -260,17 +262,9 @@ class Store:
         self.cookie = current_cookie()
         self.lock_fd: int | None = None
 
-    def _stored_cookie(self) -> int | None:
-        try:
-            with open(os.path.join(self.dir, "cookie")) as f:
-                return int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return None
-
     def check(self) -> None:
         """The records are this namespace's and lie in directories only root can write."""
-        stored = self._stored_cookie()
-        if self.cookie is not None and stored is not None and stored != self.cookie:
+        if is_stale(self.cookie, stored_cookie(self.dir)):
             raise Decline  # a dead namespace's records: the full path sets them aside
         try:
             for level in (self.root, self.dir, os.path.join(self.dir, "vms"),
@@ -341,7 +335,7 @@ class Store:
             raise Decline from None
 
     def put_vm(self, name: str, rec: dict[str, Any]) -> None:
-        if self.cookie is not None and self._stored_cookie() != self.cookie:
+        if self.cookie is not None and stored_cookie(self.dir) != self.cookie:
             write_file(os.path.join(self.dir, "cookie"), f"{self.cookie}\n".encode())
         write_file(os.path.join(self.dir, "vms", fname(name)), dumps(rec))
 

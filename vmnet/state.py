@@ -35,9 +35,11 @@ from vmnet.statefs import (
     check_trusted_dir,
     dumps,
     fname,
+    is_stale,
     key_of,
     proc_start_time,
     same_file,
+    stored_cookie,
     write_file,
 )
 
@@ -155,21 +157,13 @@ class StateStore:
         self._lock_fd: int | None = None
         self._dirs_made = False
 
-    # -- namespace identity ----------------------------------------------
-    # The directory is keyed by the namespace's inode, which the kernel reuses
-    # once a namespace is gone.  The cookie stored beside the records tells
-    # whether they describe this namespace or a dead one with the same inode.
+    # -- namespace identity (vmnet.statefs.stored_cookie) -----------------
     def _stored_cookie(self) -> int | None:
-        try:
-            with open(os.path.join(self.dir, "cookie")) as f:
-                return int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            return None
+        return stored_cookie(self.dir)
 
     def stale(self) -> bool:
         """True when the records belong to a dead namespace whose inode was reused."""
-        stored = self._stored_cookie()
-        return self.cookie is not None and stored is not None and stored != self.cookie
+        return is_stale(self.cookie, self._stored_cookie())
 
     def _claim(self) -> None:
         """Under the lock: set a dead namespace's records aside (ours are stamped on write)."""

@@ -105,6 +105,25 @@ def key_of(fname: str) -> str:
     return out.decode(errors="replace")
 
 
+def stored_cookie(ns_dir: str) -> int | None:
+    """The namespace cookie stored beside a namespace's records, None if there is none.
+
+    The directory is keyed by the namespace's inode, which the kernel reuses
+    once a namespace is gone; the cookie tells whether the records describe
+    this namespace or a dead one with the same inode.
+    """
+    try:
+        with open(os.path.join(ns_dir, "cookie")) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+
+
+def is_stale(cookie: int | None, stored: int | None) -> bool:
+    """Records stamped with another namespace's cookie (a dead one's, inode reused)."""
+    return cookie is not None and stored is not None and stored != cookie
+
+
 def write_file(path: str, data: bytes) -> None:
     """Replace `path` atomically: a temp file beside it, then rename(2)."""
     tmp = f"{path}.tmp.{os.getpid()}"

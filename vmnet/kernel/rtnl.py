@@ -154,47 +154,46 @@ class Rtnl:
         """One request answered by one message: (buffer, body offset, end), None on ENODEV."""
         if self.pending:
             raise RuntimeError("get() with requests pending")
-        self.seq += 1
-        seq = self.seq
-        self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST, seq, 0) + body)
-        while True:
-            data = self.sock.recv(1 << 16)
-            off = 0
-            while off + _HDR.size <= len(data):
-                n, t, _flags, s, _pid = _HDR.unpack_from(data, off)
-                if n < _HDR.size:
-                    break
-                if s == seq:
-                    if t == NLMSG_ERROR:
-                        (code,) = _ERR.unpack_from(data, off + _HDR.size)
-                        if code == -errno.ENODEV:
-                            return None
-                        raise NetlinkError(-code, os.strerror(-code) + _ext_msg(data, off, n))
-                    return data, off + _HDR.size, off + n
-                off += (n + 3) & ~3
+        seq = self._request(mtype, NLM_F_REQUEST, body)
+        for data, off, n, t in self._replies(seq, 1 << 16):
+            if t == NLMSG_ERROR:
+                (code,) = _ERR.unpack_from(data, off + _HDR.size)
+                if code == -errno.ENODEV:
+                    return None
+                raise NetlinkError(-code, os.strerror(-code) + _ext_msg(data, off, n))
+            return data, off + _HDR.size, off + n
+        raise NetlinkError(errno.EIO, "malformed netlink reply")
 
     def dump(self, mtype: int, body: bytes) -> Iterator[tuple[bytes, int, int]]:
         """Yield (buffer, body offset, message end) for each message of a dump."""
+        seq = self._request(mtype, NLM_F_REQUEST | NLM_F_DUMP, body)
+        for data, off, n, t in self._replies(seq, 1 << 20):
+            if t == NLMSG_DONE:
+                return
+            if t == NLMSG_ERROR:
+                (code,) = _ERR.unpack_from(data, off + _HDR.size)
+                if code:
+                    raise NetlinkError(-code, os.strerror(-code))
+                return
+            yield data, off + _HDR.size, off + n
+
+    def _request(self, mtype: int, flags: int, body: bytes) -> int:
         self.seq += 1
-        seq = self.seq
-        self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP,
-                                 seq, 0) + body)
+        self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, flags, self.seq, 0) + body)
+        return self.seq
+
+    def _replies(self, seq: int, bufsize: int) -> Iterator[tuple[bytes, int, int, int]]:
+        """(buffer, offset, length, type) of each message answering `seq`; ends at a
+        malformed one."""
         while True:
-            data = self.sock.recv(1 << 20)
+            data = self.sock.recv(bufsize)
             off = 0
             while off + _HDR.size <= len(data):
                 n, t, _flags, s, _pid = _HDR.unpack_from(data, off)
                 if n < _HDR.size:
                     return
                 if s == seq:
-                    if t == NLMSG_DONE:
-                        return
-                    if t == NLMSG_ERROR:
-                        (code,) = _ERR.unpack_from(data, off + _HDR.size)
-                        if code:
-                            raise NetlinkError(-code, os.strerror(-code))
-                        return
-                    yield data, off + _HDR.size, off + n
+                    yield data, off, n, t
                 off += (n + 3) & ~3
 
 
