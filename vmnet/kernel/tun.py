@@ -182,10 +182,16 @@ def open_queues(name: str, queues: int, *, vnet_hdr: bool, path: str = TUN_PATH,
 def disable_ipv6(name: str) -> None:
     """IPv6 off on an interface (a sysctl of the caller's network namespace: /proc/sys/net
     is per namespace): no link-local address, no router solicitations."""
-    if not os.path.exists("/proc/sys/net/ipv6"):
-        return  # IPv6 is off in this kernel: nothing to disable
     try:
-        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-            f.write("1")
+        fd = os.open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6",
+                     os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        if os.path.exists("/proc/sys/net/ipv6"):
+            raise kernel_error("disable IPv6", name, errno.ENOENT) from None
+        # IPv6 is off in this kernel: nothing to disable
     except OSError as e:
         raise kernel_error("disable IPv6", name, e.errno or errno.EIO) from None
