@@ -549,3 +549,45 @@ def test_hook_run_never_raises_anything_unexpected(op: str, subop: str, data: by
             rc = 1
         assert rc in (0, 1)
         assert not os.path.exists(state)
+
+
+# -- the light layer's shortcuts, checked against what they stand for -----------------
+def test_whitespace_or_unprintable_shortcut_over_all_of_unicode() -> None:
+    """validate's two C-level scans equal any(c.isspace() or not c.isprintable())."""
+    import sys
+
+    for cp in range(sys.maxunicode + 1):
+        c = chr(cp)
+        assert validate._spaced_or_unprintable(c) == (c.isspace() or not c.isprintable()), cp
+
+
+@given(st.text(max_size=40))
+def test_shell_quote_is_shlex_quote(word: str) -> None:
+    from vmnet.render.qemu import shell_quote
+
+    assert shell_quote(word) == shlex.quote(word)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                    | st.text(), lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
+                    max_leaves=20))
+def test_record_json_is_json_dumps_and_loads(value: Any) -> None:
+    """statefs writes exactly what json.dumps(sort_keys=True) writes, and reads it back."""
+    import json
+
+    from vmnet import statefs
+
+    assert statefs.dumps(value) == json.dumps(value, sort_keys=True).encode()
+    assert statefs.loads(statefs.dumps(value)) == json.loads(json.dumps(value))
+
+
+@given(st.text(alphabet=string.hexdigits + ":", min_size=15, max_size=19))
+def test_mac_validation_shortcut(value: str) -> None:
+    ok = len(value) == 17 and all((c == ":") if i % 3 == 2 else (c in string.hexdigits)
+                                  for i, c in enumerate(value))
+    try:
+        validate.mac(value, "m")
+        accepted = True
+    except InputError as e:
+        accepted = "not a MAC address" not in e.message
+    assert accepted == ok

@@ -244,12 +244,24 @@ def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
     return _resolve_user(value, what)
 
 
-@functools.lru_cache(maxsize=256)
 def _resolve_user(value: str, what: str) -> tuple[int, str]:
+    found = _lookup_user(value)
+    if found is None:
+        if value.isdigit():
+            raise InputError(f"{what}: uid {value} is out of range")
+        raise NotFoundError(f"{what}: unknown user {value!r}",
+                            hint="give an existing user name or a numeric uid")
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def _lookup_user(value: str) -> tuple[int, str] | None:
+    """(uid, name) of a user name or numeric uid; None if unknown or out of range.
+    Cached apart from `what`, which differs for every VM of a bulk run."""
     if value.isdigit():
         uid = int(value)
         if uid > 0xFFFFFFFE:
-            raise InputError(f"{what}: uid {uid} is out of range")
+            return None
         try:
             return uid, pwd.getpwuid(uid).pw_name
         except KeyError:
@@ -257,8 +269,7 @@ def _resolve_user(value: str, what: str) -> tuple[int, str]:
     try:
         pw = pwd.getpwnam(value)
     except KeyError:
-        raise NotFoundError(f"{what}: unknown user {value!r}",
-                            hint="give an existing user name or a numeric uid") from None
+        return None
     return pw.pw_uid, pw.pw_name
 
 
