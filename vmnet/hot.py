@@ -435,11 +435,14 @@ def _up(req: Request, env: Mapping[str, str]) -> list[str]:
             enter(req.netns)
         except VmnetError:
             raise Decline from None
-    return bring_up(req.state_dir, vm, "up", None)
+    bring_up(req.state_dir, vm, "up", None)
+    from vmnet.render.qemu import up_lines
+
+    return up_lines(vm)
 
 
-def bring_up(state_dir: str, vm: Vm, mode: str, domain_uuid: str | None) -> list[str]:
-    """vmnet.ops.up for a VM the hot path can serve; the lines `vmnet up` prints."""
+def bring_up(state_dir: str, vm: Vm, mode: str, domain_uuid: str | None) -> None:
+    """vmnet.ops.up for a VM the hot path can serve."""
     from vmnet.kernel.tun import TUN_PATH
 
     if not os.path.exists(TUN_PATH):
@@ -448,15 +451,13 @@ def bring_up(state_dir: str, vm: Vm, mode: str, domain_uuid: str | None) -> list
     store.lock()
     k = Links()
     try:
-        lines = _up_locked(store, k, vm, mode, domain_uuid)
+        _up_locked(store, k, vm, mode, domain_uuid)
     finally:
         k.close()
         store.unlock()
-    return lines
 
 
-def _up_locked(store: Store, k: Links, vm: Vm, mode: str,
-               domain_uuid: str | None) -> list[str]:
+def _up_locked(store: Store, k: Links, vm: Vm, mode: str, domain_uuid: str | None) -> None:
     """vmnet.ops.up_many + vmnet.plan.plan_up for one new VM on existing bridges."""
     records = store.vm_records()
     if vm.name in records:
@@ -528,9 +529,6 @@ def _up_locked(store: Store, k: Links, vm: Vm, mode: str,
         raise
     rec["phase"] = "ready"
     store.put_vm(vm.name, rec)
-    from vmnet.render.qemu import up_lines
-
-    return up_lines(vm)
 
 
 # -- ifup --------------------------------------------------------------------
