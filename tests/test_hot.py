@@ -217,6 +217,21 @@ def test_up_same_as_full_path(case: str, tmp_path: Path) -> None:
     assert hot["kernel"] == full["kernel"]
 
 
+def test_up_through_sudo_gives_the_tap_to_the_invoking_user(tmp_path: Path) -> None:
+    """No user configured: the owner is $SUDO_USER, on both paths."""
+    cfg = empty_config()
+
+    def act(ns: Netns, state: str, env: dict[str, str]) -> tuple[Any, ...]:
+        return run_up(ns, state, cfg, "vm2", {**env, "SUDO_USER": "nobody"})
+
+    full, hot = twice(_warm(cfg, "warm"), act)
+    assert hot["result"][3] == "hot"
+    assert hot["result"][:3] == full["result"][:3]
+    assert "(owner nobody," in hot["result"][1]
+    assert hot["records"] == full["records"] and hot["kernel"] == full["kernel"]
+    assert hot["kernel"]["vm2-0"]["linkinfo"]["info_data"]["user"] == "nobody"
+
+
 def test_up_refusals_are_the_full_paths(tmp_path: Path) -> None:
     """A NIC MTU that would lower an admin's bridge: the hot path declines, the full
     path refuses with its message; the host is the same either way."""
