@@ -568,17 +568,27 @@ def test_shell_quote_is_shlex_quote(word: str) -> None:
     assert shell_quote(word) == shlex.quote(word)
 
 
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
-                    | st.text(), lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
+@given(st.recursive(st.none() | st.booleans() | st.integers()
+                    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                    lambda kids: st.lists(kids) | st.dictionaries(st.text(), kids),
                     max_leaves=20))
 def test_record_json_is_json_dumps_and_loads(value: Any) -> None:
-    """statefs writes exactly what json.dumps(sort_keys=True) writes, and reads it back."""
+    """statefs writes exactly what json.dumps(sort_keys=True) writes, and reads it back
+    (records hold no NaN or infinity: statefs.loads refuses those, see below)."""
     import json
 
     from vmnet import statefs
 
     assert statefs.dumps(value) == json.dumps(value, sort_keys=True).encode()
     assert statefs.loads(statefs.dumps(value)) == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("text", [b"NaN", b"[Infinity]", b'{"a": 1} x', b"", b"\xff"])
+def test_record_json_reader_refuses_what_vmnet_never_writes(text: bytes) -> None:
+    from vmnet import statefs
+
+    with pytest.raises(ValueError):
+        statefs.loads(text)
 
 
 @given(st.text(alphabet=string.hexdigits + ":", min_size=15, max_size=19))

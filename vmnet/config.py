@@ -7,10 +7,7 @@ the model it returns is plain data.
 
 from __future__ import annotations
 
-import functools
-import grp
 import os
-import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -27,6 +24,7 @@ from vmnet.model import (
     default_tap_name,
 )
 from vmnet.names import DEFAULT_CONFIG
+from vmnet.users import invoking_user, lookup_group, lookup_user
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -239,13 +237,9 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
     return replace(parse_config(text, target), digest=digest(raw))
 
 
-# -- users ---------------------------------------------------------------
+# -- users (vmnet.users looks them up) --------------------------------------
 def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
-    return _resolve_user(value, what)
-
-
-def _resolve_user(value: str, what: str) -> tuple[int, str]:
-    found = _lookup_user(value)
+    found = lookup_user(value)
     if found is None:
         if value.isdigit():
             raise InputError(f"{what}: uid {value} is out of range")
@@ -254,49 +248,14 @@ def _resolve_user(value: str, what: str) -> tuple[int, str]:
     return found
 
 
-@functools.lru_cache(maxsize=256)
-def _lookup_user(value: str) -> tuple[int, str] | None:
-    """(uid, name) of a user name or numeric uid; None if unknown or out of range.
-    Cached apart from `what`, which differs for every VM of a bulk run."""
-    if value.isdigit():
-        uid = int(value)
-        if uid > 0xFFFFFFFE:
-            return None
-        try:
-            return uid, pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return uid, value
-    try:
-        pw = pwd.getpwnam(value)
-    except KeyError:
-        return None
-    return pw.pw_uid, pw.pw_name
-
-
 def resolve_group(value: str, what: str = "--group") -> int:
-    return _resolve_group(value, what)
-
-
-@functools.lru_cache(maxsize=256)
-def _resolve_group(value: str, what: str) -> int:
-    if value.isdigit():
-        gid = int(value)
-        if gid > 0xFFFFFFFE:
-            raise InputError(f"{what}: gid {gid} is out of range")
-        return gid
-    try:
-        return grp.getgrnam(value).gr_gid
-    except KeyError:
+    found = lookup_group(value)
+    if found is None:
+        if value.isdigit():
+            raise InputError(f"{what}: gid {value} is out of range")
         raise NotFoundError(f"{what}: unknown group {value!r}",
-                            hint="give an existing group name or a numeric gid") from None
-
-
-def invoking_user(env: Mapping[str, str]) -> str:
-    """SUDO_USER when run through sudo, else the caller (root for vmnet's usual use)."""
-    sudo = env.get("SUDO_USER")
-    if sudo and sudo != "root":
-        return sudo
-    return str(os.getuid())
+                            hint="give an existing group name or a numeric gid")
+    return found
 
 
 # -- resolution ----------------------------------------------------------

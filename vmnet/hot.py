@@ -1,4 +1,4 @@
-"""The hot path: `vmnet up VM` and the QEMU ifup script in a few milliseconds.
+"""The hot path: `vmnet up VM`, the QEMU ifup script and the libvirt hook in milliseconds.
 
 A VM start pays for these once per VM, and platforms start hundreds.  The
 full path (vmnet.ops: model, planner, steps, records as classes) costs
@@ -12,7 +12,9 @@ vmnet.confcache, vmnet.kernel.rtnl/tun/netns, vmnet.render.qemu.up_lines):
   exist yet: the taps are made, marked, attached and recorded exactly as
   vmnet.ops.up does;
 - ifup of a tap whose bridge exists: MTU, MAC, IPv6 off, bridge, up, exactly
-  as vmnet.ifup.ifup does.
+  as vmnet.ifup.ifup does;
+- the libvirt hook's `prepare begin` of a domain that names one such VM
+  without overrides (vmnet.hook.prepare).
 
 Anything else is *declined*: the request goes to the full path, which
 serves it (or words its error) as if the hot path did not exist.  A decline
@@ -142,52 +144,24 @@ def _network(cfg: dict[str, Any], name: str) -> Net:
     return Net(name, bridge, uplink, mtu)
 
 
-def _user(value: str) -> tuple[int, str]:
-    """vmnet.config.resolve_user, declining where it would fail."""
-    import pwd
-
-    if value.isdigit():
-        uid = int(value)
-        if uid > 0xFFFFFFFE:
-            raise Decline
-        try:
-            return uid, pwd.getpwuid(uid).pw_name
-        except KeyError:
-            return uid, value
-    try:
-        pw = pwd.getpwnam(value)
-    except KeyError:
-        raise Decline from None
-    return pw.pw_uid, pw.pw_name
-
-
-def _group(value: str) -> int:
-    if value.isdigit():
-        gid = int(value)
-        if gid > 0xFFFFFFFE:
-            raise Decline
-        return gid
-    import grp
-
-    try:
-        return grp.getgrnam(value).gr_gid
-    except KeyError:
-        raise Decline from None
-
-
 def _owner(user_src: str | None, group_src: str | None,
            env: Mapping[str, str]) -> tuple[int | None, int | None, str | None]:
-    """uid, gid and owner name as vmnet.config.resolve_vm gives them."""
-    uid: int | None
-    user: str | None
-    if user_src is not None:
-        uid, user = _user(user_src)
-    elif group_src is not None:
-        uid, user = None, None
-    else:
-        sudo = env.get("SUDO_USER")
-        uid, user = _user(sudo if sudo and sudo != "root" else str(os.getuid()))
-    return uid, None if group_src is None else _group(group_src), user
+    """uid, gid and owner name as vmnet.config.resolve_vm gives them (declines where
+    the full path would refuse)."""
+    from vmnet import users
+
+    uid: int | None = None
+    user: str | None = None
+    if user_src is not None or group_src is None:
+        found = users.lookup_user(user_src if user_src is not None
+                                  else users.invoking_user(env))
+        if found is None:
+            raise Decline
+        uid, user = found
+    gid = None if group_src is None else users.lookup_group(group_src)
+    if group_src is not None and gid is None:
+        raise Decline
+    return uid, gid, user
 
 
 def resolve(cfg: dict[str, Any], name: str, env: Mapping[str, str], nics: int = 1) -> Vm:
