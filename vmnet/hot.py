@@ -364,8 +364,6 @@ def _is_our_bridge(br: dict[str, Any]) -> bool:
 
 def _create_tap(k: Links, vm: Vm, nic: Nic, mtu: int) -> None:
     """vmnet.kernel.lean.LeanKernel.create_tap, on the hot path's socket."""
-    import _socket
-
     from vmnet.kernel import tun
 
     body = rtnl.tap_config(nic.tap, mac=nic.tap_mac, alias=nic_mark(vm.name, nic.index),
@@ -377,11 +375,7 @@ def _create_tap(k: Links, vm: Vm, nic: Nic, mtu: int) -> None:
 
     tun.create_persistent_tap(nic.tap, owner=vm.uid, group=vm.gid,
                               multi_queue=nic.queues > 1, configure=configure)
-    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
-    try:
-        tun.settle_operstate(s.fileno(), nic.tap)
-    finally:
-        s.close()
+    k.nl.settle(nic.tap)
 
 
 # -- up ----------------------------------------------------------------------

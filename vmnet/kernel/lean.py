@@ -60,11 +60,9 @@ class LeanKernel:
         self._index: dict[str, int] = {}
         self._full: Any = None
         self._last: Snapshot | None = None
-        self._ioctl_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def close(self) -> None:
         self.nl.close()
-        self._ioctl_sock.close()
         if self._full is not None:
             self._full.close()
 
@@ -122,7 +120,7 @@ class LeanKernel:
         tun.create_persistent_tap(spec.name, owner=spec.owner, group=spec.group,
                                   multi_queue=spec.multi_queue, path=self._tun_path,
                                   ioctl=self._ioctl, configure=configure)
-        tun.settle_operstate(self._ioctl_sock.fileno(), spec.name, self._ioctl)
+        self.nl.settle(spec.name)
 
     def create_bridge(self, name: str, *, mac: str, mtu: int | None, stp: bool,
                       forward_delay: int, alias: str) -> None:

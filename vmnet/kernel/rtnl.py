@@ -164,6 +164,22 @@ class Rtnl:
             return data, off + _HDR.size, off + n
         raise NetlinkError(errno.EIO, "malformed netlink reply")
 
+    def settle(self, name: str) -> None:
+        """Make the kernel apply a link's pending link events now.
+
+        A tap's carrier goes on and off while it is made; the kernel applies that
+        to the operational state up to a second later (linkwatch).  A port
+        enslaved meanwhile counts as up: the bridge forwards to it and takes
+        carrier (and an IPv6 link-local address) for nothing.  RTM_GETLINK of
+        one link runs linkwatch_sync_dev() for it (rtnl_getlink(), like ethtool's
+        get_link, which vmnet.kernel.tun.settle_operstate uses) and costs no
+        ioctl socket and no ctypes; a link already gone is no error.
+        """
+        try:  # noqa: SIM105 - contextlib costs an import on the hot path
+            self.get(RTM_GETLINK, ifinfo() + by_name(name))
+        except OSError:
+            pass  # best effort: only the operstate's timing is at stake
+
     def dump(self, mtype: int, body: bytes) -> Iterator[tuple[bytes, int, int]]:
         """Yield (buffer, body offset, message end) for each message of a dump."""
         seq = self._request(mtype, NLM_F_REQUEST | NLM_F_DUMP, body)
