@@ -601,3 +601,66 @@ def test_mac_validation_shortcut(value: str) -> None:
     except InputError as e:
         accepted = "not a MAC address" not in e.message
     assert accepted == ok
+
+
+_VM_RECORD = {"format": 1, "vm": "vm1", "mode": "up", "phase": "ready",
+              "writer": {"pid": 1, "start": 2}, "holder": None, "domain_uuid": None,
+              "created_at": 1.5,
+              "nics": [{"index": 0, "tap": "vm1-0", "bridge": "br0", "network": "n",
+                        "mac": "52:54:00:00:00:01", "tap_mac": "fe:54:00:00:00:01", "mtu": 1500,
+                        "queues": 1, "vnet_hdr": True, "owner": 0, "group": None,
+                        "created": True}]}
+_BRIDGE_RECORD = {"format": 1, "bridge": "br0", "network": "n", "created": True,
+                  "uplink": None, "uplink_attached": False, "uplink_was_down": False,
+                  "address": None, "writer": {"pid": 1, "start": 2}}
+_JUNK = st.none() | st.booleans() | st.integers() | st.text(max_size=5) | \
+    st.just({"pid": 1}) | st.just({}) | st.just([]) | st.just("x/y") | st.just("a" * 20)
+
+
+def _mutate(data: Any, path: list[Any], drop: bool, value: Any) -> Any:
+    import copy
+
+    out = copy.deepcopy(data)
+    node = out
+    for key in path[:-1]:
+        node = node[key]
+    if drop:
+        node.pop(path[-1], None)
+    else:
+        node[path[-1]] = value
+    return out
+
+
+_VM_PATHS = [[k] for k in _VM_RECORD] + [["nics", 0, k] for k in _VM_RECORD["nics"][0]] + \
+    [["writer", "pid"], ["holder"], ["extra"]]
+
+
+@given(st.sampled_from(_VM_PATHS), st.booleans(), _JUNK)
+def test_hot_accepts_only_vm_records_the_full_path_accepts(path: list[Any], drop: bool,
+                                                          value: Any) -> None:
+    """The hot path acts on a record (ifup finds a tap's bridge in it) only if the full
+    path would read the same record; anything else makes it decline."""
+    from vmnet import hot
+    from vmnet.state import parse_vm_record
+
+    data = _mutate(_VM_RECORD, path, drop, value)
+    try:
+        hot._vm_record(data)
+    except hot.Decline:
+        return
+    assert parse_vm_record(data) is not None, data
+
+
+@given(st.sampled_from([[k] for k in _BRIDGE_RECORD] + [["writer", "start"]]), st.booleans(),
+       _JUNK)
+def test_hot_accepts_only_bridge_records_the_full_path_accepts(path: list[Any], drop: bool,
+                                                              value: Any) -> None:
+    from vmnet import hot
+    from vmnet.state import parse_bridge_record
+
+    data = _mutate(_BRIDGE_RECORD, path, drop, value)
+    try:
+        hot._bridge_record(data, "br0")
+    except hot.Decline:
+        return
+    assert parse_bridge_record(data) is not None, data

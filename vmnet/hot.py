@@ -215,14 +215,29 @@ def _vm_record(data: object) -> dict[str, Any]:
             data.get("phase") not in ("applying", "ready", "removing") or \
             not isinstance(data.get("vm"), str) or not isinstance(data.get("nics"), list):
         raise Decline
-    w = data.get("writer")
-    if not isinstance(w, dict) or set(w) != {"pid", "start"}:
+    w, h = data.get("writer"), data.get("holder")
+    if not isinstance(w, dict) or set(w) != {"pid", "start"} or \
+            not (not h or (isinstance(h, dict) and set(h) == {"pid", "start"})) or \
+            not isinstance(data.get("created_at", 0), int | float):
         raise Decline
     for n in data["nics"]:
         if not isinstance(n, dict) or not _NIC_REQUIRED <= set(n) <= _NIC_KEYS or \
                 not _valid_name(n["tap"]) or not _valid_name(n["bridge"]):
             raise Decline
     return data
+
+
+def _bridge_record(rec: object, bridge: str) -> dict[str, Any]:
+    """A bridge record the full path would accept as it is (vmnet.state.parse_bridge_record;
+    it would skip another and write a new one: the full path's work)."""
+    w = rec.get("writer") if isinstance(rec, dict) else None
+    if not isinstance(rec, dict) or rec.get("bridge") != bridge or "created" not in rec \
+            or not isinstance(rec.get("network"), str) or \
+            not (w is None or (isinstance(w, dict) and set(w) == {"pid", "start"})) or \
+            not _valid_name(bridge) or not (rec.get("uplink") is None
+                                            or _valid_name(rec.get("uplink"))):
+        raise Decline
+    return rec
 
 
 class Store:
@@ -292,12 +307,7 @@ class Store:
         path = os.path.join(self.dir, "bridges", fname(bridge))
         if not os.path.exists(path):
             return False
-        rec = self._read(path)
-        if not isinstance(rec, dict) or rec.get("bridge") != bridge or \
-                not isinstance(rec.get("network"), str) or \
-                not _valid_name(bridge) or not (rec.get("uplink") is None
-                                                or _valid_name(rec.get("uplink"))):
-            raise Decline
+        _bridge_record(self._read(path), bridge)
         return True
 
     @staticmethod
