@@ -76,7 +76,7 @@ def parse_lean(argv: list[str]) -> Request | None:
 def main() -> None:
     # VMNET_LEAN=0 sends everything through click (the test suite runs both ways).
     req = None if os.environ.get("VMNET_LEAN") == "0" else parse_lean(sys.argv[1:])
-    if req is not None and req.cmd == "up":
+    if req is not None and req.cmd == "up" and len(req.names) == 1 and not req.all:
         from vmnet import hot
 
         if hot.enabled(os.environ):

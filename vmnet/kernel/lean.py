@@ -7,11 +7,10 @@ dumps, needed only to vet an uplink, are delegated to pyroute2.
 
 from __future__ import annotations
 
+import _socket  # not `socket`: its enum classes cost ~2 ms to import
 import contextlib
 import errno
 import fcntl
-import ipaddress
-import socket
 
 from vmnet.errors import NotFoundError, VmnetError, kernel_error
 from vmnet.kernel import rtnl, tun
@@ -89,7 +88,7 @@ class LeanKernel:
         idx = self._index.get(name)
         if idx is None:
             try:
-                idx = socket.if_nametoindex(name)
+                idx = _socket.if_nametoindex(name)
             except OSError:
                 raise NotFoundError(f"interface {name} does not exist", ifname=name) from None
             self._index[name] = idx
@@ -184,8 +183,10 @@ class LeanKernel:
         self._last = None
 
     def add_address(self, name: str, cidr: str) -> None:
+        import ipaddress  # only here: it costs ~1 ms to import
+
         iface = ipaddress.ip_interface(cidr)
-        fam = socket.AF_INET if iface.version == 4 else socket.AF_INET6
+        fam = _socket.AF_INET if iface.version == 4 else _socket.AF_INET6
         packed = iface.ip.packed
         body = rtnl.ifaddr(fam, iface.network.prefixlen, self._idx(name)) + \
             rtnl.attr(rtnl.IFA_LOCAL, packed) + rtnl.attr(rtnl.IFA_ADDRESS, packed)
