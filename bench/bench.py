@@ -27,8 +27,8 @@ from contextlib import contextmanager
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 # vmnet's state lives in /run, a tmpfs on every systemd host; use a tmpfs here too
-# (a directory of this run's, removed at the end).
-STATE_ROOT = tempfile.mkdtemp(prefix="vmnet-bench-", dir="/dev/shm")
+# (a directory of this run's, made by main() and removed at its end).
+STATE_ROOT = "/dev/shm"
 TARGETS = {"bulk_up": 1.5, "bulk_down": 1.5, "growth": 1.3, "hot": 3.0, "rss_mb": 100.0}
 
 
@@ -240,7 +240,8 @@ def main() -> None:
         sys.exit("bench needs root (it makes a network namespace)")
     sizes = [int(s) for s in a.sizes.split(",")]
     tmp = tempfile.mkdtemp(prefix="vmnet-bench-")
-    global VMNET
+    global VMNET, STATE_ROOT
+    STATE_ROOT = tempfile.mkdtemp(prefix="vmnet-bench-", dir="/dev/shm")
     try:
         VMNET = os.path.join(launchers(tmp), "vmnet")
         print(f"vmnet as installed by scripts/install: {VMNET} (python -IS launcher)")
