@@ -16,7 +16,8 @@ vmnet.confcache, vmnet.kernel.rtnl/tun/netns, vmnet.render.qemu.up_lines):
 - the libvirt hook's `prepare begin` of a domain that names one such VM
   without overrides (vmnet.hook.prepare).
 
-Anything else is *declined*: the request goes to the full path, which
+Anything else is *declined* (so is an unexpected exception, after the same
+undoing): the request goes to the full path, which
 serves it (or words its error) as if the hot path did not exist.  A decline
 happens before any change, or after undoing the changes made, so the full
 path starts from the same host.  Declined, among others: an existing record
@@ -395,7 +396,7 @@ def up(req: Request, env: Mapping[str, str]) -> list[str] | None:
         return None
     try:
         return _up(req, env)
-    except Decline:
+    except Exception:  # Decline, or a surprise: the full path serves it (and words it)
         return None
 
 
@@ -565,7 +566,7 @@ def ifup(argv: list[str], env: Mapping[str, str]) -> bool:
         return False
     try:
         _ifup(argv[0], env)
-    except Decline:
+    except Exception:  # Decline, or a surprise: the full path serves it (and words it)
         return False
     return True
 
@@ -757,7 +758,7 @@ def hook_prepare(call: Any, data: bytes) -> bool:
     """Serve the hook's `prepare begin` (vmnet.hook.prepare); False: the full path must."""
     try:
         _hook_prepare(call, data)
-    except Decline:
+    except Exception:  # Decline, or a surprise: the full path serves it (and words it)
         return False
     return True
 
