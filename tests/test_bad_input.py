@@ -99,7 +99,7 @@ def test_missing_config_file(ns: Netns, state_dir: str) -> None:
 
 def test_missing_netns(state_dir: str) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        pytest.skip("entering a network namespace needs root (CAP_SYS_ADMIN)")
     r = vmnet(None, state_dir, "--netns", "vmnet-no-such-ns", "up", "vm1")
     check_clean_failure(r, "vmnet-no-such-ns")
 

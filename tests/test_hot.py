@@ -571,3 +571,20 @@ def test_killed_mid_way_leaves_what_gc_rolls_back(ns: Netns, state_dir: str,
     r = vmnet(ns, state_dir, "gc", config=cfg, check=True)
     assert "big: rolled back" in r.stdout
     assert (kernel_view(ns), records(state_dir)) == before
+
+
+def test_hook_alone_compiles_the_config(ns: Netns, state_dir: str, tmp_path: Path) -> None:
+    """A host that only ever runs the hook (no `vmnet up`, no ifup): its first `prepare`
+    parses the config and stores it compiled, so the next domain's is served hot."""
+    cfg = config_file(tmp_path, TWO_NETS)
+    ns.ip("link", "add", "vmnet0", "type", "bridge")  # an admin's bridge: the first
+    first = rendered_domain(tmp_path, cfg, "vm5")     # prepare adopts it (full path)
+    second = rendered_domain(tmp_path, cfg, "vm6").replace(UUID.encode(),
+                                                            UUID.replace("3f", "4f").encode())
+    assert run_hook(ns, state_dir, cfg, first, {})[::3] == (0, "full")
+    assert os.listdir(os.path.join(state_dir, "config-cache"))
+    rc, _out, err, path = run_hook(ns, state_dir, cfg, second, {})
+    assert (rc, path) == (0, "hot"), err
+    assert ns.link("vm6-0")["master"] == "vmnet0"
+    rec = records(state_dir)["vms/vm6.json"]
+    assert (rec["mode"], rec["domain_uuid"]) == ("hook", UUID.replace("3f", "4f"))

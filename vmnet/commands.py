@@ -21,7 +21,7 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
        out: Echo, progress: Progress = None) -> None:
     """Bring `vms` (or every configured VM) up and say what was done."""
     from vmnet import ops
-    from vmnet.config import resolve_vm
+    from vmnet.config import Overrides, resolve_vm
     from vmnet.render import qemu
 
     if all_vms and vms:
@@ -37,7 +37,7 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
     if not dry_run:  # the hot path (vmnet.hot) reads this config's compiled form from now on
         from vmnet import confcache
 
-        plain = ov is None or ov == type(ov)()  # resolved without overrides: reusable
+        plain = ov is None or ov == Overrides()  # resolved without overrides: reusable
         confcache.save(ctx.state_dir, cfg, {vm.name: vm for vm in models} if plain else None)
     for res in results:
         vm = res.vm

@@ -120,7 +120,10 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
 
     if not info.uuid:
         raise InputError(f"domain {info.name!r}: the XML has no <uuid>")
+    from vmnet import confcache
+
     cfg = load_config(call.config, env={})
+    confcache.save(call.state_dir, cfg)  # the hot path reads this config from now on
     vms = []
     for entry in info.vms:
         try:

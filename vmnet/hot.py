@@ -67,9 +67,6 @@ if TYPE_CHECKING:
 
     from vmnet.entry import Request
 
-MAX_BRIDGE_PORTS = validate.MAX_BRIDGE_PORTS
-
-
 class Decline(Exception):
     """The full path must serve this request; the host is as it was before."""
 
@@ -373,22 +370,6 @@ def _is_our_bridge(br: dict[str, Any]) -> bool:
         not br["alias"] and br["mac"] == pinned_bridge_mac(br["name"])))
 
 
-def _create_tap(k: Links, vm: Vm, nic: Nic, mtu: int) -> None:
-    """vmnet.kernel.lean.LeanKernel.create_tap, on the hot path's socket."""
-    from vmnet.kernel import tun
-
-    body = rtnl.tap_config(nic.tap, mac=nic.tap_mac, alias=nic_mark(vm.name, nic.index),
-                           mtu=mtu)
-
-    def configure() -> None:
-        tun.disable_ipv6(nic.tap)
-        k.setlink(body)
-
-    tun.create_persistent_tap(nic.tap, owner=vm.uid, group=vm.gid,
-                              multi_queue=nic.queues > 1, configure=configure)
-    k.nl.settle(nic.tap)
-
-
 # -- up ----------------------------------------------------------------------
 def up(req: Request, env: Mapping[str, str]) -> list[str] | None:
     """Serve `vmnet up VM` (the lines to print), or None: the full path must."""
@@ -460,8 +441,7 @@ def _up_locked(store: Store, k: Links, vm: Vm, mode: str, domain_uuid: str | Non
             if upl is None or upl["master"] != br["index"]:
                 raise Decline  # an uplink to attach (and vet): the full path's
         bridges[net.bridge] = (br, k.ports(br["index"]))
-    nic_records = []
-    mtus = []
+    nic_records: list[dict[str, Any]] = []
     new_ports: dict[str, int] = {}
     for nic in vm.nics:
         bridge = nic.network.bridge
@@ -476,7 +456,6 @@ def _up_locked(store: Store, k: Links, vm: Vm, mode: str, domain_uuid: str | Non
         mtu = nic.mtu or nic.network.mtu or br["mtu"]
         if nic.mtu and nic.mtu < br["mtu"] and not _is_our_bridge(br):
             raise Decline
-        mtus.append(mtu)
         new_ports[bridge] = new_ports.get(bridge, 0) + 1
         nic_records.append({"index": nic.index, "tap": nic.tap, "bridge": bridge,
                             "network": nic.network.name, "mac": nic.mac,
@@ -484,9 +463,11 @@ def _up_locked(store: Store, k: Links, vm: Vm, mode: str, domain_uuid: str | Non
                             "vnet_hdr": nic.vnet_hdr, "owner": vm.uid, "group": vm.gid,
                             "created": True})
     for bridge, count in new_ports.items():
-        if len(bridges[bridge][1]) + count > MAX_BRIDGE_PORTS:
+        if len(bridges[bridge][1]) + count > validate.MAX_BRIDGE_PORTS:
             raise Decline
     import time
+
+    from vmnet.kernel import tun
 
     rec: dict[str, Any] = {"format": FORMAT, "vm": vm.name, "mode": mode, "phase": "applying",
                            "writer": _me(), "nics": nic_records, "holder": None,
@@ -494,8 +475,10 @@ def _up_locked(store: Store, k: Links, vm: Vm, mode: str, domain_uuid: str | Non
     store.put_vm(vm.name, rec)
     made: list[str] = []
     try:
-        for nic, mtu in zip(vm.nics, mtus, strict=True):
-            _create_tap(k, vm, nic, mtu)
+        for nic, nrec in zip(vm.nics, nic_records, strict=True):
+            tun.create_configured_tap(k.nl, nic.tap, owner=vm.uid, group=vm.gid,
+                                      multi_queue=nic.queues > 1, mac=nic.tap_mac,
+                                      alias=nic_mark(vm.name, nic.index), mtu=nrec["mtu"])
             made.append(nic.tap)
             k.setlink(rtnl.set_link(nic.tap, master=bridges[nic.network.bridge][0]["index"],
                                     up=True))
@@ -541,11 +524,10 @@ def find_port(tap: str, env: Mapping[str, str]) -> Port:
         entry = cfg["vms"][name]
         if entry is None:
             continue  # unresolvable: the full path skips it too
-        for i, t, mac, _q, mtu, _vh, _model, net in entry[2]:
+        for _i, t, mac, _q, mtu, _vh, _model, net in entry[2]:
             if t == tap:
                 _owner(entry[0], entry[1], env)  # one the full path skips: Decline
                 network = _network(cfg, net)
-                del i
                 return Port(network.bridge, mtu or network.mtu, tap_mac(mac), mtu is not None)
     head, dash, idx = tap.rpartition("-")
     if dash and head and idx.isdecimal() and head not in cfg["vms"]:

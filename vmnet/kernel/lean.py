@@ -109,17 +109,9 @@ class LeanKernel:
 
     # -- changing --------------------------------------------------------
     def create_tap(self, spec: TapSpec) -> None:
-        body = rtnl.tap_config(spec.name, mac=spec.mac, alias=spec.alias, mtu=spec.mtu)
-
-        def configure() -> None:  # before persist: see tun.create_persistent_tap
-            # IPv6 off before the tap goes up, so it never gets a link-local address.
-            self.disable_ipv6(spec.name)
-            self._call("configure tap", spec.name, RTM_SETLINK, 0, body)
-
-        tun.create_persistent_tap(spec.name, owner=spec.owner, group=spec.group,
-                                  multi_queue=spec.multi_queue, path=self._tun_path,
-                                  ioctl=self._ioctl, configure=configure)
-        self.nl.settle(spec.name)
+        tun.create_configured_tap(self.nl, spec.name, owner=spec.owner, group=spec.group,
+                                  multi_queue=spec.multi_queue, mac=spec.mac, alias=spec.alias,
+                                  mtu=spec.mtu, path=self._tun_path, ioctl=self._ioctl)
 
     def create_bridge(self, name: str, *, mac: str, mtu: int | None, stp: bool,
                       forward_delay: int, alias: str) -> None:
