@@ -63,7 +63,7 @@ def median(f: Callable[[], float], repeat: int) -> float:
 
 
 # pip's console script; main() switches VMNET to the launcher scripts/install installs
-# (vmnet.launchers), which is how users run vmnet.
+# (vmnet.cli.launchers), which is how users run vmnet.
 PIP_VMNET = os.path.join(os.path.dirname(PY), "vmnet")
 if not os.path.exists(PIP_VMNET):
     PIP_VMNET = shutil.which("vmnet") or PIP_VMNET
@@ -168,11 +168,11 @@ def run_stdin(argv: list[str], data: bytes, *, env: dict[str, str]) -> float:
 
 
 def launchers(tmp: str) -> str:
-    """vmnet's commands as `scripts/install` installs them (vmnet.launchers), for this
+    """vmnet's commands as `scripts/install` installs them (vmnet.cli.launchers), for this
     Python's environment; returns their directory."""
     bindir = os.path.join(tmp, "bin")
     os.mkdir(bindir)
-    subprocess.run([PY, "-m", "vmnet.launchers", bindir], check=True, capture_output=True)
+    subprocess.run([PY, "-m", "vmnet.cli.launchers", bindir], check=True, capture_output=True)
     return bindir
 
 

@@ -125,7 +125,7 @@ class Host:
     def hook(self, op: str, subop: str, xml: str, env: dict[str, str] | None = None,
              tracer: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         """The hook as libvirtd runs it: isolated interpreter, minimal environment."""
-        head = [sys.executable, "-I", *(tracer or ["-m"]), "vmnet.hook"]
+        head = [sys.executable, "-I", *(tracer or ["-m"]), "vmnet.integrations.libvirt.hook"]
         argv = ["ip", "netns", "exec", self.ns.name, *head, f"--state-dir={self.state_dir}",
                 f"--config={self.config}", "crash", op, subop, "-"]
         e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", **(env or {})}

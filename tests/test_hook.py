@@ -21,9 +21,9 @@ import pytest
 from tests.nsutil import Netns
 from tests.tapholder import hold_tap
 from tests.vmnetcli import vmnet
-from vmnet import hookinstall
 from vmnet.config import Overrides, parse_config, resolve_vm
-from vmnet.domainxml import override_fields
+from vmnet.integrations.libvirt import hookinstall
+from vmnet.integrations.libvirt.domainxml import override_fields
 from vmnet.render.libvirt import domain_with_vm
 
 UUID_A = "0b7e1c9a-3f4d-4e5a-8b6c-7d8e9f0a1b2c"
@@ -121,7 +121,7 @@ def domain_xml(name: str, uuid: str, vms: list[tuple[str, Overrides]], cfg_path:
 def run_hook(ns: Netns | None, state: str, cfg_path: str | None, domain: str, op: str,
              subop: str, stdin: str | bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
     """Run the hook exactly as the installed file does (isolated interpreter, -m)."""
-    argv = [sys.executable, "-I", "-m", "vmnet.hook", f"--state-dir={state}", *extra]
+    argv = [sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook", f"--state-dir={state}", *extra]
     if cfg_path:
         argv.append(f"--config={cfg_path}")
     argv += [domain, op, subop, "-"]
@@ -188,8 +188,8 @@ def test_hostile_xml_is_a_clean_one_line_error(case: str, op: str, subop: str, s
 def test_stdin_limit_is_bounded() -> None:
     import io
 
-    from vmnet import hook
     from vmnet.errors import InputError
+    from vmnet.integrations.libvirt import hook
 
     assert hook.read_bounded(io.BytesIO(b"x" * 100), limit=100) == b"x" * 100
     with pytest.raises(InputError, match="larger than"):
@@ -206,11 +206,11 @@ def test_domain_without_vmnet_metadata_is_ignored(state: str, cfg_path: str) -> 
 
 IMPORTS = """
 import io, sys
-from vmnet import hook
+from vmnet.integrations.libvirt import hook
 rc = hook.run(sys.argv[1:], io.BytesIO(sys.stdin.buffer.read()))
 heavy = sorted(m for m in sys.modules
                if m.split('.')[0] in ('click', 'jinja2', 'pyroute2', 'libvirt')
-               or m in ('vmnet.ops', 'vmnet.cli'))
+               or m in ('vmnet.engine.ops', 'vmnet.cli.main'))
 sys.stderr.write(f"{rc} {heavy}\\n")
 """
 
@@ -220,13 +220,13 @@ def test_hook_path_imports_no_click_jinja2_or_libvirt(state: str, cfg_path: str)
     res = subprocess.run([sys.executable, "-I", "-c", IMPORTS, f"--state-dir={state}",
                           "plain", "prepare", "begin", "-"], input=xml.encode(),
                          capture_output=True, check=True)
-    assert res.stderr.decode().strip() == "0 []"  # not even vmnet.ops for a foreign domain
+    assert res.stderr.decode().strip() == "0 []"  # not even vmnet.engine.ops for a foreign domain
 
 
 def test_bad_arguments(state: str) -> None:
     res = run_hook(None, state, None, "d1", "prepare", "begin", "", "--bogus=1")
     one_line_error(res, "unknown option --bogus")
-    res = subprocess.run([sys.executable, "-I", "-m", "vmnet.hook"], capture_output=True,
+    res = subprocess.run([sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook"], capture_output=True,
                          input=b"")
     one_line_error(res, "DOMAIN OP SUBOP")
 
@@ -386,7 +386,7 @@ def test_install_writes_an_executable_hook_with_settings(tmp_path: Path) -> None
     assert path.stat().st_mode & 0o777 == 0o755
     text = path.read_text()
     assert text.startswith(f"#!{sys.executable} -IS\n") and hookinstall.MARKER in text
-    assert "from vmnet.hook import main" in text
+    assert "from vmnet.integrations.libvirt.hook import main" in text
     assert f"--state-dir={tmp_path / 'st'}" in text and f"--config={tmp_path / 'c.toml'}" in text
     assert hookinstall.install(settings(tmp_path), str(hooks)).action == "unchanged"
     # The installed file runs, with no PATH at all, and ignores other operations.
@@ -433,10 +433,10 @@ def test_install_refuses_an_interpreter_without_vmnet(tmp_path: Path) -> None:
     hooks.mkdir()
     bad = hookinstall.HookSettings(python="/usr/bin/python3", state_dir="/run/vmnet",
                                    config=None, lock_timeout=10)
-    if subprocess.run(["/usr/bin/python3", "-I", "-c", "import vmnet.hook"],
+    if subprocess.run(["/usr/bin/python3", "-I", "-c", "import vmnet.integrations.libvirt.hook"],
                       capture_output=True).returncode == 0:
         pytest.skip("the system python can import vmnet")
-    with pytest.raises(NotFoundError, match=r"cannot import vmnet\.hook"):
+    with pytest.raises(NotFoundError, match=r"cannot import vmnet\.integrations\.libvirt\.hook"):
         hookinstall.install(bad, str(hooks))
     assert not (hooks / "qemu.d" / "vmnet").exists()
 

@@ -252,7 +252,7 @@ def run_hook(ns: Netns | None, state_dir: str, cfg: str | None, data: str | byte
     The child is reaped with wait4(), so the RSS is the hook's own (`ip netns exec`
     execs the interpreter in place), not the maximum over every child of pytest.
     """
-    argv = [sys.executable, "-I", "-m", "vmnet.hook", f"--state-dir={state_dir}"]
+    argv = [sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook", f"--state-dir={state_dir}"]
     if cfg:
         argv.append(f"--config={cfg}")
     argv += ["hostile", op, subop, "-"]
@@ -438,7 +438,7 @@ except BrokenPipeError:
 def test_endless_stdin_is_bounded(ns: Netns, state_dir: str) -> None:
     """64 MiB on stdin (from another process, so that the fork of this one does not
     count): the hook reads at most its 4 MiB limit and refuses."""
-    argv = ["ip", "netns", "exec", ns.name, sys.executable, "-I", "-m", "vmnet.hook",
+    argv = ["ip", "netns", "exec", ns.name, sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook",
             f"--state-dir={state_dir}", "big", "prepare", "begin", "-"]
     peaks = []
     for mib in (0, 64):
@@ -510,7 +510,7 @@ def test_no_command_runs_through_a_shell() -> None:
 def test_installed_hook_quotes_hostile_paths(tmp_path: Path) -> None:
     """The hook file (libvirtd execs it) carries the settings as literals: settings full
     of shell and Python syntax come back as the same single words, and run nothing."""
-    from vmnet import hookinstall
+    from vmnet.integrations.libvirt import hookinstall
 
     canary = tmp_path / "pwned"
     state = f"{tmp_path}/st $(touch {canary}) `touch {canary}`;\n'\"x"
@@ -520,8 +520,8 @@ def test_installed_hook_quotes_hostile_paths(tmp_path: Path) -> None:
     res = hookinstall.install(hookinstall.HookSettings(
         python=sys.executable, state_dir=state, config=cfg, lock_timeout=5), str(hooks))
     text = Path(res.path).read_text()
-    assert "from vmnet.hook import main\n" in text
-    text = text.replace("from vmnet.hook import main\n", "import json\n"
+    assert "from vmnet.integrations.libvirt.hook import main\n" in text
+    text = text.replace("from vmnet.integrations.libvirt.hook import main\n", "import json\n"
                         "def main(argv):\n    print(json.dumps(argv))\n    return 0\n")
     Path(res.path).write_text(text)  # the same settings, but printing the argv
     r = subprocess.run([res.path, "dom", "started", "begin", "-"], capture_output=True,

@@ -5,7 +5,7 @@ once with the hot path off (VMNET_HOT=0) and once with it on.  Everything a
 user or the kernel can see must be the same: exit status, output, the
 records, and every attribute the kernel reports of every link.  Each
 scenario also says which path served it (seen in `-X importtime`: the full
-path imports vmnet.ops / vmnet.ifup, the hot path does not), so a hot path
+path imports vmnet.engine.ops / vmnet.integrations.qemu.ifup, the hot path does not), so a hot path
 that silently declined everything would fail here.
 """
 
@@ -142,7 +142,7 @@ def served_by(stderr: str) -> tuple[str, str]:
     lines = stderr.splitlines()
     imported = {ln.rsplit("|", 1)[-1].strip() for ln in lines if ln.startswith("import time:")}
     rest = "\n".join(ln for ln in lines if not ln.startswith("import time:"))
-    full = {"vmnet.ops", "vmnet.ifup"} & imported
+    full = {"vmnet.engine.ops", "vmnet.integrations.qemu.ifup"} & imported
     return ("full" if full else "hot" if "vmnet.hot" in imported else "neither"), rest
 
 
@@ -299,7 +299,8 @@ def test_untrusted_cache_is_not_read(ns: Netns, state_dir: str, tmp_path: Path) 
 
 ROLLBACK = r"""
 import os, sys
-from vmnet import entry, hot
+from vmnet import hot
+from vmnet.cli import entry
 from vmnet.kernel import tun
 real = tun.create_persistent_tap
 calls = []
@@ -339,7 +340,7 @@ IFUP_CASES: dict[str, tuple[str, str, str]] = {
 
 @pytest.mark.parametrize("case", list(IFUP_CASES), ids=list(IFUP_CASES))
 def test_ifup_same_as_full_path(case: str, tmp_path: Path) -> None:
-    from vmnet.ifup import script_paths
+    from vmnet.integrations.qemu.ifup import script_paths
 
     text, tap, expect = IFUP_CASES[case]
     cfg = config_file(tmp_path, text)
@@ -387,7 +388,7 @@ def run_hook(ns: Netns, state: str, cfg: str, xml: bytes,
              env: dict[str, str]) -> tuple[int, str, str, str]:
     e = {k: v for k, v in os.environ.items() if k not in ("SUDO_USER", "VMNET_FAULT")}
     r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-X", "importtime",
-                        "-m", "vmnet.hook", f"--state-dir={state}", f"--config={cfg}", "d1",
+                        "-m", "vmnet.integrations.libvirt.hook", f"--state-dir={state}", f"--config={cfg}", "d1",
                         "prepare", "begin", "-"], input=xml, capture_output=True,
                        env={**e, **env}, timeout=60)
     path, err = served_by(r.stderr.decode())
@@ -466,8 +467,9 @@ XMLS = {
 @pytest.mark.parametrize("name", list(XMLS), ids=list(XMLS))
 def test_hot_xml_reader_reads_what_domainxml_reads(name: str) -> None:
     """The hook's hot path reads a domain with expat alone; wherever it does not decline,
-    it must see exactly what vmnet.domainxml (ElementTree + defusedxml) sees."""
-    from vmnet import domainxml, hot
+    it must see exactly what vmnet.integrations.libvirt.domainxml (ElementTree + defusedxml) sees."""
+    from vmnet import hot
+    from vmnet.integrations.libvirt import domainxml
 
     data = XMLS[name]
     raw = data.encode() if isinstance(data, str) else data
@@ -498,8 +500,8 @@ def test_hot_xml_reader_declines(data: str) -> None:
 
 
 def test_launchers_serve_every_command(ns: Netns, state_dir: str, tmp_path: Path) -> None:
-    """The commands as scripts/install installs them (vmnet.launchers: python -IS)."""
-    from vmnet import launchers
+    """The commands as scripts/install installs them (vmnet.cli.launchers: python -IS)."""
+    from vmnet.cli import launchers
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -541,7 +543,8 @@ def test_launchers_serve_every_command(ns: Netns, state_dir: str, tmp_path: Path
 
 KILLED = r"""
 import os, signal, sys
-from vmnet import entry, hot
+from vmnet import hot
+from vmnet.cli import entry
 from vmnet.kernel import tun
 real = tun.create_persistent_tap
 calls = []

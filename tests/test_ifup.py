@@ -17,7 +17,7 @@ import pytest
 from tests.nsutil import Netns
 from tests.tapholder import hold_tap
 from tests.vmnetcli import empty_config, host_snapshot, vmnet
-from vmnet.ifup import script_paths
+from vmnet.integrations.qemu.ifup import script_paths
 from vmnet.model import default_mac, tap_mac
 
 pytestmark = pytest.mark.kernel
@@ -240,10 +240,10 @@ def test_checkout_shims(ns: Netns, state_dir: str, lab: str) -> None:
 def test_ifup_imports_stay_light(ns: Netns, state_dir: str, lab: str) -> None:
     """A whole ifup run loads no click, jinja2, pyroute2 or planner (QEMU waits on it)."""
     code = ("import sys\n"
-            "from vmnet.ifup import main_ifup\n"
+            "from vmnet.integrations.qemu.ifup import main_ifup\n"
             "try:\n    main_ifup(['vm1-0'])\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
-            "heavy = ('click', 'jinja2', 'vmnet.ops', 'vmnet.plan')\n"
+            "heavy = ('click', 'jinja2', 'vmnet.engine.ops', 'vmnet.engine.plan')\n"
             "import os\n"
             "if os.environ.get('VMNET_KERNEL') != 'pyroute2':\n"
             "    heavy += ('pyroute2',)\n"

@@ -25,9 +25,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmnet.cli import main
+from vmnet.cli.main import main
 from vmnet.config import Config, Overrides, parse_config, resolve_vm
-from vmnet.domainxml import (
+from vmnet.errors import InputError
+from vmnet.integrations.libvirt.domainxml import (
     NS_URI,
     VmEntry,
     alias_for,
@@ -35,7 +36,6 @@ from vmnet.domainxml import (
     parse_vmnet_element,
     read_domain,
 )
-from vmnet.errors import InputError
 from vmnet.model import Vm
 from vmnet.render import libvirt as render
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from vmnet import validate as v
 from vmnet.errors import InputError
 from vmnet.model import (
     Network,
@@ -16,6 +15,7 @@ from vmnet.model import (
     parse_nic_mark,
     tap_mac,
 )
+from vmnet.model import validate as v
 
 
 @pytest.mark.parametrize("name,ok", [

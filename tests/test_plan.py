@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from vmnet.config import Config, Overrides, builtin_network, resolve_vm
+from vmnet.engine.plan import Observed, plan_down, plan_up
+from vmnet.engine.steps import AttachTap, AttachUplink, CreateBridge, CreateTap, DeleteLinks
 from vmnet.errors import ConflictError
 from vmnet.kernel.base import LinkInfo, Snapshot, TunInfo
-from vmnet.plan import Observed, plan_down, plan_up
-from vmnet.state import BridgeRecord, Proc, VmRecord
-from vmnet.steps import AttachTap, AttachUplink, CreateBridge, CreateTap, DeleteLinks
+from vmnet.state.store import BridgeRecord, Proc, VmRecord
 
 CFG = Config(path=None, networks={"default": builtin_network()}, vms={})
 
@@ -125,7 +125,7 @@ def test_down_refuses_held_tap() -> None:
 
 
 def test_bulk_plan_attaches_a_shared_uplink_once() -> None:
-    from vmnet.plan import plan_up_many
+    from vmnet.engine.plan import plan_up_many
 
     up = link(5, "eth1", "veth")
     plans = plan_up_many([vm("a", uplink="eth1"), vm("b", uplink="eth1")],

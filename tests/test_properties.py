@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from tests import figures
 from tests.nsutil import Netns
-from vmnet import validate
 from vmnet.config import (
     ConfigError,
     NicSpec,
@@ -33,9 +32,9 @@ from vmnet.config import (
     parse_config,
     resolve_vm,
 )
-from vmnet.domainxml import override_fields, read_domain, stale_interfaces
 from vmnet.errors import InputError, VmnetError
-from vmnet.model import DEFAULT_BRIDGE, Network, default_mac, default_tap_name, tap_mac
+from vmnet.integrations.libvirt.domainxml import override_fields, read_domain, stale_interfaces
+from vmnet.model import DEFAULT_BRIDGE, Network, default_mac, default_tap_name, tap_mac, validate
 from vmnet.render.libvirt import domain_with_vm
 from vmnet.render.qemu import _opts, device, escape, netdev, split_opts, vm_args
 
@@ -538,7 +537,7 @@ def test_hook_run_never_raises_anything_unexpected(op: str, subop: str, data: by
     import io
     import tempfile
 
-    from vmnet import hook
+    from vmnet.integrations.libvirt import hook
 
     EXAMPLES["hook_run_fuzz"] += 1
     with tempfile.TemporaryDirectory() as d:
@@ -577,7 +576,7 @@ def test_record_json_is_json_dumps_and_loads(value: Any) -> None:
     (records hold no NaN or infinity: statefs.loads refuses those, see below)."""
     import json
 
-    from vmnet import statefs
+    from vmnet.state import files as statefs
 
     assert statefs.dumps(value) == json.dumps(value, sort_keys=True).encode()
     assert statefs.loads(statefs.dumps(value)) == json.loads(json.dumps(value))
@@ -585,7 +584,7 @@ def test_record_json_is_json_dumps_and_loads(value: Any) -> None:
 
 @pytest.mark.parametrize("text", [b"NaN", b"[Infinity]", b'{"a": 1} x', b"", b"\xff"])
 def test_record_json_reader_refuses_what_vmnet_never_writes(text: bytes) -> None:
-    from vmnet import statefs
+    from vmnet.state import files as statefs
 
     with pytest.raises(ValueError):
         statefs.loads(text)
@@ -641,7 +640,7 @@ def test_hot_accepts_only_vm_records_the_full_path_accepts(path: list[Any], drop
     """The hot path acts on a record (ifup finds a tap's bridge in it) only if the full
     path would read the same record; anything else makes it decline."""
     from vmnet import hot
-    from vmnet.state import parse_vm_record
+    from vmnet.state.store import parse_vm_record
 
     data = _mutate(_VM_RECORD, path, drop, value)
     try:
@@ -656,7 +655,7 @@ def test_hot_accepts_only_vm_records_the_full_path_accepts(path: list[Any], drop
 def test_hot_accepts_only_bridge_records_the_full_path_accepts(path: list[Any], drop: bool,
                                                               value: Any) -> None:
     from vmnet import hot
-    from vmnet.state import parse_bridge_record
+    from vmnet.state.store import parse_bridge_record
 
     data = _mutate(_BRIDGE_RECORD, path, drop, value)
     try:

@@ -16,10 +16,10 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmnet import run as engine
-from vmnet.cli import main
+from vmnet.cli.main import main
 from vmnet.config import Overrides, parse_config, resolve_vm
-from vmnet.ifup import script_paths
+from vmnet.integrations.qemu import run as engine
+from vmnet.integrations.qemu.ifup import script_paths
 from vmnet.model import Vm
 from vmnet.render.qemu import escape, netdev, split_opts
 

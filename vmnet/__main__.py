@@ -1,3 +1,3 @@
-from vmnet.entry import main
+from vmnet.cli.entry import main
 
 main()

@@ -22,7 +22,7 @@ import os
 
 from vmnet._hash import sha256
 from vmnet.errors import VmnetError
-from vmnet.statefs import check_trusted_dir, write_file
+from vmnet.state.files import check_trusted_dir, write_file
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:

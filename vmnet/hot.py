@@ -1,20 +1,20 @@
 """The hot path: `vmnet up VM`, the QEMU ifup script and the libvirt hook in milliseconds.
 
 A VM start pays for these once per VM, and platforms start hundreds.  The
-full path (vmnet.ops: model, planner, steps, records as classes) costs
+full path (vmnet.engine.ops: model, planner, steps, records as classes) costs
 40-50 ms of imports alone; the `ip` commands it replaces cost ~4 ms.  This
 module does the common case with builtin modules only, through the same
-light layer the full path stands on (vmnet.names, vmnet.statefs,
+light layer the full path stands on (vmnet.model.names, vmnet.state.files,
 vmnet.confcache, vmnet.kernel.rtnl/tun/netns, vmnet.render.qemu.up_lines):
 
 - `up VM` of one VM that has no record yet, whose bridges exist with
   vmnet's bridge record (any uplink already a port), and whose taps do not
   exist yet: the taps are made, marked, attached and recorded exactly as
-  vmnet.ops.up does;
+  vmnet.engine.ops.up does;
 - ifup of a tap whose bridge exists: MTU, MAC, IPv6 off, bridge, up, exactly
-  as vmnet.ifup.ifup does;
+  as vmnet.integrations.qemu.ifup.ifup does;
 - the libvirt hook's `prepare begin` of a domain that names one such VM
-  without overrides (vmnet.hook.prepare).
+  without overrides (vmnet.integrations.libvirt.hook.prepare).
 
 Anything else is *declined* (so is an unexpected exception, after the same
 undoing): the request goes to the full path, which
@@ -33,10 +33,10 @@ from __future__ import annotations
 import os
 import sys
 
-from vmnet import validate
 from vmnet.errors import VmnetError
 from vmnet.kernel import rtnl
-from vmnet.names import (
+from vmnet.model import validate
+from vmnet.model.names import (
     DEFAULT_BRIDGE,
     DEFAULT_NETWORK,
     bridge_mark,
@@ -46,7 +46,7 @@ from vmnet.names import (
     pinned_bridge_mac,
     tap_mac,
 )
-from vmnet.statefs import (
+from vmnet.state.files import (
     FORMAT,
     check_trusted_dir,
     dumps,
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-    from vmnet.entry import Request
+    from vmnet.cli.entry import Request
 
 class Decline(Exception):
     """The full path must serve this request; the host is as it was before."""
@@ -117,7 +117,7 @@ _BUILTIN: dict[str, Any] = {"default_network": DEFAULT_NETWORK,
 
 def load_config(path: str | None, env: Mapping[str, str], state_root: str) -> dict[str, Any]:
     """The compiled config (vmnet.confcache), or the built-in default when there is no file."""
-    from vmnet.names import DEFAULT_CONFIG
+    from vmnet.model.names import DEFAULT_CONFIG
 
     explicit = path or env.get("VMNET_CONFIG") or None
     try:
@@ -146,7 +146,7 @@ def _owner(user_src: str | None, group_src: str | None,
            env: Mapping[str, str]) -> tuple[int | None, int | None, str | None]:
     """uid, gid and owner name as vmnet.config.resolve_vm gives them (declines where
     the full path would refuse)."""
-    from vmnet import users
+    from vmnet.config import users
 
     uid: int | None = None
     user: str | None = None
@@ -208,7 +208,7 @@ _NIC_REQUIRED = _NIC_KEYS - {"created"}
 
 
 def _vm_record(data: object) -> dict[str, Any]:
-    """A VM record the full path would accept as it is (vmnet.state.parse_vm_record)."""
+    """A VM record the full path would accept as it is (vmnet.state.store.parse_vm_record)."""
     if not isinstance(data, dict) or data.get("mode") not in ("up", "run", "hook") or \
             data.get("phase") not in ("applying", "ready", "removing") or \
             not isinstance(data.get("vm"), str) or not isinstance(data.get("nics"), list):
@@ -226,7 +226,7 @@ def _vm_record(data: object) -> dict[str, Any]:
 
 
 def _bridge_record(rec: object, bridge: str) -> dict[str, Any]:
-    """A bridge record the full path would accept as it is (vmnet.state.parse_bridge_record;
+    """A bridge record the full path would accept as it is (vmnet.state.store.parse_bridge_record;
     it would skip another and write a new one: the full path's work)."""
     w = rec.get("writer") if isinstance(rec, dict) else None
     if not isinstance(rec, dict) or rec.get("bridge") != bridge or "created" not in rec \
@@ -239,7 +239,7 @@ def _bridge_record(rec: object, bridge: str) -> dict[str, Any]:
 
 
 class Store:
-    """vmnet.state.StateStore's files for one namespace, for the hot path's narrow use."""
+    """vmnet.state.store.StateStore's files for one namespace, for the hot path's narrow use."""
 
     def __init__(self, root: str) -> None:
         from vmnet.kernel.netns import current_cookie, current_inode
@@ -365,7 +365,7 @@ class Links:
 
 
 def _is_our_bridge(br: dict[str, Any]) -> bool:
-    """vmnet.ownership.is_our_bridge on a link's fields."""
+    """vmnet.engine.ownership.is_our_bridge on a link's fields."""
     return br["kind"] == "bridge" and (br["alias"] == bridge_mark(br["name"]) or (
         not br["alias"] and br["mac"] == pinned_bridge_mac(br["name"])))
 
@@ -382,7 +382,7 @@ def up(req: Request, env: Mapping[str, str]) -> list[str] | None:
 
 
 def _up(req: Request, env: Mapping[str, str]) -> list[str]:
-    from vmnet.caps import has_net_admin
+    from vmnet.kernel.caps import has_net_admin
 
     cfg = load_config(req.config, env, req.state_dir)
     vm = resolve(cfg, req.names[0], env)
@@ -402,7 +402,7 @@ def _up(req: Request, env: Mapping[str, str]) -> list[str]:
 
 
 def bring_up(state_dir: str, vm: Vm, mode: str, domain_uuid: str | None) -> None:
-    """vmnet.ops.up for a VM the hot path can serve."""
+    """vmnet.engine.ops.up for a VM the hot path can serve."""
     from vmnet.kernel.tun import TUN_PATH
 
     if not os.path.exists(TUN_PATH):
@@ -418,7 +418,7 @@ def bring_up(state_dir: str, vm: Vm, mode: str, domain_uuid: str | None) -> None
 
 
 def _up_locked(store: Store, k: Links, vm: Vm, mode: str, domain_uuid: str | None) -> None:
-    """vmnet.ops.up_many + vmnet.plan.plan_up for one new VM on existing bridges."""
+    """vmnet.engine.ops.up_many + vmnet.engine.plan.plan_up for one new VM on existing bridges."""
     records = store.vm_records()
     if vm.name in records:
         raise Decline  # re-up, adoption, mode and holder rules: the full path's
@@ -495,7 +495,7 @@ def _up_locked(store: Store, k: Links, vm: Vm, mode: str, domain_uuid: str | Non
 
 # -- ifup --------------------------------------------------------------------
 class Port:
-    """vmnet.ifup.Port: where a tap goes and with what."""
+    """vmnet.integrations.qemu.ifup.Port: where a tap goes and with what."""
 
     __slots__ = ("bridge", "mtu", "nic_mtu", "tap_mac")
 
@@ -505,8 +505,8 @@ class Port:
 
 
 def find_port(tap: str, env: Mapping[str, str]) -> Port:
-    """vmnet.ifup.find_port: the records first, then the (compiled) config."""
-    from vmnet.statefs import DEFAULT_STATE_DIR
+    """vmnet.integrations.qemu.ifup.find_port: the records first, then the (compiled) config."""
+    from vmnet.state.files import DEFAULT_STATE_DIR
 
     root = env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR
     store = Store(root)
@@ -554,7 +554,7 @@ def ifup(argv: list[str], env: Mapping[str, str]) -> bool:
 
 
 def _ifup(tap: str, env: Mapping[str, str]) -> None:
-    from vmnet.caps import has_net_admin
+    from vmnet.kernel.caps import has_net_admin
 
     try:
         validate.ifname(tap, "argument")
@@ -594,7 +594,7 @@ _HEX = frozenset("0123456789abcdef")
 
 
 class Iface:
-    """vmnet.domainxml.InterfaceInfo."""
+    """vmnet.integrations.libvirt.domainxml.InterfaceInfo."""
 
     __slots__ = ("alias", "bridge", "mac", "target_dev", "type")
 
@@ -607,7 +607,7 @@ class Iface:
 
 
 class Domain:
-    """What vmnet.domainxml.read_domain gives the hook, gathered in one expat pass."""
+    """What vmnet.integrations.libvirt.domainxml.read_domain gives the hook, gathered in one expat pass."""
 
     __slots__ = ("interfaces", "name", "uuid", "vms")
 
@@ -619,7 +619,7 @@ class Domain:
 
 
 def read_domain(data: bytes) -> Domain:
-    """The domain XML, read as vmnet.domainxml reads it (ElementTree + defusedxml).
+    """The domain XML, read as vmnet.integrations.libvirt.domainxml reads it (ElementTree + defusedxml).
 
     Declines anything unusual: a DTD (defusedxml refuses those; the full path
     words it), a malformed document, a metadata VM with overrides, a UUID not in
@@ -737,7 +737,7 @@ def read_domain(data: bytes) -> Domain:
 
 
 def hook_prepare(call: Any, data: bytes) -> bool:
-    """Serve the hook's `prepare begin` (vmnet.hook.prepare); False: the full path must."""
+    """Serve the hook's `prepare begin` (vmnet.integrations.libvirt.hook.prepare); False: the full path must."""
     try:
         _hook_prepare(call, data)
     except Exception:  # Decline, or a surprise: the full path serves it (and words it)
@@ -746,8 +746,8 @@ def hook_prepare(call: Any, data: bytes) -> bool:
 
 
 def _hook_prepare(call: Any, data: bytes) -> None:
-    from vmnet.caps import has_net_admin
-    from vmnet.names import ALIAS_PREFIX, alias_for
+    from vmnet.kernel.caps import has_net_admin
+    from vmnet.model.names import ALIAS_PREFIX, alias_for
 
     dom = read_domain(data)
     if not dom.vms:

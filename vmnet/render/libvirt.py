@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vmnet.domainxml import (
+from vmnet.errors import InputError
+from vmnet.integrations.libvirt.domainxml import (
     NS_PREFIX,
     NS_URI,
     VmEntry,
@@ -26,7 +27,6 @@ from vmnet.domainxml import (
     parse_xml,
     vmnet_elements,
 )
-from vmnet.errors import InputError
 from vmnet.model import Nic, Vm
 
 MODES = ("ethernet", "bridge")

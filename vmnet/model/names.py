@@ -7,8 +7,8 @@ validation limits and sha256: the model (vmnet.model) and the hot path
 
 from __future__ import annotations
 
-from vmnet import validate as v
 from vmnet._hash import sha256
+from vmnet.model import validate as v
 
 QEMU_OUI = "52:54:00"
 MARK_PREFIX = "vmnet:"

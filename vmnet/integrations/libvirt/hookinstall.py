@@ -3,7 +3,7 @@
 libvirt (6.5 and later; checked against 9.0) runs every executable in
 `hooks/qemu.d/` after the main `hooks/qemu` script, so vmnet never needs to
 touch a `qemu` hook someone else wrote.  The file vmnet writes is a small
-Python launcher (vmnet.launchers): it names the interpreter by absolute path
+Python launcher (vmnet.cli.launchers): it names the interpreter by absolute path
 (libvirtd gives hooks a minimal PATH), starts it with -IS and the
 installation's import path written out (the hook runs on every VM start),
 and carries vmnet's settings (state directory, config file, lock timeout) as
@@ -53,9 +53,9 @@ def hook_path(hooks_dir: str = DEFAULT_HOOKS_DIR) -> str:
 
 
 def hook_script(s: HookSettings, paths: list[str]) -> str:
-    """The hook file's text: a launcher of vmnet.hook with the settings baked in.
+    """The hook file's text: a launcher of vmnet.integrations.libvirt.hook with the settings baked in.
 
-    `paths` is the interpreter's import path beyond `-IS` (vmnet.launchers).
+    `paths` is the interpreter's import path beyond `-IS` (vmnet.cli.launchers).
     """
     if not os.path.isabs(s.python) or any(c.isspace() for c in s.python):
         raise InputError(f"interpreter path {s.python!r} must be absolute and without "
@@ -71,7 +71,7 @@ def hook_script(s: HookSettings, paths: list[str]) -> str:
         "# 'prepare begin' and 'release end' of domains whose metadata names a vmnet VM.",
         "import sys",
         f"sys.path += {paths!r}",
-        "from vmnet.hook import main",
+        "from vmnet.integrations.libvirt.hook import main",
         f"sys.exit(main({args!r} + sys.argv[1:]))",
         "",
     ])
@@ -94,16 +94,16 @@ def is_ours(path: str) -> bool:
 
 
 def check_importable(python: str) -> None:
-    """The interpreter must import vmnet.hook in isolated mode, as libvirtd will run it."""
+    """The interpreter must import vmnet.integrations.libvirt.hook in isolated mode, as libvirtd will run it."""
     try:
-        res = subprocess.run([python, "-I", "-c", "import vmnet.hook"], capture_output=True,
+        res = subprocess.run([python, "-I", "-c", "import vmnet.integrations.libvirt.hook"], capture_output=True,
                              text=True, timeout=30, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                              check=False)
     except OSError as e:
         raise NotFoundError(f"cannot run {python}: {e.strerror}") from None
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["?"])[-1]
-        raise NotFoundError(f"{python} -I cannot import vmnet.hook ({last})",
+        raise NotFoundError(f"{python} -I cannot import vmnet.integrations.libvirt.hook ({last})",
                             hint="install vmnet into that interpreter's environment "
                                  "(pip install), not only on PYTHONPATH")
 
@@ -121,7 +121,7 @@ def install(settings: HookSettings, hooks_dir: str = DEFAULT_HOOKS_DIR, *,
                             hint="remove or rename it yourself if it is not needed")
     if verify:
         check_importable(settings.python)
-    from vmnet.launchers import import_path
+    from vmnet.cli.launchers import import_path
 
     try:
         paths = import_path(settings.python)

@@ -11,8 +11,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from vmnet import validate as v
 from vmnet.confcache import digest
+from vmnet.config.users import invoking_user, lookup_group, lookup_user
 from vmnet.errors import ConfigError, InputError, NotFoundError
 from vmnet.model import (
     DEFAULT_BRIDGE,
@@ -23,8 +23,8 @@ from vmnet.model import (
     default_mac,
     default_tap_name,
 )
-from vmnet.names import DEFAULT_CONFIG
-from vmnet.users import invoking_user, lookup_group, lookup_user
+from vmnet.model import validate as v
+from vmnet.model.names import DEFAULT_CONFIG
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -237,7 +237,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
     return replace(parse_config(text, target), digest=digest(raw))
 
 
-# -- users (vmnet.users looks them up) --------------------------------------
+# -- users (vmnet.config.users looks them up) --------------------------------------
 def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
     found = lookup_user(value)
     if found is None:

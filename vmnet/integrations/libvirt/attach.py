@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vmnet.domainxml import (
+from vmnet.errors import ConflictError, InputError, NotFoundError, VmnetError
+from vmnet.integrations.libvirt.domainxml import (
     NS_PREFIX,
     NS_URI,
     VmEntry,
@@ -28,7 +29,6 @@ from vmnet.domainxml import (
     parse_vmnet_element,
     parse_xml,
 )
-from vmnet.errors import ConflictError, InputError, NotFoundError, VmnetError
 from vmnet.model import Vm
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class AttachResult:
 def attach(ctx: Any, conn: Any, vm: Vm, fields: tuple[tuple[str, str], ...], domain: str, *,
            persistent: bool = False) -> AttachResult:
     """Bring vm's taps up (if the domain runs), then hot-plug one interface per NIC."""
-    from vmnet import ops
+    from vmnet.engine import ops
     from vmnet.render.libvirt import interface_xml
 
     s = Session(lookup(conn, domain))
@@ -198,7 +198,7 @@ def attach(ctx: Any, conn: Any, vm: Vm, fields: tuple[tuple[str, str], ...], dom
 
 def _rollback(ctx: Any, s: Session, vm: Vm, done: list[tuple[str, int]],
               aliases: set[str]) -> None:
-    from vmnet import ops
+    from vmnet.engine import ops
 
     for xml, flag in reversed(done):
         try:
@@ -230,7 +230,7 @@ def detach(ctx: Any, conn: Any, name: str, resolve: Callable[[Overrides | None],
     domain's vmnet metadata for it (None if it has none), so the taps found
     are the ones that were attached.  Taps in this domain's record count too.
     """
-    from vmnet import ops
+    from vmnet.engine import ops
 
     s = Session(lookup(conn, domain))
     scopes = _scopes(s, persistent)

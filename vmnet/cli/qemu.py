@@ -1,4 +1,4 @@
-"""`vmnet` commands for the qemu side (registered on import by vmnet.cli)."""
+"""`vmnet` commands for the qemu side (registered on import by vmnet.cli.main)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from vmnet.cli import Globals, emit_json, main, override_options, overrides
+from vmnet.cli.main import Globals, emit_json, main, override_options, overrides
 
 _QEMU_ARGV = "vmnet.qemu_argv"
 # Flags the ifup script cannot see: QEMU passes it nothing but the tap's name.
@@ -45,9 +45,9 @@ def run(ctx: click.Context, /, vm: str, netdev_only: bool, **kw: Any) -> None:
     -netdev/-device options appended, forwards signals, removes the network
     when QEMU exits and exits with QEMU's status.  QEMU runs as the VM's user.
     """
-    from vmnet import run as engine
     from vmnet.config import resolve_vm
     from vmnet.errors import InputError
+    from vmnet.integrations.qemu import run as engine
 
     argv = ctx.meta[_QEMU_ARGV]
     if not argv:
@@ -87,7 +87,7 @@ def qemu_args(g: Globals, /, vm: str, mode: str, netdev_only: bool, as_json: boo
     model = resolve_vm(g.load_config(), vm, overrides(kw))
     ifup = ifdown = None
     if mode == "script":
-        from vmnet.ifup import script_paths
+        from vmnet.integrations.qemu.ifup import script_paths
 
         ifup, ifdown = script_paths()
     args = vm_args(model, netdev_only=netdev_only, ifname_mode=mode == "ifname",

@@ -32,15 +32,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
-from vmnet import fault, ops
+from vmnet import fault
 from vmnet.config import resolve_user
+from vmnet.engine import ops
+from vmnet.engine.holders import tap_holders
 from vmnet.errors import BusyError, InputError, NotFoundError, VmnetError
-from vmnet.holders import tap_holders
 from vmnet.kernel import tun
 from vmnet.kernel.base import Snapshot
 from vmnet.model import Vm
 from vmnet.render.qemu import vm_args
-from vmnet.state import Proc
+from vmnet.state.store import Proc
 
 log = logging.getLogger("vmnet")
 

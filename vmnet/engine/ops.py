@@ -11,15 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmnet import fault
-from vmnet.apply import apply_steps
-from vmnet.caps import has_net_admin
-from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
-from vmnet.kernel import open_kernel
-from vmnet.kernel import tun as tunmod
-from vmnet.kernel.base import Snapshot
-from vmnet.kernel.netns import current_cookie, current_inode
-from vmnet.model import Vm
-from vmnet.plan import (
+from vmnet.engine.apply import apply_steps
+from vmnet.engine.plan import (
     DownPlan,
     Observed,
     UpPlan,
@@ -28,8 +21,15 @@ from vmnet.plan import (
     plan_up_many,
     uplinks_to_check,
 )
-from vmnet.state import DEFAULT_STATE_DIR, Proc, StateStore, VmRecord
-from vmnet.steps import CreateTap
+from vmnet.engine.steps import CreateTap
+from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
+from vmnet.kernel import open_kernel
+from vmnet.kernel import tun as tunmod
+from vmnet.kernel.base import Snapshot
+from vmnet.kernel.caps import has_net_admin
+from vmnet.kernel.netns import current_cookie, current_inode
+from vmnet.model import Vm
+from vmnet.state.store import DEFAULT_STATE_DIR, Proc, StateStore, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: str = "up", dry_run: bool = Fa
 
 
 def _refuse_held(vm: Vm, obs: Observed) -> None:
-    from vmnet.holders import tap_holders
+    from vmnet.engine.holders import tap_holders
 
     busy = {n.tap for n in vm.nics
             if (lk := obs.snapshot.get(n.tap)) is not None and lk.carrier}
@@ -231,7 +231,7 @@ def _teardown(ctx: Context, store: StateStore, batch: dict[str, VmRecord | None]
               records: dict[str, VmRecord], *, force: bool, dry_run: bool = False,
               progress: Callable[[int, int], None] | None = None) -> DownResult:
     """Plan and apply the removal of `batch`; the caller holds the lock."""
-    from vmnet.holders import tap_holders
+    from vmnet.engine.holders import tap_holders
 
     k = ctx.kernel()
     snap = k.snapshot()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from vmnet import fault, log
+from vmnet.engine.steps import Step
 from vmnet.errors import VmnetError
-from vmnet.steps import Step
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:

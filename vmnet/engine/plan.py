@@ -9,13 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from vmnet import validate as v
-from vmnet.errors import ConflictError, InputError, NotFoundError, VmnetError
-from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec
-from vmnet.model import Network, Nic, Vm, nic_mark
-from vmnet.ownership import is_our_bridge, is_our_tap
-from vmnet.state import BridgeRecord, NicRecord, VmRecord
-from vmnet.steps import (
+from vmnet.engine.ownership import is_our_bridge, is_our_tap
+from vmnet.engine.steps import (
     AddAddress,
     AttachTap,
     AttachUplink,
@@ -26,6 +21,11 @@ from vmnet.steps import (
     SetUp,
     Step,
 )
+from vmnet.errors import ConflictError, InputError, NotFoundError, VmnetError
+from vmnet.kernel.base import LinkInfo, Snapshot, TapSpec
+from vmnet.model import Network, Nic, Vm, nic_mark
+from vmnet.model import validate as v
+from vmnet.state.store import BridgeRecord, NicRecord, VmRecord
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vmnet.engine.ownership import is_our_bridge, is_our_tap
 from vmnet.kernel.base import Snapshot
 from vmnet.model import parse_nic_mark
-from vmnet.ownership import is_our_bridge, is_our_tap
-from vmnet.state import BridgeRecord, VmRecord
+from vmnet.state.store import BridgeRecord, VmRecord
 
 
 @dataclass

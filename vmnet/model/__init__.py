@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmnet import validate as v
 from vmnet.errors import InputError
-from vmnet.names import (
+from vmnet.model import validate as v
+from vmnet.model.names import (
     DEFAULT_BRIDGE,
     DEFAULT_NETWORK,
     HASHED_TAP_PREFIX,

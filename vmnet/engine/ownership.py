@@ -1,7 +1,7 @@
 """Kernel-side proof that a link is vmnet's: its mark (ifalias), kind and owner.
 
 A record in the state directory is never proof by itself.  Kept apart from
-vmnet.plan so the qemu ifup script can use it without importing the planner.
+vmnet.engine.plan so the qemu ifup script can use it without importing the planner.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """`up` and `down` as plain functions: the click CLI and the lean entry point
-(vmnet.entry, which skips importing click for these two commands) both call
+(vmnet.cli.entry, which skips importing click for these two commands) both call
 them, so the two paths print and behave the same.
 """
 
 from __future__ import annotations
 
-from vmnet import validate
 from vmnet.errors import InputError
+from vmnet.model import validate
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool,
        out: Echo, progress: Progress = None) -> None:
     """Bring `vms` (or every configured VM) up and say what was done."""
-    from vmnet import ops
     from vmnet.config import Overrides, resolve_vm
+    from vmnet.engine import ops
     from vmnet.render import qemu
 
     if all_vms and vms:
@@ -55,7 +55,7 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
 def down(ctx: Any, vms: list[str], all_vms: bool, force: bool, dry_run: bool, out: Echo,
          err: Echo, progress: Progress = None) -> None:
     """Take `vms` (or every recorded VM) down and say what was removed."""
-    from vmnet import ops
+    from vmnet.engine import ops
 
     if all_vms and vms:
         raise InputError("give VM names or --all, not both")

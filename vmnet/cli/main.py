@@ -25,7 +25,7 @@ class Globals:
     lock_timeout: float
 
     def context(self) -> Any:
-        from vmnet.ops import Context
+        from vmnet.engine.ops import Context
 
         return Context(state_dir=self.state_dir, lock_timeout=self.lock_timeout)
 
@@ -124,7 +124,7 @@ def emit_json(data: Any) -> None:
 @click.pass_obj
 def up(g: Globals, /, vms: tuple[str, ...], all_vms: bool, dry_run: bool, **kw: Any) -> None:
     """Create VM's taps (and its bridge if missing), owned by its user."""
-    from vmnet import commands
+    from vmnet.cli import commands
 
     cfg = g.load_config()
     count = len(cfg.vms) if all_vms else len(vms)
@@ -154,7 +154,7 @@ def _progress(vms: int) -> Iterator[Callable[[int, int], None] | None]:
 @click.pass_obj
 def down(g: Globals, vms: tuple[str, ...], all_vms: bool, force: bool, dry_run: bool) -> None:
     """Remove VM's taps, and bridges vmnet made that nothing uses any more."""
-    from vmnet import commands
+    from vmnet.cli import commands
 
     ctx = g.context()
     with _progress(len(vms) if vms else 100) as bar:
@@ -163,6 +163,6 @@ def down(g: Globals, vms: tuple[str, ...], all_vms: bool, force: bool, dry_run: 
 
 
 # Command modules register themselves on `main` when imported.
-from vmnet import cli_libvirt as _cli_libvirt  # noqa: E402,F401
-from vmnet import cli_qemu as _cli_qemu  # noqa: E402,F401
-from vmnet import cli_status as _cli_status  # noqa: E402,F401
+from vmnet.cli import libvirt as _cli_libvirt  # noqa: E402, F401
+from vmnet.cli import qemu as _cli_qemu  # noqa: E402, F401
+from vmnet.cli import status as _cli_status  # noqa: E402, F401

@@ -8,14 +8,14 @@ installed commands are instead:
     #!/opt/vmnet/bin/python3 -IS
     import sys
     sys.path += [...the installation's own import path...]
-    from vmnet.entry import main
+    from vmnet.cli.entry import main
     sys.exit(main())
 
 -I ignores PYTHON* variables and the user's site directory (right for a tool
 run as root), -S skips `site`; the import path is the one a normal start of
 the same interpreter has, written out once, at install time.
 
-    python -m vmnet.launchers BINDIR     # what scripts/install runs
+    python -m vmnet.cli.launchers BINDIR     # what scripts/install runs
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import subprocess
 import sys
 
 COMMANDS = {
-    "vmnet": ("vmnet.entry", "main"),
-    "vmnet-qemu-ifup": ("vmnet.entry", "main_ifup"),
-    "vmnet-qemu-ifdown": ("vmnet.ifup", "main_ifdown"),
-    "vmnet-libvirt-hook": ("vmnet.hook", "main"),
+    "vmnet": ("vmnet.cli.entry", "main"),
+    "vmnet-qemu-ifup": ("vmnet.cli.entry", "main_ifup"),
+    "vmnet-qemu-ifdown": ("vmnet.integrations.qemu.ifup", "main_ifdown"),
+    "vmnet-libvirt-hook": ("vmnet.integrations.libvirt.hook", "main"),
 }
 MARKER = "# vmnet launcher"
 
@@ -73,7 +73,7 @@ def write(bindir: str, python: str | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m vmnet.launchers BINDIR\n")
+        sys.stderr.write("usage: python -m vmnet.cli.launchers BINDIR\n")
         return 2
     for path in write(args[0]):
         print(path)

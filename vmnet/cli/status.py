@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
-from vmnet.cli import Globals, emit_json, main
+from vmnet.cli.main import Globals, emit_json, main
 
 
 def _collect(g: Globals, only: str | None) -> tuple[list[Any], list[str], list[Any]]:
-    from vmnet.holders import tap_holders
-    from vmnet.status import bridge_rows, unrecorded_taps, vm_status
+    from vmnet.engine.holders import tap_holders
+    from vmnet.engine.status import bridge_rows, unrecorded_taps, vm_status
 
     ctx = g.context()
     store = ctx.store()
@@ -36,8 +36,8 @@ def _collect(g: Globals, only: str | None) -> tuple[list[Any], list[str], list[A
 @click.pass_obj
 def status(g: Globals, vm: str | None, as_json: bool) -> None:
     """Per NIC: tap, bridge, owner, MAC, MTU, queues, holder, counters, agreement."""
-    from vmnet import validate
     from vmnet.errors import NotFoundError
+    from vmnet.model import validate
 
     if vm is not None:
         validate.vm_name(vm)
@@ -96,7 +96,7 @@ def gc(g: Globals, dry_run: bool, as_json: bool) -> None:
     """Finish or roll back interrupted work and clear stale records."""
     from dataclasses import asdict
 
-    from vmnet import ops
+    from vmnet.engine import ops
 
     ctx = g.context()
     report = ops.gc(ctx, dry_run=dry_run, domain_alive=_domain_alive_probe())
@@ -117,7 +117,7 @@ def gc(g: Globals, dry_run: bool, as_json: bool) -> None:
 
 
 def _domain_alive_probe() -> Any:
-    from vmnet.libvirt_probe import domain_alive
+    from vmnet.integrations.libvirt.probe import domain_alive
 
     return domain_alive
 

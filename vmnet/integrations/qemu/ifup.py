@@ -28,14 +28,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NoReturn
 
-from vmnet import validate
-from vmnet.caps import has_net_admin
 from vmnet.errors import ConflictError, InputError, NotFoundError, PrivilegeError, VmnetError
+from vmnet.kernel.caps import has_net_admin
+from vmnet.model import validate
 
 if TYPE_CHECKING:
     from vmnet.config import Config
     from vmnet.kernel import Kernel
-    from vmnet.state import VmRecord
+    from vmnet.state.store import VmRecord
 
 IFUP = "vmnet-qemu-ifup"
 IFDOWN = "vmnet-qemu-ifdown"
@@ -87,7 +87,7 @@ def port_from_config(tap: str, cfg: Config, env: Mapping[str, str]) -> Port:
 def find_port(tap: str, env: Mapping[str, str]) -> Port:
     """Records first (they know `vmnet up`'s overrides), then the config file."""
     from vmnet.kernel.netns import current_cookie, current_inode
-    from vmnet.state import DEFAULT_STATE_DIR, StateStore
+    from vmnet.state.store import DEFAULT_STATE_DIR, StateStore
 
     store = StateStore(env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR, current_inode(),
                        current_cookie())
@@ -104,7 +104,7 @@ def find_port(tap: str, env: Mapping[str, str]) -> Port:
 
 def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:
     """Apply MTU, MAC, IPv6 off, bridge and up to an existing tap; return what was done."""
-    from vmnet.ownership import is_our_bridge
+    from vmnet.engine.ownership import is_our_bridge
 
     port = find_port(tap, env)
     snap = k.snapshot()
@@ -122,7 +122,7 @@ def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:
                                  "that network first, or create the bridge")
     if br.kind != "bridge":
         raise ConflictError(f"{port.bridge} ({port.source}) is not a bridge", ifname=port.bridge)
-    # The rule `vmnet up` applies (vmnet.plan): only the NIC's own MTU is refused.
+    # The rule `vmnet up` applies (vmnet.engine.plan): only the NIC's own MTU is refused.
     ours = is_our_bridge(br)
     if port.nic_mtu and port.mtu and port.mtu < br.mtu and not ours:
         raise ConflictError(f"MTU {port.mtu} of {tap} ({port.source}) would lower the MTU of "

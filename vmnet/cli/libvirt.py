@@ -1,4 +1,4 @@
-"""`vmnet` commands for the libvirt side (registered on import by vmnet.cli).
+"""`vmnet` commands for the libvirt side (registered on import by vmnet.cli.main).
 
 libvirt-xml: render interfaces / insert them into a domain.  hook: install
 or remove the libvirt hook.  libvirt attach/detach: hot-plug with
@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from vmnet.cli import Globals, main, override_options, overrides
+from vmnet.cli.main import Globals, main, override_options, overrides
 from vmnet.errors import InputError
 
 URI_OPTION = click.option(
@@ -22,7 +22,7 @@ URI_OPTION = click.option(
 
 
 def _read_file(path: str) -> str:
-    from vmnet.domainxml import MAX_XML_BYTES
+    from vmnet.integrations.libvirt.domainxml import MAX_XML_BYTES
 
     data: bytes
     try:
@@ -54,7 +54,7 @@ def _read_file(path: str) -> str:
 def libvirt_xml(g: Globals, /, vm: str, mode: str, domain_file: str | None, **kw: Any) -> None:
     """Print libvirt <interface> XML for VM, or a whole domain with them inserted."""
     from vmnet.config import resolve_vm
-    from vmnet.domainxml import override_fields
+    from vmnet.integrations.libvirt.domainxml import override_fields
     from vmnet.render import libvirt as render
 
     ov = overrides(kw)
@@ -84,7 +84,7 @@ def _no_netns(g: Globals) -> None:
 @click.pass_obj
 def hook_install(g: Globals, hooks_dir: str) -> None:
     """Install the hook as HOOKS_DIR/qemu.d/vmnet (never touching anyone else's hook)."""
-    from vmnet import hookinstall
+    from vmnet.integrations.libvirt import hookinstall
 
     _no_netns(g)
     settings = hookinstall.HookSettings(
@@ -104,7 +104,7 @@ def hook_install(g: Globals, hooks_dir: str) -> None:
 @click.pass_obj
 def hook_uninstall(g: Globals, hooks_dir: str) -> None:
     """Remove vmnet's hook (only the file vmnet wrote)."""
-    from vmnet import hookinstall
+    from vmnet.integrations.libvirt import hookinstall
 
     path = hookinstall.uninstall(hooks_dir)
     click.echo(f"removed {path}" if path else
@@ -127,9 +127,9 @@ def libvirt_group() -> None:
 def libvirt_attach(g: Globals, /, vm: str, domain: str, persistent: bool, uri: str,
                    **kw: Any) -> None:
     """Bring VM's taps up and hot-plug them into running DOMAIN."""
-    from vmnet import libvirt_attach as la
     from vmnet.config import resolve_vm
-    from vmnet.domainxml import override_fields
+    from vmnet.integrations.libvirt import attach as la
+    from vmnet.integrations.libvirt.domainxml import override_fields
 
     ov = overrides(kw)
     model = resolve_vm(g.load_config(), vm, ov)
@@ -157,8 +157,8 @@ def libvirt_attach(g: Globals, /, vm: str, domain: str, persistent: bool, uri: s
 def libvirt_detach(g: Globals, vm: str, domain: str, persistent: bool, timeout: float,
                    uri: str) -> None:
     """Hot-unplug VM's NICs from DOMAIN; its taps go once the device is gone."""
-    from vmnet import libvirt_attach as la
     from vmnet.config import resolve_vm
+    from vmnet.integrations.libvirt import attach as la
 
     cfg = g.load_config()
     ctx = g.context()

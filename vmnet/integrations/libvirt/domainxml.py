@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vmnet.errors import InputError
-from vmnet.names import ALIAS_PREFIX, MAX_XML_BYTES, alias_for
+from vmnet.model.names import ALIAS_PREFIX, MAX_XML_BYTES, alias_for
 
 if TYPE_CHECKING:
     from vmnet.config import Overrides

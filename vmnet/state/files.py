@@ -1,6 +1,6 @@
 """The file layer under vmnet's records, light enough for the hot path.
 
-vmnet.state (the records, the store) and vmnet.hot (the few-millisecond
+vmnet.state.store (the records, the store) and vmnet.hot (the few-millisecond
 `up` and ifup) both read and write records through these functions, so both
 lay files out, trust directories and encode JSON the same way.  Only builtin
 modules: no `json` (its decoder imports `re`), no dataclasses.

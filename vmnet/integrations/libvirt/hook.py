@@ -18,7 +18,7 @@ waits without a timeout, so lock waits are bounded).  A non-zero exit at
 
 Import-light on purpose: builtins only at import (libvirtd runs this for
 every event of every domain); `prepare begin` of one new vmnet VM is served
-by the hot path (vmnet.hot); the XML parser, the config and vmnet.ops are
+by the hot path (vmnet.hot); the XML parser, the config and vmnet.engine.ops are
 imported only when there is work the hot path declines.
 """
 
@@ -28,14 +28,14 @@ import os
 import sys
 
 from vmnet.errors import InputError, VmnetError
-from vmnet.names import MAX_XML_BYTES
+from vmnet.model.names import MAX_XML_BYTES
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import IO
 
-    from vmnet.domainxml import DomainInfo
+    from vmnet.integrations.libvirt.domainxml import DomainInfo
 
 DEFAULT_STATE_DIR = "/run/vmnet"
 DEFAULT_LOCK_TIMEOUT = 10.0
@@ -114,9 +114,9 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
     """Bring up every vmnet VM the domain names; all-or-nothing.  Returns VM names."""
     import contextlib
 
-    from vmnet import ops
     from vmnet.config import load_config, resolve_vm
-    from vmnet.domainxml import stale_interfaces
+    from vmnet.engine import ops
+    from vmnet.integrations.libvirt.domainxml import stale_interfaces
 
     if not info.uuid:
         raise InputError(f"domain {info.name!r}: the XML has no <uuid>")
@@ -166,7 +166,7 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
 def domain_records(state_dir: str, domain_uuid: str) -> list[str]:
     """VMs whose records belong to this domain (read without the lock: down re-checks)."""
     from vmnet.kernel.netns import current_cookie, current_inode
-    from vmnet.state import StateStore
+    from vmnet.state.store import StateStore
 
     store = StateStore(state_dir, current_inode(), current_cookie())
     if not os.path.isdir(store.dir):
@@ -186,7 +186,7 @@ def release(call: Call, name: str, uuid: str | None) -> list[str]:
     names = domain_records(call.state_dir, uuid)
     if not names:
         return []
-    from vmnet import ops
+    from vmnet.engine import ops
 
     ctx = ops.Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
     errors: list[VmnetError] = []
@@ -221,7 +221,7 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
             global _served_hot
             _served_hot = True
             return 0
-        from vmnet.domainxml import read_domain
+        from vmnet.integrations.libvirt.domainxml import read_domain
 
         info = read_domain(data, what)
         if info.vms:
@@ -229,7 +229,7 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
     else:
         # Release needs only the UUID: garbage in the metadata must not keep
         # a domain's taps alive.
-        from vmnet.domainxml import domain_uuid, parse_domain
+        from vmnet.integrations.libvirt.domainxml import domain_uuid, parse_domain
 
         root = parse_domain(data, what)
         release(call, (root.findtext("name") or call.domain).strip(), domain_uuid(root))
@@ -237,7 +237,7 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.hook`, the installed
+    """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.integrations.libvirt.hook`, the installed
     hook file); one line on error.  On success it ends the process itself."""
     # Nothing may reach stdout, whatever a library prints: libvirt may read
     # it as replacement XML.

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from vmnet.errors import ConflictError, InputError, PrivilegeError, VmnetError
-from vmnet.statefs import (
+from vmnet.state.files import (
     DEFAULT_STATE_DIR,
     FORMAT,
     check_trusted_dir,
@@ -157,7 +157,7 @@ class StateStore:
         self._lock_fd: int | None = None
         self._dirs_made = False
 
-    # -- namespace identity (vmnet.statefs.stored_cookie) -----------------
+    # -- namespace identity (vmnet.state.files.stored_cookie) -----------------
     def _stored_cookie(self) -> int | None:
         return stored_cookie(self.dir)
 
@@ -441,7 +441,7 @@ class StateStore:
 
 
 def _valid_names(*names: object) -> bool:
-    from vmnet import validate
+    from vmnet.model import validate
 
     try:
         for n in names:

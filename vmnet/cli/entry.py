@@ -4,7 +4,7 @@
 
 `vmnet up VM...|--all` and `vmnet down VM...|--all` with only the global options are
 served here without importing click (about 30 ms): they call the same
-functions as the click commands (vmnet.commands), print the same lines and
+functions as the click commands (vmnet.cli.commands), print the same lines and
 fail the same way.  Anything else goes to the click CLI.
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
                 sys.stdout.write("".join(line + "\n" for line in lines))
                 _done()
     if req is None:
-        from vmnet.cli import main as cli_main
+        from vmnet.cli.main import main as cli_main
 
         cli_main()
         return
@@ -101,12 +101,12 @@ def main() -> None:
 
 
 def main_ifup() -> None:
-    """`vmnet-qemu-ifup TAP`: the hot path (vmnet.hot) if it can, else vmnet.ifup."""
+    """`vmnet-qemu-ifup TAP`: the hot path (vmnet.hot) if it can, else vmnet.integrations.qemu.ifup."""
     from vmnet import hot
 
     if hot.enabled(os.environ) and hot.ifup(sys.argv[1:], os.environ):
         _done()
-    from vmnet.ifup import main_ifup as full
+    from vmnet.integrations.qemu.ifup import main_ifup as full
 
     full()
 
@@ -128,9 +128,9 @@ def _err(line: str) -> None:
 
 
 def _run(req: Request) -> None:
-    from vmnet import commands
+    from vmnet.cli import commands
     from vmnet.config import Overrides, load_config
-    from vmnet.ops import Context
+    from vmnet.engine.ops import Context
 
     if req.netns:
         from vmnet.kernel.netns import enter

@@ -1,6 +1,6 @@
 """Plan steps: each one kernel change, its `ip` equivalent, and its down twin.
 
-Steps are values; `run(kernel)` is only called by `vmnet.apply`.
+Steps are values; `run(kernel)` is only called by `vmnet.engine.apply`.
 """
 
 from __future__ import annotations
