@@ -1,8 +1,8 @@
 """The one seam between vmnet and the kernel.
 
-Everything that talks netlink or ioctls lives in this package.  Callers use
-the `Kernel` protocol (`vmnet.kernel.protocol`, for type checking only); `open_kernel()` picks the
-implementation.  Nothing outside this package imports pyroute2.
+Everything that talks netlink or ioctls lives in this package; callers use the
+`Kernel` protocol (vmnet.kernel.protocol, for type checking only) and get the
+one implementation from `open_kernel()`.
 """
 
 from __future__ import annotations
@@ -11,20 +11,11 @@ TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as 
 if TYPE_CHECKING:
     from vmnet.kernel.protocol import Kernel as Kernel
 
-# Types live in vmnet.kernel.base: importing this package stays free of
-# dataclasses, for the hot path (vmnet.hot) that uses rtnl/tun/netns.
 __all__ = ["open_kernel"]
 
 
 def open_kernel() -> Kernel:
-    """The default implementation (hand-packed rtnetlink), or pyroute2's with
-    VMNET_KERNEL=pyroute2 (the test suite runs against both)."""
-    import os
+    """vmnet's kernel seam in the caller's network namespace (vmnet.kernel.linux)."""
+    from vmnet.kernel.linux import LinuxKernel
 
-    if os.environ.get("VMNET_KERNEL") == "pyroute2":
-        from vmnet.kernel.netlink import NetlinkKernel
-
-        return NetlinkKernel()
-    from vmnet.kernel.lean import LeanKernel
-
-    return LeanKernel()
+    return LinuxKernel()

@@ -1,62 +1,107 @@
-"""Types and the narrow interface of the kernel seam."""
+"""The kernel seam's types: links, taps and a namespace's link table."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from vmnet.model.value import Value
 
-from vmnet.kernel.tun import disable_ipv6
-
-__all__ = ["LinkInfo", "Snapshot", "TapSpec", "TunInfo", "disable_ipv6", "fresh_group"]
+__all__ = ["LinkInfo", "Snapshot", "TapSpec", "TunInfo", "fresh_group"]
 
 
-@dataclass(frozen=True)
-class TunInfo:
+class TunInfo(Value):
     """What the kernel reports about a tun/tap device (IFLA_INFO_DATA)."""
 
-    tap: bool
-    owner: int | None
-    group: int | None
-    multi_queue: bool
-    persist: bool
-    vnet_hdr: bool
-    pi: bool
-    num_queues: int
+    __slots__ = (
+        "group",
+        "multi_queue",
+        "num_queues",
+        "owner",
+        "persist",
+        "pi",
+        "tap",
+        "vnet_hdr",
+    )
+
+    def __init__(self, tap: bool, owner: int | None, group: int | None, multi_queue: bool,
+                 persist: bool, vnet_hdr: bool, pi: bool, num_queues: int) -> None:
+        self.tap = tap
+        self.owner = owner
+        self.group = group
+        self.multi_queue = multi_queue
+        self.persist = persist
+        self.vnet_hdr = vnet_hdr
+        self.pi = pi
+        self.num_queues = num_queues
 
 
-@dataclass(frozen=True)
-class LinkInfo:
+class LinkInfo(Value):
     """One network interface as the kernel reports it."""
 
-    index: int
-    name: str
-    kind: str | None
-    mac: str | None
-    mtu: int
-    up: bool
-    carrier: bool
-    master: int | None
-    alias: str | None
-    group: int = 0
-    tun: TunInfo | None = None
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    rx_packets: int = 0
-    tx_packets: int = 0
-    stp: bool | None = None
-    forward_delay: int | None = None  # seconds, bridges only
+    __slots__ = (
+        "alias",
+        "carrier",
+        "forward_delay",
+        "group",
+        "index",
+        "kind",
+        "mac",
+        "master",
+        "mtu",
+        "name",
+        "rx_bytes",
+        "rx_packets",
+        "stp",
+        "tun",
+        "tx_bytes",
+        "tx_packets",
+        "up",
+    )
+
+    def __init__(self, index: int, name: str, kind: str | None, mac: str | None, mtu: int,
+                 up: bool, carrier: bool, master: int | None, alias: str | None,
+                 group: int = 0, tun: TunInfo | None = None, rx_bytes: int = 0,
+                 tx_bytes: int = 0, rx_packets: int = 0, tx_packets: int = 0,
+                 stp: bool | None = None, forward_delay: int | None = None) -> None:
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.mac = mac
+        self.mtu = mtu
+        self.up = up
+        self.carrier = carrier
+        self.master = master
+        self.alias = alias
+        self.group = group
+        self.tun = tun
+        self.rx_bytes = rx_bytes
+        self.tx_bytes = tx_bytes
+        self.rx_packets = rx_packets
+        self.tx_packets = tx_packets
+        self.stp = stp
+        self.forward_delay = forward_delay  # seconds, bridges only
+
+    def with_(self, *, master: int | None = None, up: bool | None = None) -> LinkInfo:
+        """A copy with another master and admin state (a planner's view of a change)."""
+        return LinkInfo(self.index, self.name, self.kind, self.mac, self.mtu,
+                        self.up if up is None else up, self.carrier,
+                        self.master if master is None else master, self.alias, self.group,
+                        self.tun, self.rx_bytes, self.tx_bytes, self.rx_packets,
+                        self.tx_packets, self.stp, self.forward_delay)
 
 
-@dataclass(frozen=True)
-class TapSpec:
+class TapSpec(Value):
     """A persistent tap to create: made, IPv6 off, MAC/MTU/mark set, up, not yet a port."""
 
-    name: str
-    owner: int | None
-    group: int | None
-    multi_queue: bool
-    mac: str
-    mtu: int | None
-    alias: str
+    __slots__ = ("alias", "group", "mac", "mtu", "multi_queue", "name", "owner")
+
+    def __init__(self, name: str, owner: int | None, group: int | None, multi_queue: bool,
+                 mac: str, mtu: int | None, alias: str) -> None:
+        self.name = name
+        self.owner = owner
+        self.group = group
+        self.multi_queue = multi_queue
+        self.mac = mac
+        self.mtu = mtu
+        self.alias = alias
 
 
 class Snapshot:

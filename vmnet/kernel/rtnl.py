@@ -94,6 +94,8 @@ def parse_attrs(buf: bytes, off: int, end: int) -> Iterator[tuple[int, int, int]
 class Rtnl:
     """One rtnetlink socket with sequence numbers and pipelined ACKs."""
 
+    strict = False  # set_strict_check() was called
+
     def __init__(self) -> None:
         self.sock = _socket.socket(_socket.AF_NETLINK,
                                    _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, NETLINK_ROUTE)
@@ -211,6 +213,44 @@ class Rtnl:
                 if s == seq:
                     yield data, off, n, t
                 off += (n + 3) & ~3
+
+    def set_strict_check(self) -> None:
+        """Ask the kernel to check dump requests strictly (NETLINK_GET_STRICT_CHK, 4.20+).
+
+        Without it the kernel ignores the filters of most dump requests (an
+        ifaddrmsg's ifa_index, an fdb dump's NDA_MASTER) and answers with
+        everything; with it, it applies them and rejects non-zero header
+        fields it does not filter on (EINVAL with an extended message).  Every
+        body vmnet packs is valid either way: link requests keep their zero
+        headers (rtnl_valid_getlink_req() accepts IFLA_IFNAME).  Raises OSError
+        (ENOPROTOOPT) on older kernels.  vmnet.kernel.addr.dump() filters on our
+        side too; vmnet.kernel.fdb.dump() of one bridge turns this on.
+        """
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        self.strict = True
+
+    def get_or_none(self, mtype: int, body: bytes,
+                    absent: tuple[int, ...] = (errno.ENODEV, errno.ENOENT),
+                    ) -> tuple[bytes, int, int] | None:
+        """Like get(), but None for each errno in `absent`.
+
+        A single-entry RTM_GETNEIGH of a missing fdb entry answers ENOENT
+        ("Fdb entry not found", br_fdb_get() in net/bridge/br_fdb.c), a
+        missing device ENODEV.
+        """
+        if self.pending:
+            raise RuntimeError("get_or_none() with requests pending")
+        seq = self._request(mtype, NLM_F_REQUEST, body)
+        for data, off, n, t in self._replies(seq, 1 << 16):
+            if t == NLMSG_ERROR:
+                (code,) = _ERR.unpack_from(data, off + _HDR.size)
+                if -code in absent:
+                    return None
+                if not code:  # an ACK where a message was due
+                    break
+                raise NetlinkError(-code, os.strerror(-code) + _ext_msg(data, off, n))
+            return data, off + _HDR.size, off + n
+        raise NetlinkError(errno.EIO, "malformed netlink reply")
 
 
 def _ext_msg(data: bytes, off: int, n: int) -> str:
@@ -334,3 +374,80 @@ def set_link(name: str, *, master: int | None = None, up: bool | None = None,
         body += a_u32(IFLA_MASTER, master)
     head = ifinfo() if up is None else ifinfo(0, IFF_UP if up else 0, IFF_UP)
     return head + body
+
+
+def bridge_create_body(name: str, mac: str, mtu: int | None, stp: bool,
+                       forward_delay: int) -> bytes:
+    """RTM_NEWLINK body (with NLM_F_CREATE | NLM_F_EXCL) that makes a bridge.
+
+    forward_delay is in seconds; IFLA_BR_FORWARD_DELAY is in clock_t (USER_HZ,
+    br_set_forward_delay() in net/bridge/br_stp.c).  IFLA_IFALIAS is ignored on
+    creation: the caller sets it in a second request (set_link).
+    """
+    info = a_nest(IFLA_LINKINFO, a_str(IFLA_INFO_KIND, "bridge"),
+                  a_nest(IFLA_INFO_DATA,
+                         a_u32(IFLA_BR_STP_STATE, int(stp)),
+                         a_u32(IFLA_BR_FORWARD_DELAY, forward_delay * USER_HZ)))
+    body = ifinfo() + by_name(name) + a_mac(IFLA_ADDRESS, mac) + info
+    if mtu:
+        body += a_u32(IFLA_MTU, mtu)
+    return body
+
+
+# -- shared by the other message families (vmnet.kernel.addr, route, rule, nexthop,
+# fdb, events): numbers from include/uapi/linux/{rtnetlink,netlink,if_addr,neighbour,
+# fib_rules,nexthop}.h ------------------------------------------------------------
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
+RTNLGRP_LINK = 1
+AF_BRIDGE = 7  # PF_BRIDGE (include/linux/socket.h)
+RTM_DELADDR, RTM_GETADDR = 21, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+RTM_NEWNEXTHOP, RTM_DELNEXTHOP, RTM_GETNEXTHOP = 104, 105, 106
+NLM_F_REPLACE = 0x100
+IFA_LABEL, IFA_FLAGS = 3, 8
+IFA_F_NODAD = 0x02
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY = 1, 4, 5, 6
+RTA_MULTIPATH, RTA_TABLE, RTA_VIA, RTA_NH_ID = 9, 15, 18, 30
+RT_TABLE_UNSPEC, RT_TABLE_COMPAT, RT_TABLE_MAIN, RT_TABLE_LOCAL = 0, 252, 254, 255
+RTN_UNSPEC, RTN_UNICAST, RTN_LOCAL, RTN_BLACKHOLE = 0, 1, 2, 6
+RTPROT_UNSPEC, RTPROT_KERNEL, RTPROT_BOOT, RTPROT_STATIC = 0, 2, 3, 4
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
+FRA_DST, FRA_SRC, FRA_IIFNAME, FRA_PRIORITY, FRA_TABLE, FRA_OIFNAME = 1, 2, 3, 6, 15, 17
+FR_ACT_TO_TBL = 1
+NHA_ID, NHA_GROUP, NHA_BLACKHOLE, NHA_OIF, NHA_GATEWAY = 1, 2, 4, 5, 6
+NDA_LLADDR, NDA_VLAN, NDA_MASTER = 2, 5, 9
+NTF_SELF, NTF_MASTER = 0x02, 0x04
+NUD_REACHABLE, NUD_NOARP, NUD_PERMANENT = 0x02, 0x40, 0x80
+
+mac_text = _mac
+
+
+def a_u16(kind: int, v: int) -> bytes:
+    return attr(kind, struct.pack("=H", v))
+
+
+def inet_family(text: str) -> int:
+    """AF_INET6 for an address with a colon, else AF_INET (the text is not checked here:
+    inet_pton() raises OSError for a bad one)."""
+    return _socket.AF_INET6 if ":" in text else _socket.AF_INET
+
+
+def a_ip(kind: int, text: str) -> bytes:
+    """An attribute holding an IPv4/IPv6 address in network order (in_addr / in6_addr)."""
+    return attr(kind, _socket.inet_pton(inet_family(text), text))
+
+
+def ip_text(b: bytes) -> str:
+    """An address attribute's payload as text, its family told by its length.
+
+    The length, not the message's family: an AF_UNSPEC dump mixes families, and
+    an IPv4 route may have an IPv6 gateway (RTA_VIA).  Other lengths (AF_MPLS
+    labels, AF_BRIDGE) come back as hex.
+    """
+    if len(b) == 4:
+        return _socket.inet_ntop(_socket.AF_INET, b)
+    if len(b) == 16:
+        return _socket.inet_ntop(_socket.AF_INET6, b)
+    return b.hex()
