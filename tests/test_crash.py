@@ -1,7 +1,9 @@
 """Crash at any point: SIGKILL vmnet at every fault point of up, down, run, gc and the hook.
 
-vmnet.fault counts the points a process passes when VMNET_FAULT='*' and
-SIGKILLs it at the VMNET_FAULT_AT-th.  For each operation N goes 1, 2, ...
+tests/faults.py (test-only: nothing of it is in vmnet) wraps kill points around
+vmnet's steps, record writes and transaction phases, counts the points a
+process passes when VMNET_FAULT='*' and SIGKILLs it at the VMNET_FAULT_AT-th.
+For each operation N goes 1, 2, ...
 until the operation completes without being killed: that enumerates every
 point it passes, in order, with no list here that could go stale when the
 plan gains a step.  (A traced run names the points for the report.)
@@ -41,7 +43,7 @@ import pytest
 
 from tests import figures
 from tests.nsutil import Netns, netns
-from tests.vmnetcli import host_snapshot, vmnet, vmnet_argv
+from tests.vmnetcli import FAULTS, host_snapshot, vmnet, vmnet_argv
 
 pytestmark = pytest.mark.kernel
 
@@ -85,28 +87,6 @@ DOMAIN = """\
 </domain>
 """
 
-# Runs a vmnet entry point with vmnet.fault.point replaced by a recorder, so a
-# complete run names, in order, the points the kill sweep counts.
-TRACER = r"""
-import json, os, runpy, sys
-import vmnet.fault
-os.environ["VMNET_HOT"] = "0"  # the fault points are the full path's (VMNET_FAULT turns
-seen = []                      # the hot path off in the runs that kill)
-vmnet.fault.point = seen.append
-out, module, *argv = sys.argv[1:]
-sys.argv = [module, *argv]
-try:
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-except SystemExit as e:
-    code = e.code
-else:
-    code = 0
-with open(out, "w") as f:
-    json.dump(seen, f)
-sys.exit(code)
-"""
-
-
 @dataclass
 class Host:
     """A namespace dressed as a host vmnet shares with an admin, and its expected state."""
@@ -125,7 +105,8 @@ class Host:
     def hook(self, op: str, subop: str, xml: str, env: dict[str, str] | None = None,
              tracer: list[str] | None = None) -> subprocess.CompletedProcess[str]:
         """The hook as libvirtd runs it: isolated interpreter, minimal environment."""
-        head = [sys.executable, "-I", *(tracer or ["-m"]), "vmnet.integrations.libvirt.hook"]
+        faulty = tracer or ([FAULTS] if "VMNET_FAULT" in (env or {}) else None)
+        head = [sys.executable, "-I", *(faulty or ["-m"]), "vmnet.integrations.libvirt.hook"]
         argv = ["ip", "netns", "exec", self.ns.name, *head, f"--state-dir={self.state_dir}",
                 f"--config={self.config}", "crash", op, subop, "-"]
         e = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", **(env or {})}
@@ -282,7 +263,7 @@ def traced(lab: Lab, run: Callable[[list[str]], subprocess.CompletedProcess[str]
     os.close(fd)
     os.chmod(out, 0o666)
     try:
-        r = run(["-c", TRACER, out])
+        r = run([FAULTS, f"--trace={out}"])
         assert r.returncode == 0, r.stderr
         return list(json.loads(Path(out).read_text()))
     finally:

@@ -121,7 +121,8 @@ def domain_xml(name: str, uuid: str, vms: list[tuple[str, Overrides]], cfg_path:
 def run_hook(ns: Netns | None, state: str, cfg_path: str | None, domain: str, op: str,
              subop: str, stdin: str | bytes, *extra: str) -> subprocess.CompletedProcess[bytes]:
     """Run the hook exactly as the installed file does (isolated interpreter, -m)."""
-    argv = [sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook", f"--state-dir={state}", *extra]
+    argv = [sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook",
+            f"--state-dir={state}", *extra]
     if cfg_path:
         argv.append(f"--config={cfg_path}")
     argv += [domain, op, subop, "-"]
@@ -226,7 +227,8 @@ def test_hook_path_imports_no_click_jinja2_or_libvirt(state: str, cfg_path: str)
 def test_bad_arguments(state: str) -> None:
     res = run_hook(None, state, None, "d1", "prepare", "begin", "", "--bogus=1")
     one_line_error(res, "unknown option --bogus")
-    res = subprocess.run([sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook"], capture_output=True,
+    res = subprocess.run([sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook"],
+                         capture_output=True,
                          input=b"")
     one_line_error(res, "DOMAIN OP SUBOP")
 

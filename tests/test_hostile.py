@@ -252,7 +252,8 @@ def run_hook(ns: Netns | None, state_dir: str, cfg: str | None, data: str | byte
     The child is reaped with wait4(), so the RSS is the hook's own (`ip netns exec`
     execs the interpreter in place), not the maximum over every child of pytest.
     """
-    argv = [sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook", f"--state-dir={state_dir}"]
+    argv = [sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook",
+            f"--state-dir={state_dir}"]
     if cfg:
         argv.append(f"--config={cfg}")
     argv += ["hostile", op, subop, "-"]
@@ -438,7 +439,8 @@ except BrokenPipeError:
 def test_endless_stdin_is_bounded(ns: Netns, state_dir: str) -> None:
     """64 MiB on stdin (from another process, so that the fork of this one does not
     count): the hook reads at most its 4 MiB limit and refuses."""
-    argv = ["ip", "netns", "exec", ns.name, sys.executable, "-I", "-m", "vmnet.integrations.libvirt.hook",
+    argv = ["ip", "netns", "exec", ns.name, sys.executable, "-I", "-m",
+            "vmnet.integrations.libvirt.hook",
             f"--state-dir={state_dir}", "big", "prepare", "begin", "-"]
     peaks = []
     for mib in (0, 64):

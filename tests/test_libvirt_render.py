@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmnet.cli.main import main
+from tests.vmnetcli import cli as run_cli
 from vmnet.config import Config, Overrides, parse_config, resolve_vm
 from vmnet.errors import InputError
 from vmnet.integrations.libvirt.domainxml import (
@@ -253,7 +252,7 @@ def test_bad_metadata_is_an_error(xml: str, message: str) -> None:
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ((("queues", "many"),), "queues must be a number"),
+    ((("queues", "many"),), "queues: expected a whole number"),
     ((("vnet-hdr", "maybe"),), "vnet-hdr must be"),
 ], ids=["queues", "vnet-hdr"])
 def test_bad_metadata_values(fields: tuple[tuple[str, str], ...], message: str) -> None:
@@ -344,7 +343,7 @@ def cfg_path(tmp_path: Path) -> str:
 
 def cli(*args: str, input: str | None = None) -> Any:
     env = {"SUDO_USER": "", "VMNET_CONFIG": ""}
-    return CliRunner().invoke(main, list(args), input=input, env=env)
+    return run_cli(list(args), input=input, env=dict(env))
 
 
 def test_cli_interfaces_match_golden(cfg_path: str) -> None:
@@ -371,7 +370,8 @@ def test_cli_domain_file_and_stdin(cfg_path: str) -> None:
     (["libvirt-xml", "bad/name"], "contains '/'"),
     (["libvirt-xml", "vm1", "--domain", "/nonexistent/d.xml"], "cannot read"),
     (["libvirt-xml", "vm1", "--queues", "0"], "--queues: 0 is outside 1..256"),
-    (["libvirt-xml", "vm1", "--mode", "macvtap"], "Invalid value for '--mode'"),
+    (["libvirt-xml", "vm1", "--mode", "macvtap"],
+     "--mode must be one of ethernet, bridge (got 'macvtap')"),
 ], ids=["vm-name", "missing-file", "queues", "mode"])
 def test_cli_errors_are_one_line(args: list[str], message: str, cfg_path: str) -> None:
     res = cli("--config", cfg_path, *args)

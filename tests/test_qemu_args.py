@@ -12,11 +12,10 @@ import shlex
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmnet.cli.main import main
+from tests.vmnetcli import cli as run_cli
 from vmnet.config import Overrides, parse_config, resolve_vm
 from vmnet.integrations.qemu import run as engine
 from vmnet.integrations.qemu.ifup import script_paths
@@ -58,8 +57,8 @@ def cfg_path(tmp_path: Path) -> str:
 
 
 def cli(cfg_path: str, tmp_path: Path, *args: str) -> tuple[int, str, str]:
-    r = CliRunner().invoke(main, ["--state-dir", str(tmp_path / "state"), "--config", cfg_path,
-                                  *args], env={"SUDO_USER": None})
+    r = run_cli(["--state-dir", str(tmp_path / "state"), "--config", cfg_path, *args],
+                env={"SUDO_USER": None})
     return r.exit_code, r.stdout, r.stderr
 
 

@@ -27,10 +27,14 @@ def empty_config() -> str:
     return _EMPTY_CONFIG
 
 
+FAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faults.py")
+
+
 def vmnet_argv(ns: Netns | None, state_dir: str, *args: str,
-               config: str | None = None) -> list[str]:
-    argv = [sys.executable, "-m", "vmnet", "--state-dir", state_dir,
-            "--config", config or empty_config()]
+               config: str | None = None, faults: bool = False) -> list[str]:
+    """`python -m vmnet ...`; with `faults`, through tests/faults.py (same argv length)."""
+    head = [sys.executable, FAULTS, "vmnet"] if faults else [sys.executable, "-m", "vmnet"]
+    argv = [*head, "--state-dir", state_dir, "--config", config or empty_config()]
     if ns is not None:
         argv += ["--netns", ns.name]
     return argv + list(args)
@@ -41,11 +45,12 @@ def vmnet(ns: Netns | None, state_dir: str, *args: str, env: dict[str, str] | No
           prefix: list[str] | None = None,
           timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `vmnet ARGS` in a fresh process; `prefix` wraps it (unshare, setpriv, ...)."""
-    argv = [*(prefix or []), *vmnet_argv(ns, state_dir, *args, config=config)]
     e = dict(os.environ)
     e.pop("SUDO_USER", None)
     e.pop("VMNET_FAULT", None)
     e.update(env or {})
+    faults = "VMNET_FAULT" in e or "VMNET_FAULT_TRACE" in e
+    argv = [*(prefix or []), *vmnet_argv(ns, state_dir, *args, config=config, faults=faults)]
     r = subprocess.run(argv, text=True, capture_output=True, env=e, input=input,
                        timeout=timeout)
     if check and r.returncode != 0:
@@ -78,10 +83,37 @@ def host_snapshot(ns: Netns, state_dir: str) -> dict[str, Any]:
     for root, _dirs, names in os.walk(state_dir):
         for n in names:
             p = os.path.join(root, n)
-            # config-cache/: the full path's compiled config for the hot path
-            # (vmnet.confcache), kept while VMs come and go, like a .pyc.
-            if n == "lock" or os.path.relpath(root, state_dir) == "config-cache":
+            # parsed-config/: the config file's parse (vmnet.config.cache), kept while
+            # VMs come and go, like a .pyc.
+            if n == "lock" or os.path.relpath(root, state_dir) == "parsed-config":
+                continue
+            if os.path.islink(p):  # the state index: VM names as symlink targets
+                files.append((os.path.relpath(p, state_dir), b"-> " + os.fsencode(
+                    os.readlink(p))))
                 continue
             with open(p, "rb") as f:
                 files.append((os.path.relpath(p, state_dir), f.read()))
     return {"links": links, "addrs": sorted(addrs), "state": sorted(files)}
+
+
+class CliResult:
+    """A finished `vmnet` process: exit code, stdout, stderr, and both together."""
+
+    def __init__(self, r: subprocess.CompletedProcess[str]) -> None:
+        self.exit_code = r.returncode
+        self.stdout = r.stdout
+        self.stderr = r.stderr
+        self.output = r.stdout + r.stderr
+
+
+def cli(args: list[str], *, input: str | None = None,
+        env: dict[str, str | None] | None = None) -> CliResult:
+    """`python -m vmnet ARGS` in a fresh process (the real entry point, no test runner)."""
+    e = dict(os.environ)
+    for k, val in (env or {}).items():
+        if val is None:
+            e.pop(k, None)
+        else:
+            e[k] = val
+    return CliResult(subprocess.run([sys.executable, "-m", "vmnet", *args], text=True,
+                                    capture_output=True, env=e, input=input, timeout=120))

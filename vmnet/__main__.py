@@ -1,3 +1,3 @@
-from vmnet.cli.entry import main
+from vmnet.cli.main import main
 
 main()

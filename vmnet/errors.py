@@ -59,6 +59,10 @@ class PrivilegeError(VmnetError):
     exit_code = 4
 
 
+class StateError(VmnetError):
+    """vmnet's own records cannot be read, trusted or written."""
+
+
 class KernelError(VmnetError):
     """The kernel refused an operation."""
 
@@ -79,6 +83,14 @@ def kernel_error(op: str, ifname: str | None, err: int, detail: str = "") -> Vmn
     if err == _errno.EEXIST:
         return ConflictError(msg, ifname=ifname, op=op, errno=err,
                              hint="an interface with this name already exists")
+    if err == _errno.EXFULL and op.startswith("enslave"):
+        return ConflictError(msg, ifname=ifname, op=op, errno=err,
+                             hint="a Linux bridge holds at most 1023 ports: spread the VMs "
+                                  "over several networks")
+    if err == _errno.ELOOP and op.startswith("enslave"):
+        return ConflictError(msg, ifname=ifname, op=op, errno=err,
+                             hint="a bridge cannot be a port of itself or of a bridge it "
+                                  "already carries")
     if err == _errno.ENODEV:
         return NotFoundError(msg, ifname=ifname, op=op, errno=err,
                              hint="the interface does not exist")

@@ -1,50 +1,81 @@
-"""`up` and `down` as plain functions: the click CLI and the lean entry point
-(vmnet.cli.entry, which skips importing click for these two commands) both call
-them, so the two paths print and behave the same.
+"""`up`, `down`, `run`, `qemu-args`, `config example` and shell completion.
+
+Each takes the global options and the parsed values (vmnet.cli.table), calls
+one operation and prints what was done.
 """
 
 from __future__ import annotations
 
+import sys
+
+from vmnet.cli.main import Globals, emit_json, err, out, overrides
 from vmnet.errors import InputError
 from vmnet.model import validate
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Any
+    from collections.abc import Callable, Mapping
 
-    Echo = Callable[[str], None]
+    Values = Mapping[str, object]
     Progress = Callable[[int, int], None] | None
 
+# Flags the ifup script cannot see: QEMU passes it nothing but the tap's name.
+_SCRIPT_BLIND = ("bridge", "uplink", "user", "group", "mtu", "macs")
+PROGRESS_FROM = 20  # VMs: a terminal gets a progress line for runs this long
 
-def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool,
-       out: Echo, progress: Progress = None) -> None:
-    """Bring `vms` (or every configured VM) up and say what was done."""
-    from vmnet.config import Overrides, resolve_vm
+
+def _names(values: Values) -> list[str]:
+    vms = values.get("vms")
+    return [str(n) for n in vms] if isinstance(vms, list) else []
+
+
+def _progress(count: int) -> Progress:
+    """A progress line on a terminal for long bulk runs; nothing otherwise."""
+    if count < PROGRESS_FROM or not sys.stderr.isatty():
+        return None
+
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\rvmnet: {done}/{total} steps" + ("\n" if done == total else ""))
+        sys.stderr.flush()
+
+    return show
+
+
+def up(g: Globals, values: Values) -> None:
+    """Bring VMs (or every configured VM) up and say what was done."""
+    from vmnet.config import resolve_vm
     from vmnet.engine import ops
     from vmnet.render import qemu
 
-    if all_vms and vms:
+    names = _names(values)
+    all_vms = bool(values.get("all_vms"))
+    dry_run = bool(values.get("dry_run"))
+    ov = overrides(values)
+    if all_vms and names:
         raise InputError("give VM names or --all, not both")
-    names = sorted(cfg.vms) if all_vms else list(vms)
+    cfg = g.load_config()
+    if all_vms:
+        names = sorted(cfg.vms)
+        if not names:
+            where = cfg.path or "/etc/vmnet/vmnet.toml (not found: built-in defaults only)"
+            raise InputError(f"--all: the config file {where} declares no VM",
+                             hint="declare VMs under [vms.NAME], or name the VMs to bring up")
     if not names:
-        raise InputError("no VM named" + (" (the config declares none)" if all_vms else
-                                          ": give a VM name, e.g. `vmnet up vm1`"))
+        raise InputError("no VM named: give a VM name, e.g. `vmnet up vm1`")
     for n in names:
         validate.vm_name(n)
-    models = [resolve_vm(cfg, n, ov) for n in names]
-    results = ops.up_many(ctx, models, dry_run=dry_run, progress=progress)
-    if not dry_run:  # the hot path (vmnet.hot) reads this config's compiled form from now on
-        from vmnet import confcache
-
-        plain = ov is None or ov == Overrides()  # resolved without overrides: reusable
-        confcache.save(ctx.state_dir, cfg, {vm.name: vm for vm in models} if plain else None)
+    models = [resolve_vm(cfg, n, ov, env=g.env) for n in names]
+    ctx = g.context()
+    try:
+        results = ops.up_many(ctx, models, dry_run=dry_run, progress=_progress(len(models)))
+    finally:
+        ctx.close()
     for res in results:
         vm = res.vm
         if dry_run:
             out(f"# {vm.name}: planned steps" + ("" if res.plan.steps else " (none)"))
             for s in res.plan.steps:
-                out(s.ip())
+                out(s.ip(g.netns))
             continue
         if res.plan.noop:
             out(f"{vm.name}: already up")
@@ -52,28 +83,36 @@ def up(ctx: Any, cfg: Any, vms: list[str], all_vms: bool, ov: Any, dry_run: bool
             out(line)
 
 
-def down(ctx: Any, vms: list[str], all_vms: bool, force: bool, dry_run: bool, out: Echo,
-         err: Echo, progress: Progress = None) -> None:
-    """Take `vms` (or every recorded VM) down and say what was removed."""
+def down(g: Globals, values: Values) -> None:
+    """Take VMs (or every recorded VM) down and say what was removed."""
     from vmnet.engine import ops
 
-    if all_vms and vms:
+    names = _names(values)
+    all_vms = bool(values.get("all_vms"))
+    if all_vms and names:
         raise InputError("give VM names or --all, not both")
-    names = sorted(ctx.store().vms()) if all_vms else list(vms)
-    if not names and not all_vms:
-        raise InputError("give a VM name, e.g. `vmnet down vm1`")
-    for n in names:
-        validate.vm_name(n)
-    if not names:
-        out("nothing to do")
-        return
-    res = ops.down_many(ctx, names, force=force, dry_run=dry_run, progress=progress)
+    ctx = g.context()
+    try:
+        if all_vms:
+            names = sorted(ctx.store().vms())
+        elif not names:
+            raise InputError("give a VM name, e.g. `vmnet down vm1`")
+        for n in names:
+            validate.vm_name(n)
+        if not names:
+            out("nothing to do")
+            return
+        res = ops.down_many(ctx, names, force=bool(values.get("force")),
+                            dry_run=bool(values.get("dry_run")),
+                            progress=_progress(len(names)))
+    finally:
+        ctx.close()
     for note in res.plan.skipped:
         err(f"vmnet: {note}")
-    if dry_run:
+    if values.get("dry_run"):
         out(f"# {res.vm}: planned steps" + ("" if res.plan.steps else " (none)"))
         for s in res.plan.steps:
-            out(s.ip())
+            out(s.ip(g.netns))
     elif res.plan.noop and not res.had_record:
         out(f"{res.vm}: nothing to do")
     else:
@@ -83,3 +122,99 @@ def down(ctx: Any, vms: list[str], all_vms: bool, force: bool, dry_run: bool, ou
             if res.plan.drop_bridges else ""
         out(f"{res.vm if len(names) < 20 else f'{len(names)} VMs'}: removed "
             f"{gone or 'no taps left'}{extra}")
+
+
+def run(g: Globals, values: Values) -> int:
+    """`vmnet run VM [OPTIONS] -- QEMU ARGS...`: QEMU's exit status."""
+    from vmnet.config import resolve_vm
+    from vmnet.integrations.qemu import run as engine
+
+    argv = values.get("passthrough")
+    qemu = [str(a) for a in argv] if isinstance(argv, list) else []
+    if not qemu:
+        raise InputError("no QEMU command after `--`",
+                         hint="vmnet run VM [OPTIONS] -- qemu-system-x86_64 ARGS...")
+    model = resolve_vm(g.load_config(), str(values["vm"]), overrides(values), env=g.env)
+    ctx = g.context()
+    try:
+        return engine.run(ctx, model, qemu, netdev_only=bool(values.get("netdev_only")),
+                          env=g.env)
+    finally:
+        ctx.close()
+
+
+def qemu_args(g: Globals, values: Values) -> None:
+    """Print the QEMU network options for VM, as shell words."""
+    from vmnet.config import resolve_vm
+    from vmnet.render.qemu import vm_args
+    from vmnet.render.shell import shell_quote
+
+    mode = str(values.get("mode") or "ifname")
+    if mode == "script":
+        blind = [k for k in _SCRIPT_BLIND if values.get(k)]
+        if blind:
+            flag = "--mac" if blind[0] == "macs" else f"--{blind[0]}"
+            raise InputError(f"{flag} cannot reach the ifup script in --mode script (QEMU "
+                             "passes it only the tap's name)",
+                             hint="put it in the config file, or run `vmnet up` with it "
+                                  "first: the script then finds vmnet's record")
+    model = resolve_vm(g.load_config(), str(values["vm"]), overrides(values), env=g.env)
+    ifup = ifdown = None
+    if mode == "script":
+        from vmnet.integrations.qemu.ifup import script_paths
+
+        ifup, ifdown = script_paths()
+    args = vm_args(model, netdev_only=bool(values.get("netdev_only")),
+                   ifname_mode=mode == "ifname", script=ifup, downscript=ifdown)
+    if values.get("as_json"):
+        emit_json({"vm": model.name, "mode": mode, "args": args,
+                   "script": ifup, "downscript": ifdown,
+                   "nics": [{"index": n.index, "netdev": n.netdev_id, "tap": n.tap,
+                             "mac": n.mac, "queues": n.queues, "bridge": n.network.bridge,
+                             "model": n.model} for n in model.nics]})
+        return
+    out(" ".join(shell_quote(a) for a in args))
+
+
+def config_example(g: Globals, values: Values) -> None:
+    """Print the example config that ships with vmnet."""
+    from vmnet.config.example import EXAMPLE
+
+    sys.stdout.write(EXAMPLE)
+
+
+def completion(g: Globals, values: Values) -> None:
+    from vmnet.cli.args import completion_script
+    from vmnet.cli.table import PROGRAM
+
+    sys.stdout.write(completion_script(PROGRAM, str(values["shell"])))
+
+
+def complete(g: Globals, values: Values) -> None:
+    """The hidden `__complete SHELL -- WORDS...` the completion scripts call."""
+    from vmnet.cli.args import complete as candidates
+    from vmnet.cli.table import PROGRAM
+
+    words = [str(w) for w in (values.get("passthrough") or [])]  # type: ignore[attr-defined]
+    for c in candidates(PROGRAM, words, {"vm": lambda: _vm_names(g),
+                                         "network": lambda: _network_names(g)}):
+        out(c)
+
+
+def _vm_names(g: Globals) -> list[str]:
+    import contextlib
+
+    names: set[str] = set()
+    with contextlib.suppress(Exception):  # completion must never fail loudly
+        names.update(g.context().store().vms())
+    with contextlib.suppress(Exception):
+        names.update(g.load_config().vms)
+    return sorted(names)
+
+
+def _network_names(g: Globals) -> list[str]:
+    try:
+        cfg = g.load_config()
+    except Exception:
+        return []
+    return sorted({n.bridge for n in cfg.networks.values()})

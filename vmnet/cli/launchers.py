@@ -25,8 +25,8 @@ import subprocess
 import sys
 
 COMMANDS = {
-    "vmnet": ("vmnet.cli.entry", "main"),
-    "vmnet-qemu-ifup": ("vmnet.cli.entry", "main_ifup"),
+    "vmnet": ("vmnet.cli.main", "main"),
+    "vmnet-qemu-ifup": ("vmnet.integrations.qemu.ifup", "main_ifup"),
     "vmnet-qemu-ifdown": ("vmnet.integrations.qemu.ifup", "main_ifdown"),
     "vmnet-libvirt-hook": ("vmnet.integrations.libvirt.hook", "main"),
 }

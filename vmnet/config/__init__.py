@@ -8,11 +8,9 @@ the model it returns is plain data.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 
-from vmnet.confcache import digest
 from vmnet.config.users import invoking_user, lookup_group, lookup_user
+from vmnet.consts import DEFAULT_CONFIG
 from vmnet.errors import ConfigError, InputError, NotFoundError
 from vmnet.model import (
     DEFAULT_BRIDGE,
@@ -24,10 +22,11 @@ from vmnet.model import (
     default_tap_name,
 )
 from vmnet.model import validate as v
-from vmnet.model.names import DEFAULT_CONFIG
+from vmnet.model.value import Value
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 
@@ -38,48 +37,101 @@ _TOP_KEYS = {"networks", "vms", "defaults"}
 _DEFAULTS_KEYS = {"network"}
 
 
-@dataclass(frozen=True)
-class NicSpec:
-    network: str | None = None
-    mac: str | None = None
-    queues: int | None = None
-    mtu: int | None = None
-    tap: str | None = None
-    vnet_hdr: bool | None = None
-    model: str | None = None
+class NicSpec(Value):
+    """One `[[vms.NAME.nics]]` table as written (None: not given)."""
+
+    __slots__ = ("mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
+
+    def __init__(self, network: str | None = None, mac: str | None = None,
+                 queues: int | None = None, mtu: int | None = None, tap: str | None = None,
+                 vnet_hdr: bool | None = None, model: str | None = None) -> None:
+        self.network = network
+        self.mac = mac
+        self.queues = queues
+        self.mtu = mtu
+        self.tap = tap
+        self.vnet_hdr = vnet_hdr
+        self.model = model
 
 
-@dataclass(frozen=True)
-class VmSpec:
-    user: str | None = None
-    group: str | None = None
-    nics: tuple[NicSpec, ...] = ()
+class VmSpec(Value):
+    """One `[vms.NAME]` table as written."""
+
+    __slots__ = ("group", "nics", "user")
+
+    def __init__(self, user: str | None = None, group: str | None = None,
+                 nics: tuple[NicSpec, ...] = ()) -> None:
+        self.user = user
+        self.group = group
+        self.nics = nics
 
 
-@dataclass(frozen=True)
-class Config:
-    path: str | None
-    networks: dict[str, Network]
-    vms: dict[str, VmSpec]
-    default_network: str = DEFAULT_NETWORK
-    digest: str | None = None  # of the file's bytes: names its compiled form (confcache)
+class Config(Value):
+    """A parsed, validated config file (or the built-in defaults when there is none)."""
+
+    __slots__ = ("default_network", "digest", "networks", "path", "vms")
+
+    def __init__(self, path: str | None, networks: dict[str, Network], vms: dict[str, VmSpec],
+                 default_network: str = DEFAULT_NETWORK, digest: str | None = None) -> None:
+        self.path = path
+        self.networks = networks
+        self.vms = vms
+        self.default_network = default_network
+        self.digest = digest  # sha256 of the file's bytes: names its parsed form (cache)
+
+    def to_plain(self) -> tuple[object, ...]:
+        """This config as builtin values (for vmnet.config.cache); from_plain reverses it."""
+        return (self.path, self.default_network,
+                tuple(n.values() for n in self.networks.values()),
+                tuple((name, s.user, s.group, tuple(n.values() for n in s.nics))
+                      for name, s in self.vms.items()))
+
+    @classmethod
+    def from_plain(cls, data: Any, digest: str | None) -> Config:
+        path, default_network, networks, vms = data
+        return cls(path=path, default_network=default_network, digest=digest,
+                   networks={n[0]: Network(*n) for n in networks},
+                   vms={name: VmSpec(user, group, tuple(NicSpec(*n) for n in nics))
+                        for name, user, group, nics in vms})
 
 
-@dataclass(frozen=True)
-class Overrides:
+class Overrides(Value):
     """What the CLI (or a hook/script) says about a VM; None means 'not given'."""
 
-    bridge: str | None = None
-    uplink: str | None = None
-    user: str | None = None
-    group: str | None = None
-    nics: int | None = None
-    queues: int | None = None
-    macs: tuple[str, ...] = ()
-    mtu: int | None = None
-    vnet_hdr: bool | None = None
-    model: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    __slots__ = (
+        "bridge",
+        "group",
+        "macs",
+        "model",
+        "mtu",
+        "nics",
+        "queues",
+        "uplink",
+        "user",
+        "vnet_hdr",
+    )
+
+    def __init__(self, bridge: str | None = None, uplink: str | None = None,
+                 user: str | None = None, group: str | None = None, nics: int | None = None,
+                 queues: int | None = None, macs: tuple[str, ...] = (), mtu: int | None = None,
+                 vnet_hdr: bool | None = None, model: str | None = None) -> None:
+        self.bridge = bridge
+        self.uplink = uplink
+        self.user = user
+        self.group = group
+        self.nics = nics
+        self.queues = queues
+        self.macs = macs
+        self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
+        self.model = model
+
+    @property
+    def empty(self) -> bool:
+        return self == _NO_OVERRIDES
+
+
+_NO_OVERRIDES = Overrides()
 
 
 def builtin_network() -> Network:
@@ -216,9 +268,17 @@ def parse_config(text: str, path: str | None = None) -> Config:
     return Config(path=path, networks=networks, vms=vms, default_network=default_network)
 
 
-def load_config(path: str | None = None, env: dict[str, str] | None = None) -> Config:
-    """Load from --config, $VMNET_CONFIG or /etc/vmnet/vmnet.toml (optional)."""
-    env = dict(os.environ) if env is None else env
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
+                cache_dir: str | None = None) -> Config:
+    """Load from --config, $VMNET_CONFIG or /etc/vmnet/vmnet.toml (optional).
+
+    With `cache_dir` (vmnet's state directory), a parse of the file's exact bytes
+    kept there (vmnet.config.cache) is reused while the file is unchanged: tomllib
+    costs ~17 ms to import, more than the rest of a VM start.  The caller stores a
+    fresh parse with `cache.save` once its operation has succeeded (so a refused
+    command leaves the state directory as it was).
+    """
+    env = os.environ if env is None else env
     explicit = path or env.get("VMNET_CONFIG") or None
     target = explicit or DEFAULT_CONFIG
     try:
@@ -226,22 +286,33 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> C
             raw = f.read()
     except FileNotFoundError:
         if explicit:
-            raise ConfigError(f"config file {target} does not exist") from None
+            raise ConfigError(f"config file {target} does not exist",
+                              hint="give an existing file with --config, or unset "
+                                   "VMNET_CONFIG to use the built-in defaults") from None
         return Config(path=None, networks={DEFAULT_NETWORK: builtin_network()}, vms={})
     except OSError as e:
         raise ConfigError(f"cannot read config file {target}: {e.strerror}") from None
+    from vmnet.config import cache
+
+    digest = cache.digest(raw)
+    if cache_dir is not None:
+        cached = cache.load(cache_dir, digest)
+        if cached is not None and cached.path == target:
+            return cached
     try:
         text = raw.decode()
     except UnicodeDecodeError:
         raise ConfigError(f"{target}: not UTF-8 text") from None
-    return replace(parse_config(text, target), digest=digest(raw))
+    cfg = parse_config(text, target)
+    cfg.digest = digest
+    return cfg
 
 
 # -- users (vmnet.config.users looks them up) --------------------------------------
 def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
     found = lookup_user(value)
     if found is None:
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             raise InputError(f"{what}: uid {value} is out of range")
         raise NotFoundError(f"{what}: unknown user {value!r}",
                             hint="give an existing user name or a numeric uid")
@@ -251,7 +322,7 @@ def resolve_user(value: str, what: str = "--user") -> tuple[int, str]:
 def resolve_group(value: str, what: str = "--group") -> int:
     found = lookup_group(value)
     if found is None:
-        if value.isdigit():
+        if value.isascii() and value.isdigit():
             raise InputError(f"{what}: gid {value} is out of range")
         raise NotFoundError(f"{what}: unknown group {value!r}",
                             hint="give an existing group name or a numeric gid")
@@ -271,7 +342,7 @@ def _network_for(cfg: Config, name: str | None, ov: Overrides) -> Network:
         v.ifname(ov.uplink, "--uplink")
         if ov.uplink == net.bridge:
             raise InputError(f"--uplink: {ov.uplink!r} is the bridge itself")
-        net = replace(net, uplink=ov.uplink)
+        net = net.with_uplink(ov.uplink)
     return net
 
 

@@ -27,7 +27,7 @@ def lookup_user(value: str) -> tuple[int, str] | None:
     if value in _users:
         return _users[value]
     found: tuple[int, str] | None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         uid = int(value)
         if uid > MAX_ID:
             found = None
@@ -51,7 +51,7 @@ def lookup_group(value: str) -> int | None:
     if value in _groups:
         return _groups[value]
     found: int | None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         gid = int(value)
         found = gid if gid <= MAX_ID else None
     else:

@@ -1,44 +1,103 @@
-"""Executing a plan: steps in order; on any failure, the done steps' twins in reverse."""
+"""Executing a plan: one transaction with one reverter for kernel steps and records.
+
+Everything a transaction changes, a record written or dropped, a kernel step
+run, registers its undo as it happens.  On any failure (a refusing kernel, a
+full state directory, an interrupt) `rollback()` undoes all of it in reverse
+order: the host and the records are as they were before the operation.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from vmnet import fault, log
-from vmnet.engine.steps import Step
+from vmnet import log
 from vmnet.errors import VmnetError
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vmnet.engine.steps import Step
     from vmnet.kernel.protocol import Kernel
+    from vmnet.state.records import BridgeRecord, VmRecord
+    from vmnet.state.store import StateStore
+
+    Progress = Callable[[int, int], None] | None
 
 
-def apply_steps(k: Kernel, steps: list[Step],
-                progress: Callable[[int, int], None] | None = None) -> None:
-    """Run `steps`; if one fails, undo the ones done, then re-raise."""
-    done: list[Step] = []
-    debug = log.verbose()
-    try:
+class Transaction:
+    """Applies steps and record changes; remembers how to undo each one."""
+
+    __slots__ = ("_undo", "k", "netns", "store")
+
+    def __init__(self, k: Kernel, store: StateStore, netns: str | None = None) -> None:
+        self.k = k
+        self.store = store
+        self.netns = netns
+        self._undo: list[tuple[str, Callable[[], None]]] = []
+
+    # -- records -------------------------------------------------------------
+    def put_vm(self, rec: VmRecord, prev: VmRecord | None) -> None:
+        """Write a VM record; undo puts `prev` back (or drops the record)."""
+        self.store.put_vm(rec)
+        if prev is None:
+            self._undo.append((f"drop record {rec.vm}",
+                               lambda: self.store.drop_vm(rec.vm, rec)))
+        else:
+            self._undo.append((f"restore record {rec.vm}", lambda: self.store.put_vm(prev)))
+
+    def put_bridge(self, rec: BridgeRecord, prev: BridgeRecord | None) -> None:
+        self.store.put_bridge(rec)
+        if prev is None:
+            self._undo.append((f"drop record {rec.bridge}",
+                               lambda: self.store.drop_bridge(rec.bridge)))
+        else:
+            self._undo.append((f"restore record {rec.bridge}",
+                               lambda: self.store.put_bridge(prev)))
+
+    # -- kernel steps ----------------------------------------------------------
+    def run(self, steps: list[Step], progress: Progress = None) -> None:
+        """Run `steps` in order, each one's down twin registered once it has run."""
+        debug = log.verbose()
+        total = len(steps)
         for i, step in enumerate(steps):
-            fault.point(f"step:{type(step).__name__}")
             if debug:
-                log.debug(step.ip())
-            step.run(k)
-            done.append(step)
+                log.debug(step.ip(self.netns))
+            step.run(self.k)
+            twin = step.undo()
+            if twin is not None:
+                self._undo.append((twin.ip(self.netns), self._runner(twin)))
             if progress is not None:
-                progress(i + 1, len(steps))
-    except BaseException:
-        rollback(k, done)
-        raise
+                progress(i + 1, total)
+
+    def _runner(self, step: Step) -> Callable[[], None]:
+        return lambda: step.run(self.k)
+
+    # -- the end -------------------------------------------------------------
+    def commit(self) -> None:
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """Undo everything done so far, newest first; report what could not be undone."""
+        while self._undo:
+            what, undo = self._undo.pop()
+            try:
+                log.debug(f"rollback: {what}")
+                undo()
+            except (VmnetError, OSError) as e:  # keep undoing the rest; report what stayed
+                msg = e.one_line() if isinstance(e, VmnetError) else str(e)
+                log.warning(f"rollback of {what!r} failed: {msg}")
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.rollback()
+        else:
+            self.commit()
 
 
-def rollback(k: Kernel, done: list[Step]) -> None:
-    for step in reversed(done):
-        twin = step.undo()
-        if twin is None:
-            continue
-        try:
-            log.debug(f"rollback: {twin.ip()}")
-            twin.run(k)
-        except VmnetError as e:  # keep undoing the rest; report what stayed
-            log.warning(f"rollback of {step!r} failed: {e.one_line()}")
+def apply_steps(k: Kernel, store: StateStore, steps: list[Step],
+                netns: str | None = None) -> None:
+    """Run steps in one transaction of their own (all of them, or none)."""
+    with Transaction(k, store, netns) as txn:
+        txn.run(steps)

@@ -1,63 +1,46 @@
-"""The operations every edge (CLI, qemu scripts, libvirt hook) calls: up, down, gc.
+"""The operations every door (CLI, qemu scripts, libvirt hook) calls: up, down, gc.
 
-Each runs under the namespace's state lock: observe -> plan -> record -> apply.
+Each is one transaction under the namespace's state lock: observe only what it
+needs (vmnet.engine.observe), plan (vmnet.engine.plan, no changes), write the
+records ahead, apply (vmnet.engine.apply), with one reverter that undoes kernel
+steps and records in reverse on any failure.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from vmnet import fault
-from vmnet.engine.apply import apply_steps
+from vmnet.engine.apply import Transaction
+from vmnet.engine.context import Context
+from vmnet.engine.observe import HostView
 from vmnet.engine.plan import (
+    BridgeRecords,
+    BridgeUsers,
+    Claims,
     DownPlan,
-    Observed,
     UpPlan,
     plan_down_many,
     plan_release_bridges,
     plan_up_many,
-    uplinks_to_check,
 )
 from vmnet.engine.steps import CreateTap
 from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
-from vmnet.kernel import open_kernel
-from vmnet.kernel import tun as tunmod
-from vmnet.kernel.base import Snapshot
 from vmnet.kernel.caps import has_net_admin
-from vmnet.kernel.netns import current_cookie, current_inode
-from vmnet.model import Vm
-from vmnet.state.store import DEFAULT_STATE_DIR, Proc, StateStore, VmRecord
+from vmnet.model.value import Value
+from vmnet.state.records import Proc, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
-    from vmnet.kernel.protocol import Kernel
+    from collections.abc import Callable
 
+    from vmnet.model import Vm
+    from vmnet.state.records import Mode
+    from vmnet.state.store import StateStore
 
-@dataclass
-class Context:
-    """Where vmnet works: state directory, kernel factory, lock patience."""
+    Progress = Callable[[int, int], None] | None
 
-    state_dir: str = DEFAULT_STATE_DIR
-    lock_timeout: float = 30.0
-    kernel_factory: Callable[[], Kernel] = open_kernel
-    tun_path: str = tunmod.TUN_PATH
-    _kernel: Kernel | None = field(default=None, repr=False)
-
-    def store(self) -> StateStore:
-        return StateStore(self.state_dir, current_inode(), current_cookie())
-
-    def kernel(self) -> Kernel:
-        if self._kernel is None:
-            self._kernel = self.kernel_factory()
-        return self._kernel
-
-    def close(self) -> None:
-        if self._kernel is not None:
-            self._kernel.close()
-            self._kernel = None
+# From this many VMs on, one dump of every link is cheaper than a read per link.
+BULK = 8
 
 
 def require_net_admin() -> None:
@@ -67,26 +50,16 @@ def require_net_admin() -> None:
                              hint="run it as root (e.g. with sudo)")
 
 
-def observe(k: Kernel, vms: list[Vm]) -> Observed:
-    snap = k.snapshot()
-    uplinks: dict[str, list[str]] = {}
-    need_routes = False
-    for vm in vms:
-        for name in uplinks_to_check(vm, snap):
-            uplinks[name] = k.global_addresses(name)
-            need_routes = True
-    routes = frozenset(k.default_route_devices()) if need_routes else frozenset()
-    return Observed(snapshot=snap, uplink_addresses=uplinks, default_route_devices=routes)
+class UpResult(Value):
+    __slots__ = ("plan", "record", "vm")
+
+    def __init__(self, vm: Vm, plan: UpPlan, record: VmRecord | None) -> None:
+        self.vm = vm
+        self.plan = plan
+        self.record = record
 
 
-@dataclass
-class UpResult:
-    vm: Vm
-    plan: UpPlan
-    record: VmRecord | None
-
-
-def up(ctx: Context, vm: Vm, *, mode: str = "up", dry_run: bool = False,
+def up(ctx: Context, vm: Vm, *, mode: Mode = "up", dry_run: bool = False,
        holder: Proc | None = None, domain_uuid: str | None = None,
        refuse_held: bool = False) -> UpResult:
     """Give `vm` its network (idempotent).  Refusals change nothing.
@@ -98,24 +71,21 @@ def up(ctx: Context, vm: Vm, *, mode: str = "up", dry_run: bool = False,
                    domain_uuid=domain_uuid, refuse_held=refuse_held)[0]
 
 
-def up_many(ctx: Context, vms: list[Vm], *, mode: str = "up", dry_run: bool = False,
+def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = False,
             holder: Proc | None = None, domain_uuid: str | None = None,
-            refuse_held: bool = False,
-            progress: Callable[[int, int], None] | None = None) -> list[UpResult]:
+            refuse_held: bool = False, progress: Progress = None) -> list[UpResult]:
     """Give several VMs their network in one transaction: all of them, or none.
 
-    One lock, one link dump, one plan; a refusal (naming the VM) or a failed
-    step undoes everything this call did.
+    One lock, one plan; a refusal (naming the VM) or a failed step undoes
+    everything this call did.
     """
     if not dry_run:
         require_net_admin()
     store = ctx.store()
     k = ctx.kernel()
     with store.locked(ctx.lock_timeout):
-        obs = observe(k, vms)
-        records = store.vms()
-        plans = plan_up_many(vms, obs, records, store.bridges())
-        prevs = {vm.name: records.get(vm.name) for vm in vms}
+        names = [vm.name for vm in vms]
+        prevs = {vm.name: store.get_vm(vm.name) for vm in vms}
         for vm in vms:
             prev = prevs[vm.name]
             if prev is not None and domain_uuid is not None and prev.domain_uuid not in (
@@ -123,8 +93,12 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: str = "up", dry_run: bool = Fa
                 raise ConflictError(f"VM {vm.name!r} belongs to libvirt domain "
                                     f"{prev.domain_uuid}, not {domain_uuid}",
                                     hint="two domains must not name the same vmnet VM")
-            if refuse_held:
-                _refuse_held(vm, obs)
+        view = HostView(k, full=len(vms) >= BULK)
+        bridges = BridgeRecords(store)
+        plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges)
+        if refuse_held:
+            for vm in vms:
+                _refuse_held(vm, view)
         if dry_run:
             return [UpResult(p.vm, p, prevs[p.vm.name]) for p in plans]
         steps = [s for p in plans for s in p.steps]
@@ -132,13 +106,9 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: str = "up", dry_run: bool = Fa
             raise NotFoundError(f"{ctx.tun_path} does not exist",
                                 hint="load the tun module (modprobe tun) or create the node: "
                                      "mknod /dev/net/tun c 10 200")
-        changed = [b for p in plans for b in p.changed_bridges]
-        new_bridges = [b for p in plans for b in p.new_bridges]
-        old_bridges = {b.bridge: store.get_bridge(b.bridge) for b in changed}
         me = Proc.me()
-        for b in (*new_bridges, *changed):
-            store.put_bridge(dataclasses.replace(b, writer=me))
-        recs = []
+        recs: list[VmRecord] = []
+        fresh: list[VmRecord] = []
         for p in plans:
             prev = prevs[p.vm.name]
             rec = VmRecord(vm=p.vm.name, mode=mode, phase="applying", writer=me, nics=p.nics,
@@ -151,38 +121,36 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: str = "up", dry_run: bool = Fa
                         rec.mode, rec.holder, rec.domain_uuid):
                 recs.append(prev)
                 continue
-            store.put_vm(rec)
             recs.append(rec)
-        fault.point("up:recorded")
+            fresh.append(rec)
+        if not fresh and not steps:
+            return [UpResult(p.vm, p, rec) for p, rec in zip(plans, recs, strict=True)]
+        journal = store.begin([r.vm for r in fresh], me)
         try:
-            apply_steps(k, steps, progress=progress)
+            with Transaction(k, store, ctx.netns) as txn:
+                for p in plans:
+                    for b in (*p.new_bridges, *p.changed_bridges):
+                        txn.put_bridge(b.with_(writer=me), store.get_bridge(b.bridge))
+                for rec in fresh:
+                    txn.put_vm(rec, prevs[rec.vm])
+                txn.run(steps, progress)
+                for rec in fresh:
+                    ready = rec.copy()
+                    ready.phase = "ready"
+                    txn.put_vm(ready, rec)
+                    recs[recs.index(rec)] = ready
         except BaseException:
-            for p in plans:
-                prev = prevs[p.vm.name]
-                if prev is not None:
-                    store.put_vm(prev)
-                else:
-                    store.drop_vm(p.vm.name)
-            for b in new_bridges:
-                store.drop_bridge(b.bridge)
-            for old in old_bridges.values():
-                if old is not None:
-                    store.put_bridge(old)
+            store.end(journal)
             store.cleanup_dir()
             raise
-        fault.point("up:applied")
-        for rec in recs:
-            if rec.phase != "ready":
-                rec.phase = "ready"
-                store.put_vm(rec)
+        store.end(journal)
         return [UpResult(p.vm, p, rec) for p, rec in zip(plans, recs, strict=True)]
 
 
-def _refuse_held(vm: Vm, obs: Observed) -> None:
+def _refuse_held(vm: Vm, view: HostView) -> None:
     from vmnet.engine.holders import tap_holders
 
-    busy = {n.tap for n in vm.nics
-            if (lk := obs.snapshot.get(n.tap)) is not None and lk.carrier}
+    busy = {n.tap for n in vm.nics if (lk := view.link(n.tap)) is not None and lk.carrier}
     if busy:
         holders = tap_holders(busy)
         who = "; ".join(f"{t} held by {', '.join(holders.get(t, [])) or 'a process'}"
@@ -191,11 +159,13 @@ def _refuse_held(vm: Vm, obs: Observed) -> None:
                         hint="another VM or process holds its taps")
 
 
-@dataclass
-class DownResult:
-    vm: str
-    plan: DownPlan
-    had_record: bool
+class DownResult(Value):
+    __slots__ = ("had_record", "plan", "vm")
+
+    def __init__(self, vm: str, plan: DownPlan, had_record: bool) -> None:
+        self.vm = vm
+        self.plan = plan
+        self.had_record = had_record
 
 
 def down(ctx: Context, name: str, *, force: bool = False, dry_run: bool = False,
@@ -205,9 +175,8 @@ def down(ctx: Context, name: str, *, force: bool = False, dry_run: bool = False,
 
 
 def down_many(ctx: Context, names: list[str], *, force: bool = False, dry_run: bool = False,
-              domain_uuid: str | None = None,
-              progress: Callable[[int, int], None] | None = None) -> DownResult:
-    """Remove several VMs' networks: one dump, one grouped delete of all their taps.
+              domain_uuid: str | None = None, progress: Progress = None) -> DownResult:
+    """Remove several VMs' networks: one grouped delete of all their taps.
 
     A held tap refuses the whole batch before any change (unless force).
     """
@@ -215,33 +184,35 @@ def down_many(ctx: Context, names: list[str], *, force: bool = False, dry_run: b
         require_net_admin()
     store = ctx.store()
     with store.locked(ctx.lock_timeout):
-        records = store.vms()
-        batch = {n: records.get(n) for n in names}
+        batch = {n: store.get_vm(n) for n in names}
         for name, rec in batch.items():
             if rec is not None and domain_uuid is not None and rec.domain_uuid not in (
                     None, domain_uuid):
                 raise ConflictError(f"VM {name!r} belongs to libvirt domain "
                                     f"{rec.domain_uuid}; domain {domain_uuid} may not tear "
                                     "it down")
-        return _teardown(ctx, store, batch, records, force=force, dry_run=dry_run,
+        view = HostView(ctx.kernel(), full=len(names) >= BULK)
+        return _teardown(ctx, store, view, batch, force=force, dry_run=dry_run,
                          progress=progress)
 
 
-def _teardown(ctx: Context, store: StateStore, batch: dict[str, VmRecord | None],
-              records: dict[str, VmRecord], *, force: bool, dry_run: bool = False,
-              progress: Callable[[int, int], None] | None = None) -> DownResult:
+def _teardown(ctx: Context, store: StateStore, view: HostView,
+              batch: dict[str, VmRecord | None], *, force: bool, dry_run: bool = False,
+              users: BridgeUsers | None = None, progress: Progress = None) -> DownResult:
     """Plan and apply the removal of `batch`; the caller holds the lock."""
     from vmnet.engine.holders import tap_holders
 
-    k = ctx.kernel()
-    snap = k.snapshot()
     busy = {n.tap for rec in batch.values() for n in (rec.nics if rec else [])
-            if (lk := snap.get(n.tap)) is not None and lk.carrier}
+            if (lk := view.link(n.tap)) is not None and lk.carrier}
     holders = tap_holders(busy) if busy and not force else {}
-    plan = plan_down_many(batch, snap, records, store.bridges(), force=force, holders=holders)
+    bridges = BridgeRecords(store)
+    plan = plan_down_many(batch, view, users or BridgeUsers(store), bridges, force=force,
+                          holders=holders)
     had = any(r is not None for r in batch.values())
     name = ",".join(batch)
     if dry_run or (plan.noop and not had):
+        if not dry_run:
+            store.cleanup_dir()
         return DownResult(name, plan, had)
     me = Proc.me()
     for rec in batch.values():
@@ -249,47 +220,54 @@ def _teardown(ctx: Context, store: StateStore, batch: dict[str, VmRecord | None]
             rec.phase = "removing"
             rec.writer = me
             store.put_vm(rec)
-    fault.point("down:recorded")
-    apply_steps(k, plan.steps, progress=progress)
-    fault.point("down:applied")
-    for vm in batch:
-        store.drop_vm(vm)
+    Transaction(ctx.kernel(), store, ctx.netns).run(plan.steps, progress)
+    for vm, rec in batch.items():
+        store.drop_vm(vm, rec)
     for b in plan.drop_bridges:
         store.drop_bridge(b)
     store.cleanup_dir()
     return DownResult(name, plan, had)
 
 
-@dataclass
-class GcReport:
-    cleared: list[str] = field(default_factory=list)  # VM: reason
-    idle: list[str] = field(default_factory=list)  # plain `up` taps waiting for their VM
-    skipped: list[str] = field(default_factory=list)  # live writer/holder: left alone
-    bridges: list[str] = field(default_factory=list)  # bridge records settled
-    corrupt: list[str] = field(default_factory=list)  # unreadable record files removed
+class GcReport(Value):
+    __slots__ = ("bridges", "cleared", "corrupt", "idle", "skipped", "unknown")
+
+    def __init__(self) -> None:
+        self.cleared: list[str] = []  # VM: reason
+        self.idle: list[str] = []  # plain `up` taps waiting for their VM
+        self.skipped: list[str] = []  # live writer/holder: left alone
+        self.bridges: list[str] = []  # bridge records settled (and what was done)
+        self.corrupt: list[str] = []  # unreadable record files removed
+        self.unknown: list[str] = []  # records of a format this vmnet does not know: kept
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {s: list(getattr(self, s)) for s in self.__slots__}
 
 
-def held_taps(rec: VmRecord, snap: Snapshot) -> list[str]:
+def held_taps(rec: VmRecord, view: HostView) -> list[str]:
     """The record's taps that a process holds (carrier on)."""
-    return [n.tap for n in rec.nics if (lk := snap.get(n.tap)) is not None and lk.carrier]
+    return [n.tap for n in rec.nics if (lk := view.link(n.tap)) is not None and lk.carrier]
 
 
-def gc_reason(rec: VmRecord, snap: Snapshot,
-              domain_alive: Callable[[str], bool | None]) -> str | None:
+def gc_reason(rec: VmRecord, view: HostView, domain_alive: Callable[[str], bool | None],
+              in_flight: bool = False) -> str | None:
     """Why a record should be cleared now, or None to keep it.
 
     A record whose taps a process still holds is always kept, whatever its
     writer's fate: clearing it would cut a running VM off (e.g. a `vmnet run`
     killed in the instant between starting QEMU and recording it).
+    `in_flight`: the record belongs to the journal of an `up` whose writer died.
     """
-    if held_taps(rec, snap):
+    if held_taps(rec, view):
         return None
+    if in_flight:
+        return "rolled back: its `up` died mid-way"
     if rec.phase != "ready":
         if rec.writer.alive():
             return None
         return ("rolled back: its `up` died mid-way" if rec.phase == "applying"
                 else "finished: its `down` died mid-way")
-    if not any(n.tap in snap.links for n in rec.nics):
+    if not any(view.link(n.tap) is not None for n in rec.nics):
         return "its interfaces are gone"
     if rec.mode == "run" and rec.holder is not None and not rec.holder.alive():
         return f"its QEMU (pid {rec.holder.pid}) is gone"
@@ -310,42 +288,72 @@ def gc(ctx: Context, *, dry_run: bool = False,
         return report
     k = ctx.kernel()
     with store.locked(ctx.lock_timeout):
-        for path in store.corrupt():
+        corrupt, unknown = store.problems()
+        for path in corrupt:
             report.corrupt.append(path)
             if not dry_run:
                 store.remove_corrupt(path)
-        snap = k.snapshot()
-        for name, rec in sorted(store.vms().items()):
-            reason = gc_reason(rec, snap, alive)
+        report.unknown += [e.one_line() for e in unknown]
+        in_flight: set[str] = set()
+        dead_journals = []
+        for path, writer, vms in store.journals():
+            if not writer.alive():
+                in_flight.update(vms)
+                dead_journals.append(path)
+        view = HostView(k, full=True)
+        records = store.vms()
+        for name, rec in sorted(records.items()):
+            reason = gc_reason(rec, view, alive, name in in_flight)
             if reason is None:
-                held = held_taps(rec, snap)
+                held = held_taps(rec, view)
                 if held:
                     report.skipped.append(f"{name}: in use ({', '.join(held)} held)")
                 elif rec.phase != "ready" or (rec.holder and rec.holder.alive()):
                     report.skipped.append(f"{name}: in progress")
                 elif rec.mode == "up":
                     idle = [n.tap for n in rec.nics
-                            if (lk := snap.get(n.tap)) is not None and not lk.carrier]
+                            if (lk := view.link(n.tap)) is not None and not lk.carrier]
                     if idle:
                         report.idle.append(f"{name}: {', '.join(idle)}")
                 continue
-            report.cleared.append(f"{name}: {reason}")
-            if not dry_run:
-                _teardown(ctx, store, {name: rec}, store.vms(), force=True)
-                snap = k.snapshot()
-        records = store.vms()
+            if dry_run:
+                plan = plan_down_many({name: rec}, view, BridgeUsers(records=records),
+                                      BridgeRecords(store), force=True)
+                report.cleared.append(f"{name}: {reason}" + _what(plan))
+                continue
+            res = _teardown(ctx, store, view, {name: rec}, force=True,
+                            users=BridgeUsers(records=records))
+            records.pop(name, None)
+            report.cleared.append(f"{name}: {reason}" + _what(res.plan))
+            view = HostView(k, full=True)
+        if not dry_run:
+            for path in dead_journals:
+                store.end(path)
+            store.prune_index()
         used = {n.bridge for r in records.values() for n in r.nics}
         for bridge, brec in sorted(store.bridges().items()):
             if bridge in used:
                 continue
-            report.bridges.append(bridge)
+            rel = plan_release_bridges({bridge}, [], view, BridgeUsers(records=records),
+                                       BridgeRecords(records={bridge: brec}), leaving=set())
+            done = "; ".join(s.ip(ctx.netns).replace("\n", "; ") for s in rel.steps)
+            report.bridges.append(bridge + (f": {done}" if done else ": record cleared"))
+            report.skipped += rel.skipped
             if dry_run:
                 continue
-            rel = plan_release_bridges({bridge}, [], snap, records, {bridge: brec})
-            apply_steps(k, rel.steps)
+            Transaction(k, store, ctx.netns).run(rel.steps)
             for b in rel.drop:
                 store.drop_bridge(b)
-            snap = k.snapshot()
+            view = HostView(k, full=True)
         if not dry_run:
             store.cleanup_dir()
     return report
+
+
+def _what(plan: DownPlan) -> str:
+    parts = []
+    if plan.taps:
+        parts.append(f"removed {', '.join(plan.taps)}")
+    if plan.drop_bridges:
+        parts.append(f"bridge {', '.join(plan.drop_bridges)} released")
+    return f" ({'; '.join(parts)})" if parts else ""

@@ -1,27 +1,42 @@
-"""Plan steps: each one kernel change, its `ip` equivalent, and its down twin.
+"""Plan steps: each one kernel change with its `ip` equivalent, its down twin and its
+check twin.
 
-Steps are values; `run(kernel)` is only called by `vmnet.engine.apply`.
+- `ip(netns)`: the commands that, replayed by hand, do what the step does
+  (`ip -n NS ...` when vmnet works in a named namespace).
+- `run(kernel)`: the change itself (only vmnet.engine.apply calls it).
+- `undo()`: the step that reverses it (None: nothing to reverse).
+- `check(view)`: does the host hold what this step made?  None if it does,
+  else one word for what is not so (`missing`, `foreign`, `detached`, `down`).
+  `vmnet status` is a loop over the checks of the steps `up` would have taken.
 """
 
 from __future__ import annotations
 
-import shlex
-from dataclasses import dataclass
-
-from vmnet.kernel.base import TapSpec
+from vmnet.model.value import Value
+from vmnet.render.shell import command
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
+    from vmnet.engine.observe import HostView
+    from vmnet.kernel.base import TapSpec
     from vmnet.kernel.protocol import Kernel
 
 
-def _q(*words: str) -> str:
-    return " ".join(shlex.quote(w) for w in words)
+def _ip(netns: str | None, *words: str) -> str:
+    return command("ip", *(("-n", netns) if netns else ()), *words)
 
 
-@dataclass(frozen=True)
-class Step:
-    def ip(self) -> str:
+def sysctl_line(netns: str | None, key: str, value: str) -> str:
+    """A sysctl assignment in slash form, so an interface name with dots stays one
+    component (`net.ipv6.conf.a.b.disable_ipv6` would read `a` and `b` as two levels)."""
+    head = ("ip", "netns", "exec", netns) if netns else ()
+    return command(*head, "sysctl", "-qw", f"{key}={value}")
+
+
+class Step(Value):
+    __slots__ = ()
+
+    def ip(self, netns: str | None = None) -> str:
         raise NotImplementedError
 
     def run(self, k: Kernel) -> None:
@@ -31,22 +46,29 @@ class Step:
         """The step that reverses this one (None: nothing to reverse)."""
         return None
 
+    def check(self, view: HostView) -> str | None:
+        """None if the host holds what this step made; else what is not so."""
+        return None
 
-@dataclass(frozen=True)
+
 class CreateBridge(Step):
-    name: str
-    mac: str
-    mtu: int | None
-    stp: bool
-    forward_delay: int
-    alias: str
+    __slots__ = ("alias", "forward_delay", "mac", "mtu", "name", "stp")
 
-    def ip(self) -> str:
+    def __init__(self, name: str, mac: str, mtu: int | None, stp: bool, forward_delay: int,
+                 alias: str) -> None:
+        self.name = name
+        self.mac = mac
+        self.mtu = mtu
+        self.stp = stp
+        self.forward_delay = forward_delay
+        self.alias = alias
+
+    def ip(self, netns: str | None = None) -> str:
         mtu = ["mtu", str(self.mtu)] if self.mtu else []
-        return (_q("ip", "link", "add", self.name, "address", self.mac, *mtu, "type", "bridge",
-                   "stp_state", str(int(self.stp)), "forward_delay",
-                   str(self.forward_delay * 100))
-                + "\n" + _q("ip", "link", "set", self.name, "alias", self.alias))
+        return (_ip(netns, "link", "add", self.name, "address", self.mac, *mtu, "type",
+                    "bridge", "stp_state", str(int(self.stp)), "forward_delay",
+                    str(self.forward_delay * 100))
+                + "\n" + _ip(netns, "link", "set", self.name, "alias", self.alias))
 
     def run(self, k: Kernel) -> None:
         k.create_bridge(self.name, mac=self.mac, mtu=self.mtu, stp=self.stp,
@@ -55,39 +77,77 @@ class CreateBridge(Step):
     def undo(self) -> Step:
         return DeleteLinks((self.name,))
 
+    def check(self, view: HostView) -> str | None:
+        from vmnet.engine.ownership import is_our_bridge
 
-@dataclass(frozen=True)
+        br = view.link(self.name)
+        if br is None:
+            return "missing"
+        return None if is_our_bridge(br) else "foreign"
+
+
 class AddAddress(Step):
-    ifname: str
-    cidr: str
+    __slots__ = ("cidr", "ifname")
 
-    def ip(self) -> str:
-        return _q("ip", "address", "add", self.cidr, "dev", self.ifname)
+    def __init__(self, ifname: str, cidr: str) -> None:
+        self.ifname = ifname
+        self.cidr = cidr
+
+    def ip(self, netns: str | None = None) -> str:
+        return _ip(netns, "address", "add", self.cidr, "dev", self.ifname)
 
     def run(self, k: Kernel) -> None:
         k.add_address(self.ifname, self.cidr)
 
+    def undo(self) -> Step:
+        return DelAddress(self.ifname, self.cidr)
 
-@dataclass(frozen=True)
+    def check(self, view: HostView) -> str | None:
+        return None if self.cidr in view.addresses(self.ifname) else "missing"
+
+
+class DelAddress(Step):
+    __slots__ = ("cidr", "ifname")
+
+    def __init__(self, ifname: str, cidr: str) -> None:
+        self.ifname = ifname
+        self.cidr = cidr
+
+    def ip(self, netns: str | None = None) -> str:
+        return _ip(netns, "address", "del", self.cidr, "dev", self.ifname)
+
+    def run(self, k: Kernel) -> None:
+        k.del_address(self.ifname, self.cidr)
+
+
 class SetUp(Step):
-    ifname: str
+    __slots__ = ("ifname",)
 
-    def ip(self) -> str:
-        return _q("ip", "link", "set", self.ifname, "up")
+    def __init__(self, ifname: str) -> None:
+        self.ifname = ifname
+
+    def ip(self, netns: str | None = None) -> str:
+        return _ip(netns, "link", "set", self.ifname, "up")
 
     def run(self, k: Kernel) -> None:
         k.set_link(self.ifname, up=True)
 
+    def check(self, view: HostView) -> str | None:
+        link = view.link(self.ifname)
+        return "missing" if link is None else (None if link.up else "down")
 
-@dataclass(frozen=True)
+
 class AttachUplink(Step):
-    uplink: str
-    bridge: str
-    bring_up: bool
+    __slots__ = ("bridge", "bring_up", "uplink")
 
-    def ip(self) -> str:
-        return _q("ip", "link", "set", self.uplink, "master", self.bridge,
-                  *(["up"] if self.bring_up else []))
+    def __init__(self, uplink: str, bridge: str, bring_up: bool) -> None:
+        self.uplink = uplink
+        self.bridge = bridge
+        self.bring_up = bring_up
+
+    def ip(self, netns: str | None = None) -> str:
+        return _ip(netns, "link", "set", self.uplink, "master", self.bridge,
+                   *(["up"] if self.bring_up else []))
 
     def run(self, k: Kernel) -> None:
         k.set_link(self.uplink, master=self.bridge, up=True if self.bring_up else None)
@@ -95,34 +155,41 @@ class AttachUplink(Step):
     def undo(self) -> Step:
         return DetachUplink(self.uplink, bring_down=self.bring_up)
 
+    def check(self, view: HostView) -> str | None:
+        return _port_state(view, self.uplink, self.bridge)
 
-@dataclass(frozen=True)
+
 class DetachUplink(Step):
-    uplink: str
-    bring_down: bool
+    __slots__ = ("bring_down", "uplink")
 
-    def ip(self) -> str:
-        return _q("ip", "link", "set", self.uplink, "nomaster",
-                  *(["down"] if self.bring_down else []))
+    def __init__(self, uplink: str, bring_down: bool) -> None:
+        self.uplink = uplink
+        self.bring_down = bring_down
+
+    def ip(self, netns: str | None = None) -> str:
+        return _ip(netns, "link", "set", self.uplink, "nomaster",
+                   *(["down"] if self.bring_down else []))
 
     def run(self, k: Kernel) -> None:
         k.set_link(self.uplink, nomaster=True, up=False if self.bring_down else None)
 
 
-@dataclass(frozen=True)
 class CreateTap(Step):
-    spec: TapSpec
+    __slots__ = ("spec",)
 
-    def ip(self) -> str:
+    def __init__(self, spec: TapSpec) -> None:
+        self.spec = spec
+
+    def ip(self, netns: str | None = None) -> str:
         s = self.spec
         owner = ["user", str(s.owner)] if s.owner is not None else []
         group = ["group", str(s.group)] if s.group is not None else []
         mq = ["multi_queue"] if s.multi_queue else []
         mtu = ["mtu", str(s.mtu)] if s.mtu else []
-        return (_q("ip", "tuntap", "add", "dev", s.name, "mode", "tap", *owner, *group, *mq)
-                + "\n" + _q("sysctl", "-qw", f"net.ipv6.conf.{s.name}.disable_ipv6=1")
-                + "\n" + _q("ip", "link", "set", s.name, "address", s.mac, *mtu,
-                            "alias", s.alias, "up"))
+        return (_ip(netns, "tuntap", "add", "dev", s.name, "mode", "tap", *owner, *group, *mq)
+                + "\n" + sysctl_line(netns, f"net/ipv6/conf/{s.name}/disable_ipv6", "1")
+                + "\n" + _ip(netns, "link", "set", s.name, "address", s.mac, *mtu,
+                             "alias", s.alias, "up"))
 
     def run(self, k: Kernel) -> None:
         k.create_tap(self.spec)
@@ -130,29 +197,55 @@ class CreateTap(Step):
     def undo(self) -> Step:
         return DeleteLinks((self.spec.name,))
 
+    def check(self, view: HostView) -> str | None:
+        link = view.link(self.spec.name)
+        if link is None:
+            return "missing"
+        if link.kind != "tun" or link.tun is None or not link.tun.tap or \
+                link.alias != self.spec.alias or link.tun.owner != self.spec.owner:
+            return "foreign"
+        return None
 
-@dataclass(frozen=True)
+
 class AttachTap(Step):
     """Enslave a tap to its bridge and bring it up (one netlink request)."""
 
-    tap: str
-    bridge: str
+    __slots__ = ("bridge", "tap")
 
-    def ip(self) -> str:
-        return _q("ip", "link", "set", self.tap, "master", self.bridge, "up")
+    def __init__(self, tap: str, bridge: str) -> None:
+        self.tap = tap
+        self.bridge = bridge
+
+    def ip(self, netns: str | None = None) -> str:
+        return _ip(netns, "link", "set", self.tap, "master", self.bridge, "up")
 
     def run(self, k: Kernel) -> None:
         k.set_link(self.tap, master=self.bridge, up=True)
 
+    def check(self, view: HostView) -> str | None:
+        return _port_state(view, self.tap, self.bridge)
 
-@dataclass(frozen=True)
+
 class DeleteLinks(Step):
     """Delete links verified as vmnet's (several at once through a netdev group)."""
 
-    names: tuple[str, ...]
+    __slots__ = ("names",)
 
-    def ip(self) -> str:
-        return "\n".join(_q("ip", "link", "del", n) for n in self.names)
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+
+    def ip(self, netns: str | None = None) -> str:
+        return "\n".join(_ip(netns, "link", "del", n) for n in self.names)
 
     def run(self, k: Kernel) -> None:
         k.delete_links(list(self.names))
+
+
+def _port_state(view: HostView, port: str, bridge: str) -> str | None:
+    link = view.link(port)
+    if link is None:
+        return "missing"
+    br = view.link(bridge)
+    if br is None or link.master != br.index:
+        return "detached"
+    return None if link.up else "down"

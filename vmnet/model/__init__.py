@@ -6,8 +6,6 @@ input, and everything else consumes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vmnet.errors import InputError
 from vmnet.model import validate as v
 from vmnet.model.names import (
@@ -24,21 +22,24 @@ from vmnet.model.names import (
     pinned_bridge_mac,
     tap_mac,
 )
+from vmnet.model.value import Value
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(Value):
     """A Linux bridge, optionally with an uplink and a host address."""
 
-    name: str
-    bridge: str
-    uplink: str | None = None
-    mtu: int | None = None
-    stp: bool = False
-    forward_delay: int = 0
-    address: str | None = None
+    __slots__ = ("address", "bridge", "forward_delay", "mtu", "name", "stp", "uplink")
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, bridge: str, uplink: str | None = None,
+                 mtu: int | None = None, stp: bool = False, forward_delay: int = 0,
+                 address: str | None = None) -> None:
+        self.name = name
+        self.bridge = bridge
+        self.uplink = uplink
+        self.mtu = mtu
+        self.stp = stp
+        self.forward_delay = forward_delay
+        self.address = address
         what = f"network {self.name!r}"
         v.ifname(self.bridge, f"{what} bridge")
         if self.uplink is not None:
@@ -51,6 +52,10 @@ class Network:
         v.stp_pair(self.stp, self.forward_delay, what)
         if self.address is not None:
             v.cidr(self.address, f"{what} address")
+
+    def with_uplink(self, uplink: str) -> Network:
+        return Network(self.name, self.bridge, uplink, self.mtu, self.stp, self.forward_delay,
+                       self.address)
 
     @property
     def bridge_mac(self) -> str:
@@ -66,20 +71,22 @@ class Network:
         return bridge_mark(self.bridge)
 
 
-@dataclass(frozen=True)
-class Nic:
+class Nic(Value):
     """One virtual NIC of a VM: a tap on a network's bridge."""
 
-    index: int
-    network: Network
-    tap: str
-    mac: str
-    queues: int = 1
-    mtu: int | None = None
-    vnet_hdr: bool = True
-    model: str = "virtio-net-pci"
+    __slots__ = ("index", "mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
 
-    def __post_init__(self) -> None:
+    def __init__(self, index: int, network: Network, tap: str, mac: str, queues: int = 1,
+                 mtu: int | None = None, vnet_hdr: bool = True,
+                 model: str = "virtio-net-pci") -> None:
+        self.index = index
+        self.network = network
+        self.tap = tap
+        self.mac = mac
+        self.queues = queues
+        self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
+        self.model = model
         what = f"NIC {self.index}"
         v.tap_name(self.tap, f"{what} tap")
         v.mac(self.mac, f"{what} mac")
@@ -101,17 +108,18 @@ class Nic:
         return f"net{self.index}"
 
 
-@dataclass(frozen=True)
-class Vm:
+class Vm(Value):
     """A VM's network: its owner and NICs."""
 
-    name: str
-    uid: int | None
-    gid: int | None
-    nics: tuple[Nic, ...]
-    user: str | None = None  # display name of the owner
+    __slots__ = ("gid", "name", "nics", "uid", "user")
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str, uid: int | None, gid: int | None, nics: tuple[Nic, ...],
+                 user: str | None = None) -> None:
+        self.name = name
+        self.uid = uid
+        self.gid = gid
+        self.nics = nics
+        self.user = user  # display name of the owner
         v.vm_name(self.name)
         if not 1 <= len(self.nics) <= v.MAX_NICS:
             raise InputError(f"VM {self.name!r}: needs 1..{v.MAX_NICS} NICs, "

@@ -69,6 +69,9 @@ def vm_name(value: object, what: str = "VM name") -> str:
     if value in (".", "..") or "/" in value or _spaced_or_unprintable(value):
         raise InputError(f"{what}: {value!r} contains '/', whitespace or control "
                          "characters, or is '.'/'..'")
+    if value.startswith("-"):
+        raise InputError(f"{what}: {value!r} starts with '-', which commands would read as "
+                         "an option; give the VM a name that starts with a letter or digit")
     return value
 
 
@@ -87,11 +90,54 @@ def mac(value: object, what: str) -> str:
 
 
 def _int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
+    """An integer from a config value (int) or a flag/metadata text: ASCII digits only.
+
+    str.isdigit() also accepts '²' (int() then fails) and '١٢٣' (int() reads 123), so
+    every numeric input goes through here and only 0-9 are digits.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
         raise InputError(f"{what}: expected an integer, got {value!r}")
+    if isinstance(value, str):
+        if not value or not value.isascii() or not value.isdigit() or len(value) > 12:
+            raise InputError(f"{what}: expected a whole number in ASCII digits, got {value!r}")
+        return int(value)
     return value
+
+
+def integer(value: object, what: str, lo: int, hi: int) -> int:
+    """The one parser of whole numbers (CLI, config, hook metadata): digits, bounds."""
+    return int_range(value, what, lo, hi)
+
+
+MAX_DURATION = 3600.0
+
+
+def duration(value: object, what: str, lo: float = 0.0, hi: float = MAX_DURATION) -> float:
+    """The one parser of durations in seconds: ASCII decimal with an optional fraction.
+
+    float() would also take 'inf', 'nan', '1e9', '-0' and Unicode digits; none of
+    them is a sensible wait, and NaN never compares, so a NaN timeout never expires.
+    """
+    if isinstance(value, bool):
+        raise InputError(f"{what}: expected seconds, got {value!r}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = repr(value)
+        number = float(value)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise InputError(f"{what}: {text} is not a number of seconds")
+    elif isinstance(value, str):
+        whole, dot, frac = value.partition(".")
+        ok = value.isascii() and whole.isdigit() and (not dot or frac.isdigit()) and \
+            len(value) <= 16
+        if not ok:
+            raise InputError(f"{what}: expected seconds as an ASCII decimal like 10 or 2.5, "
+                             f"got {value!r}")
+        number = float(value)
+    else:
+        raise InputError(f"{what}: expected seconds, got {value!r}")
+    if not lo <= number <= hi:
+        raise InputError(f"{what}: {value} is outside {lo:g}..{hi:g} seconds")
+    return number
 
 
 def int_range(value: object, what: str, lo: int, hi: int) -> int:

@@ -184,7 +184,7 @@ def domain_with_vm(domain_text: str, vm: Vm, fields: tuple[tuple[str, str], ...]
     for old in vmnet_elements(root):
         parse_vmnet_element(old, f"{what}: vmnet metadata")  # refuse to drop garbage silently
         assert meta is not None
-        meta.remove(old)
+        meta.remove(old)  # type: ignore[arg-type]  # an ET element: root is one
     if mode == "ethernet":
         if meta is None:
             kids = list(root)

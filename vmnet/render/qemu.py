@@ -2,45 +2,15 @@
 
 from __future__ import annotations
 
+from vmnet.render.shell import shell_quote
+
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any, Protocol
 
-    class Nic(Protocol):
-        """What rendering reads of a NIC (vmnet.model.Nic, or the hot path's own)."""
+    from vmnet.model import Nic, Vm
 
-        @property
-        def index(self) -> int: ...
-        @property
-        def netdev_id(self) -> str: ...
-        @property
-        def tap(self) -> str: ...
-        @property
-        def mac(self) -> str: ...
-        @property
-        def queues(self) -> int: ...
-        @property
-        def vnet_hdr(self) -> bool: ...
-        @property
-        def model(self) -> str: ...
-
-    class Vm(Protocol):
-        @property
-        def nics(self) -> Sequence[Nic]: ...
-
-# shlex.quote's safe set ([\w@%+=:,./-] with re.ASCII), without importing re
-_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                        "_@%+=:,./-")
-
-
-def shell_quote(word: str) -> str:
-    """One word for a POSIX shell, exactly as shlex.quote writes it."""
-    if not word:
-        return "''"
-    if all(c in _SHELL_SAFE for c in word):
-        return word
-    return "'" + word.replace("'", "'\"'\"'") + "'"
+__all__ = ["shell_quote"]
 
 
 def escape(value: str) -> str:
@@ -139,10 +109,9 @@ def vm_args(vm: Vm, *, fds: dict[int, list[int]] | None = None,
     return out
 
 
-def up_lines(vm: Any) -> list[str]:
+def up_lines(vm: Vm) -> list[str]:
     """What `up` says of a VM that is up: its taps, then its QEMU options.
 
-    `vm` is a vmnet.model.Vm, or the hot path's (vmnet.hot) plain equivalent.
     """
     lines = []
     for nic in vm.nics:

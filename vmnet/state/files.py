@@ -1,21 +1,20 @@
-"""The file layer under vmnet's records, light enough for the hot path.
+"""The file layer under vmnet's records: paths, atomic writes, trusted directories, JSON.
 
-vmnet.state.store (the records, the store) and vmnet.hot (the few-millisecond
-`up` and ifup) both read and write records through these functions, so both
-lay files out, trust directories and encode JSON the same way.  Only builtin
-modules: no `json` (its decoder imports `re`), no dataclasses.
+Only builtin modules: `json` would import `re` through its decoder (~6 ms), so
+records go through json's C encoder and scanner directly.
 """
 
 from __future__ import annotations
 
 import _json
+import errno
 import os
 import stat
 
-from vmnet.errors import VmnetError
+from vmnet.consts import DEFAULT_STATE_DIR
+from vmnet.errors import StateError, VmnetError
 
-DEFAULT_STATE_DIR = "/run/vmnet"
-FORMAT = 1
+__all__ = ["DEFAULT_STATE_DIR"]
 
 # json.dumps(obj, sort_keys=True), byte for byte: the C encoder json uses, without
 # importing json (whose decoder imports re).
@@ -50,12 +49,13 @@ def loads(data: bytes) -> object:
     """Parse a record file's JSON; ValueError if it is not exactly one JSON value.
 
     Stricter than json.loads (no NaN/Infinity, no leading BOM): vmnet never
-    writes those, and a file the hot path cannot read sends it to the full path.
+    writes those.
     """
     try:
         text = data.decode().strip()
         obj, end = _scan(text, 0)
-    except (UnicodeDecodeError, StopIteration, TypeError, RecursionError) as e:
+    except (UnicodeDecodeError, StopIteration, TypeError, RecursionError, SystemError) as e:
+        # (SystemError: the C scanner on some truncated input, CPython 3.11)
         raise ValueError(f"not JSON: {e!r}") from None
     except ValueError:
         raise
@@ -125,14 +125,51 @@ def is_stale(cookie: int | None, stored: int | None) -> bool:
 
 
 def write_file(path: str, data: bytes) -> None:
-    """Replace `path` atomically: a temp file beside it, then rename(2)."""
+    """Replace `path` atomically: a temp file beside it, every byte written, then rename(2).
+
+    A short write (a full disk gives one before ENOSPC) or any error removes the
+    temp file and raises StateError naming the directory and the errno, so the
+    caller fails before the kernel change the record would describe: a truncated
+    record is never renamed into place.
+    """
     tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, data)
-    finally:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            if n <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[n:]
+    except OSError as e:
         os.close(fd)
-    os.replace(tmp, path)
+        _unlink_quietly(tmp)
+        raise _write_error(path, e) from None
+    os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        _unlink_quietly(tmp)
+        raise _write_error(path, e) from None
+
+
+def _unlink_quietly(path: str) -> None:
+    try:  # noqa: SIM105 - contextlib costs an import here
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _write_error(path: str, e: OSError) -> StateError:
+    name = errno.errorcode.get(e.errno or 0, str(e.errno))
+    hint = "free space there" if e.errno in (errno.ENOSPC, errno.EDQUOT) else \
+        "check --state-dir / $VMNET_STATE_DIR"
+    return StateError(f"cannot write vmnet's record {os.path.basename(path)} in "
+                      f"{os.path.dirname(path)}: {name} ({e.strerror})", hint=hint,
+                      errno=e.errno)
 
 
 def same_file(fd: int, path: str) -> bool:
@@ -168,4 +205,5 @@ def check_trusted_dir(path: str, *, top: bool = False) -> None:
         why = f"is writable by others (mode {stat.S_IMODE(mode):04o})"
     if why:
         raise VmnetError(f"state directory {path} {why}; vmnet will not trust its records",
-                         hint="remove it, or give a --state-dir only root can write")
+                         hint="give a --state-dir that only root can write (vmnet creates "
+                              "it if missing, e.g. /run/vmnet)")

@@ -17,9 +17,8 @@ waits without a timeout, so lock waits are bounded).  A non-zero exit at
 `prepare` aborts the start and libvirt shows our one stderr line.
 
 Import-light on purpose: builtins only at import (libvirtd runs this for
-every event of every domain); `prepare begin` of one new vmnet VM is served
-by the hot path (vmnet.hot); the XML parser, the config and vmnet.engine.ops are
-imported only when there is work the hot path declines.
+every event of every domain); the XML reader (pyexpat), the config and
+vmnet.engine.ops are imported only when there is work.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 
+from vmnet.consts import DEFAULT_STATE_DIR, HOOK_LOCK_TIMEOUT
 from vmnet.errors import InputError, VmnetError
 from vmnet.model.names import MAX_XML_BYTES
 
@@ -37,12 +37,10 @@ if TYPE_CHECKING:
 
     from vmnet.integrations.libvirt.domainxml import DomainInfo
 
-DEFAULT_STATE_DIR = "/run/vmnet"
-DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_LOCK_TIMEOUT = HOOK_LOCK_TIMEOUT
 # (op, subop) pairs with work; libvirt 9.0 also calls start/started/stopped,
 # reconnect, migrate, restore, attach: none of them concerns the taps.
 PREPARE = ("prepare", "begin")
-_served_hot = False  # run() had the hot path (vmnet.hot) serve the request
 RELEASE = ("release", "end")
 
 
@@ -74,12 +72,10 @@ def parse_args(argv: Sequence[str]) -> Call:
             pos.append(arg)
     if len(pos) < 3:
         raise InputError("expected the arguments libvirt passes: DOMAIN OP SUBOP EXTRA")
-    try:
-        timeout = float(opts.get("lock-timeout", DEFAULT_LOCK_TIMEOUT))
-    except ValueError:
-        raise InputError(f"--lock-timeout: {opts['lock-timeout']!r} is not a number") from None
-    if not 0 < timeout <= 300:
-        raise InputError("--lock-timeout must be between 0 and 300 seconds")
+    from vmnet.model import validate
+
+    timeout = DEFAULT_LOCK_TIMEOUT if "lock-timeout" not in opts else \
+        validate.duration(opts["lock-timeout"], "--lock-timeout", 0.0, 300.0)
     return Call(state_dir=opts.get("state-dir") or DEFAULT_STATE_DIR,
                 config=opts.get("config") or None, lock_timeout=timeout,
                 domain=pos[0], op=pos[1], subop=pos[2])
@@ -116,14 +112,12 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
 
     from vmnet.config import load_config, resolve_vm
     from vmnet.engine import ops
+    from vmnet.engine.context import Context
     from vmnet.integrations.libvirt.domainxml import stale_interfaces
 
     if not info.uuid:
         raise InputError(f"domain {info.name!r}: the XML has no <uuid>")
-    from vmnet import confcache
-
-    cfg = load_config(call.config, env={})
-    confcache.save(call.state_dir, cfg)  # the hot path reads this config from now on
+    cfg = load_config(call.config, env={}, cache_dir=call.state_dir)
     vms = []
     for entry in info.vms:
         try:
@@ -138,7 +132,7 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
                              hint=f"re-render it with `vmnet libvirt-xml {entry.name} "
                                   "--domain FILE`")
         vms.append(vm)
-    ctx = ops.Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
+    ctx = Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
     store = ctx.store()
     # All or nothing: on failure, VMs this prepare created go again and records
     # it adopted (e.g. from a plain `vmnet up`) are put back as they were.
@@ -160,6 +154,9 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
         raise
     finally:
         ctx.close()
+    from vmnet.config import cache
+
+    cache.save(call.state_dir, cfg)
     return done
 
 
@@ -187,8 +184,9 @@ def release(call: Call, name: str, uuid: str | None) -> list[str]:
     if not names:
         return []
     from vmnet.engine import ops
+    from vmnet.engine.context import Context
 
-    ctx = ops.Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
+    ctx = Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
     errors: list[VmnetError] = []
     try:
         for vm in names:
@@ -215,12 +213,6 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
     data = read_bounded(stdin)
     what = "domain XML on stdin"
     if (call.op, call.subop) == PREPARE:
-        from vmnet import hot
-
-        if hot.enabled(os.environ) and hot.hook_prepare(call, data):
-            global _served_hot
-            _served_hot = True
-            return 0
         from vmnet.integrations.libvirt.domainxml import read_domain
 
         info = read_domain(data, what)
@@ -237,7 +229,8 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.integrations.libvirt.hook`, the installed
+    """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.integrations.libvirt.hook`,
+    the installed
     hook file); one line on error.  On success it ends the process itself."""
     # Nothing may reach stdout, whatever a library prints: libvirt may read
     # it as replacement XML.
@@ -249,13 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        rc = run(args, sys.stdin.buffer)
-        if rc == 0 and _served_hot:
-            # The hot path is done and left nothing to flush or close: skip the
-            # interpreter's teardown (~1-2 ms; libvirtd waits for every hook call).
-            sys.stderr.flush()
-            os._exit(0)
-        return rc
+        return run(args, sys.stdin.buffer)
     except VmnetError as e:
         _say(f"vmnet: error: {e.one_line()}")
         return 1

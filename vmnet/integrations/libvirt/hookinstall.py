@@ -53,7 +53,7 @@ def hook_path(hooks_dir: str = DEFAULT_HOOKS_DIR) -> str:
 
 
 def hook_script(s: HookSettings, paths: list[str]) -> str:
-    """The hook file's text: a launcher of vmnet.integrations.libvirt.hook with the settings baked in.
+    """The hook file's text: a launcher of vmnet.integrations.libvirt.hook, settings baked in.
 
     `paths` is the interpreter's import path beyond `-IS` (vmnet.cli.launchers).
     """
@@ -94,9 +94,11 @@ def is_ours(path: str) -> bool:
 
 
 def check_importable(python: str) -> None:
-    """The interpreter must import vmnet.integrations.libvirt.hook in isolated mode, as libvirtd will run it."""
+    """The interpreter must import vmnet.integrations.libvirt.hook in isolated mode, as
+    libvirtd will run it."""
     try:
-        res = subprocess.run([python, "-I", "-c", "import vmnet.integrations.libvirt.hook"], capture_output=True,
+        res = subprocess.run([python, "-I", "-c", "import vmnet.integrations.libvirt.hook"],
+                             capture_output=True,
                              text=True, timeout=30, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                              check=False)
     except OSError as e:

@@ -22,44 +22,58 @@ $VMNET_CONFIG (QEMU passes its environment on).
 from __future__ import annotations
 
 import os
-import re
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
 
+from vmnet.consts import DEFAULT_LOCK_TIMEOUT, DEFAULT_STATE_DIR
 from vmnet.errors import ConflictError, InputError, NotFoundError, PrivilegeError, VmnetError
 from vmnet.kernel.caps import has_net_admin
 from vmnet.model import validate
+from vmnet.model.value import Value
 
+TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import NoReturn
+
     from vmnet.config import Config
-    from vmnet.kernel import Kernel
-    from vmnet.state.store import VmRecord
+    from vmnet.engine.context import Context
+    from vmnet.state.store import StateStore
 
 IFUP = "vmnet-qemu-ifup"
 IFDOWN = "vmnet-qemu-ifdown"
-_DEFAULT_NAME = re.compile(r"^(.+)-(\d+)$")
 
 
-@dataclass(frozen=True)
-class Port:
+class Port(Value):
     """What ifup does to a tap: the bridge it joins, its MTU and MAC (None: leave)."""
 
-    tap: str
-    bridge: str
-    mtu: int | None
-    tap_mac: str | None
-    source: str  # why: "record of VM x NIC n", "config VM x NIC n", "default network"
-    nic_mtu: bool = False  # the MTU is the NIC's own (refused if it lowers a foreign bridge)
+    __slots__ = ("bridge", "mtu", "nic_mtu", "source", "tap", "tap_mac")
+
+    def __init__(self, tap: str, bridge: str, mtu: int | None, tap_mac: str | None,
+                 source: str, nic_mtu: bool = False) -> None:
+        self.tap = tap
+        self.bridge = bridge
+        self.mtu = mtu
+        self.tap_mac = tap_mac
+        self.source = source  # why: "record of VM x NIC n", "config VM x NIC n", ...
+        self.nic_mtu = nic_mtu  # the NIC's own MTU (refused if it lowers a foreign bridge)
 
 
-def port_from_records(tap: str, records: Mapping[str, VmRecord]) -> Port | None:
-    for name, rec in sorted(records.items()):
-        for n in rec.nics:
-            if n.tap == tap:
-                return Port(tap, n.bridge, n.mtu, n.tap_mac, f"record of VM {name} NIC {n.index}")
+def port_from_records(tap: str, store: StateStore) -> Port | None:
+    """The NIC of the VM whose record claims this tap (the state index: one lookup)."""
+    vm = store.tap_owner(tap)
+    rec = None if vm is None else store.get_vm(vm)
+    for n in rec.nics if rec is not None else ():
+        if n.tap == tap:
+            return Port(tap, n.bridge, n.mtu, n.tap_mac, f"record of VM {vm} NIC {n.index}")
     return None
+
+
+def _default_name(tap: str) -> tuple[str, int] | None:
+    """(vm, index) of a tap named the way vmnet names them by default: <vm>-<n>."""
+    vm, dash, idx = tap.rpartition("-")
+    if not dash or not vm or not idx.isascii() or not idx.isdigit():
+        return None
+    return vm, int(idx)
 
 
 def port_from_config(tap: str, cfg: Config, env: Mapping[str, str]) -> Port:
@@ -67,12 +81,12 @@ def port_from_config(tap: str, cfg: Config, env: Mapping[str, str]) -> Port:
     from vmnet.config import Overrides, resolve_vm
 
     candidates: list[tuple[str, Overrides]] = [(vm, Overrides()) for vm in sorted(cfg.vms)]
-    m = _DEFAULT_NAME.match(tap)
-    if m and m.group(1) not in cfg.vms:
-        candidates.append((m.group(1), Overrides(nics=int(m.group(2)) + 1)))
+    m = _default_name(tap)
+    if m and m[0] not in cfg.vms and m[1] < 32:
+        candidates.append((m[0], Overrides(nics=m[1] + 1)))
     for name, ov in candidates:
         try:
-            vm = resolve_vm(cfg, name, ov, env=dict(env))
+            vm = resolve_vm(cfg, name, ov, env=env)
         except VmnetError:
             continue  # not a name vmnet could have given this tap
         for nic in vm.nics:
@@ -84,70 +98,100 @@ def port_from_config(tap: str, cfg: Config, env: Mapping[str, str]) -> Port:
     return Port(tap, net.bridge, net.mtu, None, f"default network {net.name}")
 
 
-def find_port(tap: str, env: Mapping[str, str]) -> Port:
-    """Records first (they know `vmnet up`'s overrides), then the config file."""
-    from vmnet.kernel.netns import current_cookie, current_inode
-    from vmnet.state.store import DEFAULT_STATE_DIR, StateStore
-
-    store = StateStore(env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR, current_inode(),
-                       current_cookie())
-    port = port_from_records(tap, store.vms())
+def find_port(tap: str, store: StateStore, env: Mapping[str, str]
+              ) -> tuple[Port, Config | None]:
+    """Records first (they know `vmnet up`'s overrides), then the config file (returned
+    too, so its parse can be kept once ifup has succeeded)."""
+    port = port_from_records(tap, store)
     if port is not None:
-        return port
-    from vmnet import confcache
+        return port, None
     from vmnet.config import load_config
 
-    cfg = load_config(None, dict(env))
-    confcache.save(store.root, cfg)  # for the hot path (vmnet.hot) next time
-    return port_from_config(tap, cfg, env)
+    cfg = load_config(None, env, cache_dir=store.root)
+    return port_from_config(tap, cfg, env), cfg
 
 
-def ifup(tap: str, env: Mapping[str, str], k: Kernel) -> Port:
-    """Apply MTU, MAC, IPv6 off, bridge and up to an existing tap; return what was done."""
+def ifup(tap: str, env: Mapping[str, str], ctx: Context) -> Port:
+    """Apply MTU, MAC, IPv6 off, bridge and up to an existing tap; return what was done.
+
+    Under the namespace lock, as `up` and `down` are: a `down` racing this never
+    deletes the bridge under the tap being enslaved.
+    """
+    store = ctx.store()
+    with store.locked(ctx.lock_timeout):
+        try:
+            port = _ifup_locked(tap, env, ctx, store)
+        finally:
+            store.cleanup_dir()  # the lock made the namespace's directory: gone if empty
+    return port
+
+
+def _ifup_locked(tap: str, env: Mapping[str, str], ctx: Context, store: StateStore) -> Port:
     from vmnet.engine.ownership import is_our_bridge
 
-    port = find_port(tap, env)
-    snap = k.snapshot()
-    link = snap.get(tap)
+    port, cfg = find_port(tap, store, env)
+    k = ctx.kernel()
+    link = k.link(tap)
     if link is None:
         raise NotFoundError(f"interface {tap} does not exist", ifname=tap)
     if link.kind != "tun" or link.tun is None or not link.tun.tap:
         raise ConflictError(f"interface {tap} is not a tap ({link.kind or 'no kind'})",
                             ifname=tap, hint="QEMU's script= is for tap interfaces only")
-    br = snap.get(port.bridge)
+    br = k.link(port.bridge)
     if br is None:
-        raise NotFoundError(f"bridge {port.bridge} for {tap} ({port.source}) does not exist",
-                            ifname=port.bridge,
-                            hint="vmnet's scripts never create bridges: `vmnet up` a VM on "
-                                 "that network first, or create the bridge")
+        raise NotFoundError(f"bridge {port.bridge} for {tap} ({port.source}) does not "
+                            "exist", ifname=port.bridge,
+                            hint="vmnet's scripts never create bridges: `vmnet up` a VM "
+                                 "on that network first, or create the bridge")
     if br.kind != "bridge":
-        raise ConflictError(f"{port.bridge} ({port.source}) is not a bridge", ifname=port.bridge)
+        raise ConflictError(f"{port.bridge} ({port.source}) is not a bridge",
+                            ifname=port.bridge)
+    if link.master is not None and link.master != br.index:
+        other = k.link_by_index(link.master)
+        raise ConflictError(f"tap {tap} is already a port of "
+                            f"{other.name if other else link.master}, not of "
+                            f"{port.bridge} ({port.source})", ifname=tap,
+                            hint="vmnet never takes a port from another master")
     # The rule `vmnet up` applies (vmnet.engine.plan): only the NIC's own MTU is refused.
-    ours = is_our_bridge(br)
-    if port.nic_mtu and port.mtu and port.mtu < br.mtu and not ours:
-        raise ConflictError(f"MTU {port.mtu} of {tap} ({port.source}) would lower the MTU of "
-                            f"bridge {port.bridge} ({br.mtu}), which vmnet did not create",
-                            ifname=tap)
+    if port.nic_mtu and port.mtu and port.mtu < br.mtu and not is_our_bridge(br):
+        raise ConflictError(f"MTU {port.mtu} of {tap} ({port.source}) would lower the MTU "
+                            f"of bridge {port.bridge} ({br.mtu}), which vmnet did not "
+                            "create", ifname=tap)
     mtu = port.mtu or br.mtu
     k.disable_ipv6(tap)  # before up: no link-local address, no router solicitations
     k.set_link(tap, mtu=mtu if link.mtu != mtu else None,
                mac=port.tap_mac if port.tap_mac and link.mac != port.tap_mac else None,
                master=port.bridge if link.master != br.index else None, up=True)
+    if cfg is not None:
+        from vmnet.config import cache
+
+        cache.save(store.root, cfg)
     return port
 
 
-def ifdown(tap: str, k: Kernel) -> None:
+def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
     """Take the tap off its bridge and down; a tap already gone is fine."""
-    link = k.snapshot().get(tap)
-    if link is None:
-        return
-    if link.kind != "tun" or link.tun is None or not link.tun.tap:
-        raise ConflictError(f"interface {tap} is not a tap ({link.kind or 'no kind'})",
-                            ifname=tap, hint="QEMU's downscript= is for tap interfaces only")
-    k.set_link(tap, nomaster=link.master is not None, up=False)
+    store = ctx.store()
+    with store.locked(ctx.lock_timeout):
+        try:
+            k = ctx.kernel()
+            link = k.link(tap)
+            if link is None:
+                return
+            if link.kind != "tun" or link.tun is None or not link.tun.tap:
+                raise ConflictError(f"interface {tap} is not a tap "
+                                    f"({link.kind or 'no kind'})", ifname=tap,
+                                    hint="QEMU's downscript= is for tap interfaces only")
+            k.set_link(tap, nomaster=link.master is not None, up=False)
+        finally:
+            store.cleanup_dir()
 
 
-def _main(prog: str, action: Callable[[str, Kernel], object], argv: list[str]) -> int:
+def _main(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
+          argv: list[str]) -> int:
+    from vmnet.engine.context import Context
+
+    env = os.environ
     try:
         if len(argv) != 1:
             raise InputError(f"usage: {prog} IFNAME (QEMU passes exactly one argument, "
@@ -159,24 +203,23 @@ def _main(prog: str, action: Callable[[str, Kernel], object], argv: list[str]) -
                 hint="start QEMU with `vmnet run VM -- qemu-system-...`, which passes it "
                      "ready tap fds and needs no script; or `vmnet up VM` and use "
                      "`vmnet qemu-args VM`")
-        from vmnet.kernel import open_kernel
-
-        k = open_kernel()
+        timeout = env.get("VMNET_LOCK_TIMEOUT")
+        ctx = Context(state_dir=env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR,
+                      lock_timeout=DEFAULT_LOCK_TIMEOUT if not timeout else
+                      validate.duration(timeout, "$VMNET_LOCK_TIMEOUT"))
         try:
-            action(tap, k)
+            action(tap, env, ctx)
         finally:
-            k.close()
+            ctx.close()
     except VmnetError as e:
-        print(f"{prog}: error: {e.one_line()}", file=sys.stderr)
+        sys.stderr.write(f"{prog}: error: {e.one_line()}\n")
         return e.exit_code
     return 0
 
 
 def main_ifup(argv: list[str] | None = None) -> NoReturn:
     """Entry point of `vmnet-qemu-ifup IFNAME` (and scripts/qemu-ifup)."""
-    env = os.environ
-    sys.exit(_main(IFUP, lambda tap, k: ifup(tap, env, k),
-                   sys.argv[1:] if argv is None else argv))
+    sys.exit(_main(IFUP, ifup, sys.argv[1:] if argv is None else argv))
 
 
 def main_ifdown(argv: list[str] | None = None) -> NoReturn:

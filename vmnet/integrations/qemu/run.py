@@ -29,19 +29,19 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import FrameType
 
-from vmnet import fault
 from vmnet.config import resolve_user
 from vmnet.engine import ops
+from vmnet.engine.context import Context
 from vmnet.engine.holders import tap_holders
 from vmnet.errors import BusyError, InputError, NotFoundError, VmnetError
 from vmnet.kernel import tun
-from vmnet.kernel.base import Snapshot
+from vmnet.kernel.base import LinkInfo
 from vmnet.model import Vm
+from vmnet.model.value import Value
 from vmnet.render.qemu import vm_args
-from vmnet.state.store import Proc
+from vmnet.state.records import Proc
 
 log = logging.getLogger("vmnet")
 
@@ -52,13 +52,15 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 Fds = dict[int, list[int]]  # NIC index -> fds, one per queue
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Value):
     """Whom QEMU runs as."""
 
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
+    __slots__ = ("gid", "groups", "uid")
+
+    def __init__(self, uid: int, gid: int, groups: tuple[int, ...]) -> None:
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
 
 
 def qemu_identity(vm: Vm, env: Mapping[str, str], *, euid: int | None = None) -> Identity | None:
@@ -102,9 +104,9 @@ def find_binary(argv0: str, env: Mapping[str, str]) -> str:
     return found
 
 
-def refuse_held(vm: Vm, snap: Snapshot) -> None:
+def refuse_held(vm: Vm, links: dict[str, LinkInfo | None]) -> None:
     """A tap with carrier has a holder; a multi-queue tap would accept us silently."""
-    held = {n.tap for n in vm.nics if (lk := snap.get(n.tap)) is not None and lk.carrier}
+    held = {n.tap for n in vm.nics if (lk := links.get(n.tap)) is not None and lk.carrier}
     if not held:
         return
     who = tap_holders(held)
@@ -142,13 +144,14 @@ def close_fds(*groups: Sequence[int] | Fds) -> None:
                 os.close(fd)
 
 
-def attach(ctx: ops.Context, vm: Vm, *, vhost_path: str = VHOST_PATH) -> tuple[Fds, Fds]:
+def attach(ctx: Context, vm: Vm, *, vhost_path: str = VHOST_PATH) -> tuple[Fds, Fds]:
     """Open every NIC's queues (persist cleared) and vhost fds, under the state lock."""
     fds: Fds = {}
     vhost: Fds = {}
     try:
         with ctx.store().locked(ctx.lock_timeout):
-            refuse_held(vm, ctx.kernel().snapshot())
+            k = ctx.kernel()
+            refuse_held(vm, {n.tap: k.link(n.tap) for n in vm.nics})
             for nic in vm.nics:
                 fds[nic.index] = tun.open_queues(nic.tap, nic.queues, vnet_hdr=nic.vnet_hdr,
                                                  path=ctx.tun_path, unpersist=True)
@@ -219,7 +222,7 @@ class SignalForwarder:
                 signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
-def set_holder(ctx: ops.Context, name: str, holder: Proc) -> None:
+def set_holder(ctx: Context, name: str, holder: Proc) -> None:
     """Record QEMU as the holder of the VM's taps (gc clears the record once it is gone)."""
     store = ctx.store()
     with store.locked(ctx.lock_timeout):
@@ -230,7 +233,7 @@ def set_holder(ctx: ops.Context, name: str, holder: Proc) -> None:
         store.put_vm(rec)
 
 
-def teardown(ctx: ops.Context, name: str, ours: set[Proc]) -> None:
+def teardown(ctx: Context, name: str, ours: set[Proc]) -> None:
     """Remove the VM's network unless another holder has taken the record over since."""
     rec = ctx.store().get_vm(name)
     if rec is not None and rec.holder is not None and rec.holder not in ours:
@@ -241,7 +244,7 @@ def teardown(ctx: ops.Context, name: str, ours: set[Proc]) -> None:
     log.info("%s: removed %s", name, ", ".join(res.plan.taps) or "network (taps already gone)")
 
 
-def run(ctx: ops.Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
+def run(ctx: Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
         vhost_path: str = VHOST_PATH, env: Mapping[str, str] | None = None) -> int:
     """Run QEMU (`argv`) on `vm`'s network; return its exit status (128+N if killed)."""
     env = dict(os.environ) if env is None else env
@@ -254,11 +257,9 @@ def run(ctx: ops.Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = Fa
     with SignalForwarder().installed() as sig:
         ops.up(ctx, vm, mode="run", holder=me, refuse_held=True)
         try:
-            fault.point("run:up")
             sig.check()
             fds, vhost = attach(ctx, vm, vhost_path=vhost_path)
             try:
-                fault.point("run:attached")
                 sig.check()
                 cmd = qemu_argv(vm, argv, fds, vhost, netdev_only=netdev_only)
                 log.debug("starting %s", " ".join(cmd))
@@ -289,7 +290,7 @@ def run(ctx: ops.Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = Fa
     return exit_status(rc)
 
 
-def _teardown_quietly(ctx: ops.Context, name: str, ours: set[Proc]) -> None:
+def _teardown_quietly(ctx: Context, name: str, ours: set[Proc]) -> None:
     try:
         teardown(ctx, name, ours)
     except VmnetError as e:

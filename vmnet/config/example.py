@@ -1,0 +1,33 @@
+"""The example config `vmnet config example` prints: every setting, with its default."""
+
+EXAMPLE = """\
+# vmnet configuration: /etc/vmnet/vmnet.toml (or --config PATH, or $VMNET_CONFIG).
+# Flags win over this file, this file over the built-in defaults.  Every key is
+# optional unless marked required; unknown keys are errors (a typo never passes).
+
+[defaults]
+network = "default"        # network for NICs that name none; "default" is built in
+                           # (bridge vmnet0, no uplink)
+
+[networks.lan]
+bridge = "br-lan"          # required; created (and later removed) by vmnet if missing
+uplink = "eth1"            # enslaved only if it carries none of the host's traffic
+                           # (no address but IPv6 link-local, no route, no policy rule)
+mtu = 9000                 # 68..65521; default: the bridge's
+stp = false                # default false
+forward_delay = 0          # seconds; 0..30, and 2..30 when stp = true (the kernel clamps)
+address = "10.10.0.1/24"   # host address on the bridge (only on bridges vmnet creates)
+
+[vms.web]
+user = "alice"             # tap owner: name or uid; default $SUDO_USER, else root
+group = "kvm"              # tap group: name or gid; a group alone grants that group
+
+[[vms.web.nics]]           # one table per NIC, in order (NIC 0, 1, ...)
+network = "lan"            # default: defaults.network
+mac = "52:54:00:12:34:56"  # default: derived from the VM name and NIC index
+queues = 4                 # 1..256; more than 1 makes a multi_queue tap
+mtu = 9000                 # default: the network's, else the bridge's
+tap = "web-lan"            # default: <vm>-<n>, or vmn<hash>-<n> when that does not fit
+vnet_hdr = true            # default true: open the tap with IFF_VNET_HDR
+model = "virtio-net-pci"   # the QEMU device vmnet renders
+"""
