@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vmnet.config import Overrides, parse_config, resolve_vm
@@ -77,3 +79,65 @@ def test_unknown_user_names_source() -> None:
 def test_config_errors(text: str, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         parse_config(text, "f.toml")
+
+
+FULL = """\
+[defaults]
+network = "lan"
+
+[networks.lan]
+bridge = "br-lan"
+uplink = "eth1"
+mtu = 9000
+stp = true
+forward_delay = 4
+address = "10.10.0.1/24"
+
+[vms.web]
+user = "alice"
+group = "kvm"
+[[vms.web.nics]]
+network = "lan"
+mac = "52:54:00:12:34:56"
+queues = 4
+mtu = 9000
+tap = "web-lan"
+vnet_hdr = false
+model = "e1000"
+[[vms.web.nics]]
+"""
+
+
+def test_parsed_config_survives_its_cache() -> None:
+    """What vmnet.config.cache stores (marshal of to_plain) rebuilds the same Config."""
+    import marshal
+
+    from vmnet.config import Config
+
+    cfg = parse_config(FULL, "/etc/vmnet/vmnet.toml")
+    back = Config.from_plain(marshal.loads(marshal.dumps(cfg.to_plain())), "d")
+    assert back.networks == cfg.networks and back.vms == cfg.vms
+    assert (back.path, back.default_network) == (cfg.path, cfg.default_network)
+    assert back.networks["lan"].uplink == "eth1" and back.vms["web"].nics[0].model == "e1000"
+
+
+def test_config_cache_is_read_and_stale_never(tmp_path: Path) -> None:
+    """A second load of the same bytes comes from the cache; an edit is parsed again."""
+    import os
+
+    from vmnet.config import cache, load_config
+
+    state = tmp_path / "state"
+    (state / "ns-1" / "vms").mkdir(parents=True)
+    (state / "ns-1" / "vms" / "x.json").write_text("{}")  # vmnet keeps records here
+    os.chmod(state, 0o700)
+    conf = tmp_path / "vmnet.toml"
+    conf.write_text(FULL)
+    first = load_config(str(conf), {}, cache_dir=str(state))
+    cache.save(str(state), first)
+    assert first.digest is not None and cache.load(str(state), first.digest) is not None
+    second = load_config(str(conf), {}, cache_dir=str(state))
+    assert second.networks == first.networks and second.vms == first.vms
+    conf.write_text(FULL.replace("9000", "1400", 1))
+    third = load_config(str(conf), {}, cache_dir=str(state))
+    assert third.networks["lan"].mtu == 1400 and third.digest != first.digest

@@ -265,10 +265,10 @@ def test_concurrent_ups_on_one_bridge(ns: Netns, state_dir: str) -> None:
 
 def test_state_is_keyed_by_namespace_inode(ns: Netns, state_dir: str) -> None:
     vmnet(ns, state_dir, "up", "vm1", check=True)
-    # (config-cache/: the compiled config the hot path reads, not a record)
-    assert [d for d in os.listdir(state_dir) if d != "config-cache"] == [f"ns-{ns.inode}"]
+    # (parsed-config/: the config file's parse, vmnet.config.cache, not a record)
+    assert [d for d in os.listdir(state_dir) if d != "parsed-config"] == [f"ns-{ns.inode}"]
     data = json.loads((Path(state_dir) / f"ns-{ns.inode}" / "vms" / "vm1.json").read_text())
-    assert data["mode"] == "up" and data["writer"]["pid"] > 0
+    assert data["mode"] == "up" and data["writer"]["pid"] > 0 and data["format"] == 2
 
 
 def test_gc_keeps_idle_up_taps_and_finishes_crashed_work(ns: Netns, state_dir: str) -> None:

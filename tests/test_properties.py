@@ -664,3 +664,19 @@ def test_bridge_record_decoder_accepts_or_refuses_cleanly(path: list[Any], drop:
     except (records.Corrupt, records.UnknownFormat):
         return
     assert records.bridge_from_json(rec.to_json()) == rec
+
+
+@given(st.text(max_size=40))
+def test_record_file_names_round_trip(key: str) -> None:
+    """fname's fast path (nothing to encode) and its slow path agree with the rule:
+    [A-Za-z0-9_.-] kept, every other byte percent-encoded, '.'/'..' never a name."""
+    from vmnet.state.files import fname, key_of
+
+    name = fname(key)
+    raw = name[: -len(".json")]
+    assert name.endswith(".json") and raw not in (".", "..") and "/" not in raw
+    assert all(c.isascii() and (c.isalnum() or c in "_.-%") for c in raw)
+    if key and all(c.isascii() and (c.isalnum() or c in "_.-") for c in key) and \
+            key not in (".", ".."):
+        assert raw == key
+    assert key_of(name) == key

@@ -4,4 +4,4 @@ Kept empty of imports on purpose: the ifup script and the libvirt hook import
 submodules directly and must not pay for anything they do not use.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -115,9 +115,8 @@ def run(argv: list[str], env: Mapping[str, str]) -> int:
 
         enter(g.netns)
     module, _, func = cmd.target.partition(":")
-    import importlib
-
-    target = getattr(importlib.import_module(module), func)
+    __import__(module)  # (importlib.import_module would import importlib and warnings)
+    target = getattr(sys.modules[module], func)
     rc = target(g, parsed.values)
     g.done()
     return 0 if rc is None else int(rc)

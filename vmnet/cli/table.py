@@ -7,6 +7,7 @@ table imports no command module.
 
 from __future__ import annotations
 
+from vmnet import __version__
 from vmnet.cli.args import Arg, Command, Opt, Program, complete_command
 from vmnet.consts import CONFIG_ENV, DEFAULT_LOCK_TIMEOUT, DEFAULT_STATE_DIR, STATE_DIR_ENV
 from vmnet.model import validate as v
@@ -165,4 +166,4 @@ exit status:
 PROGRAM = Program(
     "vmnet", "Give QEMU/KVM virtual machines their network: user-owned taps on Linux "
              "bridges.",
-    globals=GLOBALS, commands=COMMANDS, version="0.1.0", exit_codes_help=EXIT_CODES)
+    globals=GLOBALS, commands=COMMANDS, version=__version__, exit_codes_help=EXIT_CODES)

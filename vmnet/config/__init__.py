@@ -82,16 +82,16 @@ class Config(Value):
     def to_plain(self) -> tuple[object, ...]:
         """This config as builtin values (for vmnet.config.cache); from_plain reverses it."""
         return (self.path, self.default_network,
-                tuple(n.values() for n in self.networks.values()),
-                tuple((name, s.user, s.group, tuple(n.values() for n in s.nics))
+                tuple(n.as_dict() for n in self.networks.values()),
+                tuple((name, s.user, s.group, tuple(n.as_dict() for n in s.nics))
                       for name, s in self.vms.items()))
 
     @classmethod
     def from_plain(cls, data: Any, digest: str | None) -> Config:
         path, default_network, networks, vms = data
         return cls(path=path, default_network=default_network, digest=digest,
-                   networks={n[0]: Network(*n) for n in networks},
-                   vms={name: VmSpec(user, group, tuple(NicSpec(*n) for n in nics))
+                   networks={n["name"]: Network(**n) for n in networks},
+                   vms={name: VmSpec(user, group, tuple(NicSpec(**n) for n in nics))
                         for name, user, group, nics in vms})
 
 

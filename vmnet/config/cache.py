@@ -20,15 +20,15 @@ from __future__ import annotations
 import marshal
 import os
 
-from vmnet._hash import sha256
 from vmnet.errors import VmnetError
+from vmnet.model.names import sha256
 from vmnet.state.files import check_trusted_dir, write_file
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from vmnet.config import Config
 
-VERSION = 2
+VERSION = 3
 SUBDIR = "parsed-config"
 KEEP = 8  # entries kept (the newest): a host's config changes rarely
 
@@ -43,15 +43,26 @@ def load(state_root: str, name: str) -> Config | None:
     from vmnet.config import Config
 
     d = os.path.join(state_root, SUBDIR)
+    path = os.path.join(d, name)
     try:
         check_trusted_dir(state_root, top=True)
         check_trusted_dir(d)
-        with open(os.path.join(d, name), "rb") as f:
-            version, plain = marshal.loads(f.read())
+        with open(path, "rb") as f:
+            data = f.read()
+    except (OSError, VmnetError):
+        return None
+    try:
+        version, plain = marshal.loads(data)
         if version != VERSION:
-            return None
+            raise ValueError(f"version {version}")
         return Config.from_plain(plain, name)
-    except (OSError, VmnetError, ValueError, EOFError, TypeError):
+    except (VmnetError, ValueError, EOFError, TypeError, KeyError):
+        # Unusable (an older vmnet's, or damaged): the caller parses the file, and
+        # save() writes a good entry in its place.
+        try:  # noqa: SIM105 - contextlib costs an import on this path
+            os.unlink(path)
+        except OSError:
+            pass
         return None
 
 

@@ -112,9 +112,14 @@ class HostView:
         br = self.link(bridge)
         if br is None or br.index < 0:
             return None
-        if self.snap is not None:
-            return next((p.name for p in self.snap.ports(bridge) if p.mac == mac), None)
         key = (br.index, mac)
+        if self.snap is not None:
+            if (br.index, "") not in self._fdb:  # index the bridge's port MACs once
+                self._fdb[(br.index, "")] = None
+                for p in self.snap.ports(bridge):
+                    if p.mac:
+                        self._fdb.setdefault((br.index, p.mac), p.name)
+            return self._fdb.get(key)
         if key not in self._fdb:
             name = None
             entry = self.k.fdb_get(br.index, mac) if self.k is not None else None

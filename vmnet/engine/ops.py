@@ -25,7 +25,7 @@ from vmnet.engine.plan import (
 )
 from vmnet.engine.steps import CreateTap
 from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
-from vmnet.kernel.caps import has_net_admin
+from vmnet.kernel.netns import has_net_admin
 from vmnet.model.value import Value
 from vmnet.state.records import Proc, VmRecord
 
@@ -108,7 +108,7 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
                                      "mknod /dev/net/tun c 10 200")
         me = Proc.me()
         recs: list[VmRecord] = []
-        fresh: list[VmRecord] = []
+        fresh: list[int] = []  # positions in recs of the records this call writes
         for p in plans:
             prev = prevs[p.vm.name]
             rec = VmRecord(vm=p.vm.name, mode=mode, phase="applying", writer=me, nics=p.nics,
@@ -121,24 +121,24 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
                         rec.mode, rec.holder, rec.domain_uuid):
                 recs.append(prev)
                 continue
+            fresh.append(len(recs))
             recs.append(rec)
-            fresh.append(rec)
         if not fresh and not steps:
             return [UpResult(p.vm, p, rec) for p, rec in zip(plans, recs, strict=True)]
-        journal = store.begin([r.vm for r in fresh], me)
+        journal = store.begin([recs[i].vm for i in fresh], me)
         try:
             with Transaction(k, store, ctx.netns) as txn:
                 for p in plans:
                     for b in (*p.new_bridges, *p.changed_bridges):
                         txn.put_bridge(b.with_(writer=me), store.get_bridge(b.bridge))
-                for rec in fresh:
-                    txn.put_vm(rec, prevs[rec.vm])
+                for i in fresh:
+                    txn.put_vm(recs[i], prevs[recs[i].vm])
                 txn.run(steps, progress)
-                for rec in fresh:
-                    ready = rec.copy()
+                for i in fresh:
+                    ready = recs[i].copy()
                     ready.phase = "ready"
-                    txn.put_vm(ready, rec)
-                    recs[recs.index(rec)] = ready
+                    txn.put_vm(ready, recs[i])
+                    recs[i] = ready
         except BaseException:
             store.end(journal)
             store.cleanup_dir()
@@ -148,10 +148,10 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
 
 
 def _refuse_held(vm: Vm, view: HostView) -> None:
-    from vmnet.engine.holders import tap_holders
-
     busy = {n.tap for n in vm.nics if (lk := view.link(n.tap)) is not None and lk.carrier}
     if busy:
+        from vmnet.engine.holders import tap_holders
+
         holders = tap_holders(busy)
         who = "; ".join(f"{t} held by {', '.join(holders.get(t, [])) or 'a process'}"
                         for t in sorted(busy))

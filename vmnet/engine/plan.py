@@ -179,8 +179,9 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
     steps.append(AttachUplink(net.uplink, net.bridge, bring_up=not up.up))
     view.planned(up.with_(master=br.index, up=True), net.bridge)
     updated = rec.with_(uplink=net.uplink, uplink_attached=True, uplink_was_down=not up.up)
-    if rec in new:
-        new[new.index(rec)] = updated
+    mine = next((i for i, r in enumerate(new) if r is rec), None)
+    if mine is not None:
+        new[mine] = updated
     else:
         changed.append(updated)
     bridges[net.bridge] = updated

@@ -10,13 +10,13 @@ import _socket  # not `socket`: its enum classes cost ~2 ms to import
 import struct
 
 from vmnet.kernel import rtnl
-from vmnet.kernel.msgtypes import Record
+from vmnet.model.value import Value
 
 _IFA = struct.Struct("=BBBBI")  # struct ifaddrmsg
 _U32 = struct.Struct("=I")
 
 
-class Addr(Record):
+class Addr(Value):
     """One interface address, as the kernel reports it.
 
     flags holds IFA_F_* bits: IFA_FLAGS (u32) when present, else ifa_flags

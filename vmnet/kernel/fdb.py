@@ -11,14 +11,14 @@ from __future__ import annotations
 import struct
 
 from vmnet.kernel import rtnl
-from vmnet.kernel.msgtypes import Record
+from vmnet.model.value import Value
 
 _NDM = struct.Struct("=BxxxiHBB")  # struct ndmsg: family, pad, ifindex, state, flags, type
 _U32 = struct.Struct("=I")
 _U16 = struct.Struct("=H")
 
 
-class FdbEntry(Record):
+class FdbEntry(Value):
     """One fdb entry.
 
     ifindex is the port (or the bridge itself); master is NDA_MASTER, the

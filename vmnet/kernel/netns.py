@@ -1,4 +1,5 @@
-"""Network namespace identity and entry (setns through libc: Python 3.11 has no os.setns)."""
+"""The calling process: its network namespace (identity, entry through setns; Python 3.11
+has no os.setns) and its capabilities (read from /proc, no imports of note)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ from vmnet.errors import NotFoundError, PrivilegeError, kernel_error
 CLONE_NEWNET = 0x40000000
 SO_NETNS_COOKIE = 71
 NETNS_RUN_DIR = "/run/netns"
+CAP_NET_ADMIN = 12
+
+
+def has_net_admin() -> bool:
+    """CAP_NET_ADMIN in the effective set (True when it cannot be told: the kernel decides)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        pass
+    return True
+
 
 
 def current_inode() -> int:

@@ -17,7 +17,7 @@ import errno
 import struct
 
 from vmnet.kernel import rtnl
-from vmnet.kernel.msgtypes import Record
+from vmnet.model.value import Value
 
 _NHM = struct.Struct("=BBBBI")  # struct nhmsg: family, scope, protocol, resvd, flags
 _GRP = struct.Struct("=IBBH")  # struct nexthop_grp: id, weight - 1, weight_high, resvd2
@@ -26,7 +26,7 @@ _U32 = struct.Struct("=I")
 UNSUPPORTED_ERRNOS = (errno.EOPNOTSUPP, errno.EINVAL)
 
 
-class Nexthop(Record):
+class Nexthop(Value):
     """One nexthop object.
 
     oif is NHA_OIF (None for a group or a blackhole); gateway is NHA_GATEWAY or

@@ -11,14 +11,14 @@ from __future__ import annotations
 import struct
 
 from vmnet.kernel import rtnl
-from vmnet.kernel.msgtypes import Record
+from vmnet.model.value import Value
 
 _RTM = struct.Struct("=BBBBBBBBI")  # struct rtmsg
 _RTNH = struct.Struct("=HBBi")  # struct rtnexthop: one leg of RTA_MULTIPATH
 _U32 = struct.Struct("=I")
 
 
-class Route(Record):
+class Route(Value):
     """One route, as the kernel reports it.
 
     dst is None for a default route (no RTA_DST, dst_len 0).  oif is RTA_OIF

@@ -9,13 +9,13 @@ from __future__ import annotations
 import struct
 
 from vmnet.kernel import rtnl
-from vmnet.kernel.msgtypes import Record
+from vmnet.model.value import Value
 
 _FRH = struct.Struct("=BBBBBBBBI")  # struct fib_rule_hdr
 _U32 = struct.Struct("=I")
 
 
-class Rule(Record):
+class Rule(Value):
     """One policy rule, as the kernel reports it.
 
     table is FRA_TABLE (u32) when present: the header's byte holds only ids

@@ -7,8 +7,12 @@ validation limits and sha256: the model (vmnet.model) and the hot path
 
 from __future__ import annotations
 
-from vmnet._hash import sha256
 from vmnet.model import validate as v
+
+try:  # sha256 without hashlib's OpenSSL import (about 2 ms): the builtin module
+    from _sha256 import sha256 as sha256
+except ImportError:  # pragma: no cover - builds without the builtin module
+    from hashlib import sha256 as sha256
 
 QEMU_OUI = "52:54:00"
 MARK_PREFIX = "vmnet:"

@@ -8,6 +8,7 @@ Layout::
     STATE_DIR/ns-<inode>/bridges/<br>.json one record per bridge vmnet made or used
     STATE_DIR/ns-<inode>/taps/<tap>        -> <vm>   index: which VM claims a tap name
     STATE_DIR/ns-<inode>/ports/<br>/<mac>  -> <vm>   index: which VM claims a MAC on a bridge
+                                                     (<mac>: its 12 hex digits)
 
 The index entries are symlinks whose target is the VM's name: one syscall to
 make, one to read, so looking up a tap name, a MAC or whether a bridge still
@@ -44,6 +45,7 @@ from vmnet.state.files import (
     key_of,
     loads,
     proc_start_time,
+    read_file,
     same_file,
     stored_cookie,
     write_file,
@@ -74,6 +76,11 @@ def _key(name: str) -> str:
     return fname(name)[: -len(".json")]
 
 
+def _mac_key(mac: str) -> str:
+    """A MAC as an index entry's name: its 12 hex digits (colons would need encoding)."""
+    return mac.replace(":", "")
+
+
 class _Locked:
     """The context manager StateStore.locked returns (contextlib costs an import)."""
 
@@ -89,10 +96,12 @@ class _Locked:
             self.fd = self.store._acquire(self.timeout)
             self.store._lock_fd = self.fd
             self.store._claim()
+            self.store._fresh = True
         return self.store
 
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
+            self.store._fresh = False
             self.store._lock_fd = None
             os.close(self.fd)  # releases the flock
             self.fd = None
@@ -109,10 +118,16 @@ class StateStore:
         self._lock_fd: int | None = None
         self._dirs_made = False
         self._trusted: set[str] = set()
+        self._fresh = False  # under the lock, after _claim: these records are this namespace's
 
     # -- namespace identity (vmnet.state.files.stored_cookie) ---------------
     def stale(self) -> bool:
-        """True when the records belong to a dead namespace whose inode was reused."""
+        """True when the records belong to a dead namespace whose inode was reused.
+
+        Under the lock the answer cannot change (_claim set a dead namespace's
+        records aside), so it is asked once per lock."""
+        if self._lock_fd is not None and self._fresh:
+            return False
         return is_stale(self.cookie, stored_cookie(self.dir))
 
     def _claim(self) -> None:
@@ -267,8 +282,7 @@ class StateStore:
     def _read(self, path: str) -> object | None:
         """A record file's JSON; None if absent; Corrupt if it is not JSON."""
         try:
-            with open(path, "rb") as f:
-                return loads(f.read())
+            return loads(read_file(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
@@ -313,7 +327,7 @@ class StateStore:
             ports = os.path.join(self.dir, "ports", _key(n.bridge))
             if ports not in self._trusted:
                 self._mkdir(ports)
-            self._link(os.path.join(ports, _key(n.mac)), rec.vm)
+            self._link(os.path.join(ports, _mac_key(n.mac)), rec.vm)
         self._write("vms", rec.vm, rec.to_json())
 
     def drop_vm(self, vm: str, rec: VmRecord | None = None) -> None:
@@ -323,7 +337,7 @@ class StateStore:
             for n in rec.nics:
                 self._unlink_if(os.path.join(self.dir, "taps", _key(n.tap)), vm)
                 ports = os.path.join(self.dir, "ports", _key(n.bridge))
-                self._unlink_if(os.path.join(ports, _key(n.mac)), vm)
+                self._unlink_if(os.path.join(ports, _mac_key(n.mac)), vm)
                 try:
                     os.rmdir(ports)
                     self._trusted.discard(ports)
@@ -422,7 +436,7 @@ class StateStore:
 
     def mac_owner(self, bridge: str, mac: str) -> str | None:
         """The VM whose record claims `mac` on `bridge`, if any."""
-        vm = self._entry(os.path.join(self.dir, "ports", _key(bridge), _key(mac)))
+        vm = self._entry(os.path.join(self.dir, "ports", _key(bridge), _mac_key(mac)))
         if vm is None:
             return None
         rec = self.get_vm(vm)
@@ -519,7 +533,8 @@ class StateStore:
             bridge = key_of(bdir + ".json")
             for fn in _listdir(os.path.join(ports, bdir)):
                 path = os.path.join(ports, bdir, fn)
-                if ".tmp." in fn or self.mac_owner(bridge, key_of(fn + ".json")) is None:
+                mac = ":".join(fn[i:i + 2] for i in range(0, len(fn), 2))
+                if ".tmp." in fn or self.mac_owner(bridge, mac) is None:
                     self._remove(path)
                     removed.append(path)
             try:  # noqa: SIM105

@@ -132,31 +132,17 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
                              hint=f"re-render it with `vmnet libvirt-xml {entry.name} "
                                   "--domain FILE`")
         vms.append(vm)
+    # All or nothing, in one transaction: a refusal or a failure puts every record
+    # (e.g. one adopted from a plain `vmnet up`) and link back as it was.
     ctx = Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
-    store = ctx.store()
-    # All or nothing: on failure, VMs this prepare created go again and records
-    # it adopted (e.g. from a plain `vmnet up`) are put back as they were.
-    before = {vm.name: store.get_vm(vm.name) for vm in vms}
-    done: list[str] = []
     try:
-        for vm in vms:
-            ops.up(ctx, vm, mode="hook", domain_uuid=info.uuid, refuse_held=True)
-            done.append(vm.name)
-    except BaseException:
-        for name in reversed(done):
-            with contextlib.suppress(VmnetError):
-                prev = before[name]
-                if prev is None:
-                    ops.down(ctx, name, domain_uuid=info.uuid, force=True)
-                else:
-                    with store.locked(call.lock_timeout):
-                        store.put_vm(prev)
-        raise
+        ops.up_many(ctx, vms, mode="hook", domain_uuid=info.uuid, refuse_held=True)
     finally:
         ctx.close()
     from vmnet.config import cache
 
     cache.save(call.state_dir, cfg)
+    done = [vm.name for vm in vms]
     return done
 
 

@@ -26,7 +26,7 @@ import sys
 
 from vmnet.consts import DEFAULT_LOCK_TIMEOUT, DEFAULT_STATE_DIR
 from vmnet.errors import ConflictError, InputError, NotFoundError, PrivilegeError, VmnetError
-from vmnet.kernel.caps import has_net_admin
+from vmnet.kernel.netns import has_net_admin
 from vmnet.model import validate
 from vmnet.model.value import Value
 
