@@ -332,3 +332,27 @@ def test_records_of_a_dead_namespace_with_a_reused_inode_are_set_aside(
     assert (nsdir / "cookie").read_text().strip() != "1"
     vmnet(ns, state_dir, "down", "vm2", check=True)
     assert ns.links()["up0"]["master"] == "br-a"
+
+
+def test_a_record_of_an_unknown_format_is_refused_and_never_collected(
+        ns: Netns, state_dir: str) -> None:
+    """A newer vmnet's record: up, down and gc name it in one line and leave it (and its
+    tap) as they are; format 1 records are read and rewritten as format 2."""
+    vmnet(ns, state_dir, "up", "vm1", check=True)
+    path = Path(state_dir) / f"ns-{ns.inode}" / "vms" / "vm1.json"
+    data = json.loads(path.read_text())
+    data["format"] = 3
+    path.write_text(json.dumps(data))
+    before = path.read_bytes()
+    for args in (("up", "vm1"), ("down", "vm1")):
+        r = vmnet(ns, state_dir, *args)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert "has format 3" in r.stderr and "will not act on it" in r.stderr
+    r = vmnet(ns, state_dir, "gc", check=True)
+    assert "format unknown to this vmnet" in r.stdout and "vm1.json" in r.stdout
+    assert path.read_bytes() == before and "vm1-0" in ns.links()
+    data["format"] = 1
+    del data["nics"][0]["model"]
+    path.write_text(json.dumps(data))
+    r = vmnet(ns, state_dir, "up", "vm1", "--mtu", "1400", check=True)
+    assert json.loads(path.read_text())["format"] == 2

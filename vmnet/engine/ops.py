@@ -334,6 +334,10 @@ def gc(ctx: Context, *, dry_run: bool = False,
         for bridge, brec in sorted(store.bridges().items()):
             if bridge in used:
                 continue
+            if unknown:  # a newer vmnet's records may use it: release nothing
+                report.skipped.append(f"bridge {bridge}: kept while records of an unknown "
+                                      "format are here")
+                continue
             rel = plan_release_bridges({bridge}, [], view, BridgeUsers(records=records),
                                        BridgeRecords(records={bridge: brec}), leaving=set())
             done = "; ".join(s.ip(ctx.netns).replace("\n", "; ") for s in rel.steps)

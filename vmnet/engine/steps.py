@@ -119,6 +119,9 @@ class DelAddress(Step):
     def run(self, k: Kernel) -> None:
         k.del_address(self.ifname, self.cidr)
 
+    def check(self, view: HostView) -> str | None:
+        return "present" if self.cidr in view.addresses(self.ifname) else None
+
 
 class SetUp(Step):
     __slots__ = ("ifname",)
@@ -172,6 +175,14 @@ class DetachUplink(Step):
 
     def run(self, k: Kernel) -> None:
         k.set_link(self.uplink, nomaster=True, up=False if self.bring_down else None)
+
+    def check(self, view: HostView) -> str | None:
+        link = view.link(self.uplink)
+        if link is None:
+            return None
+        if link.master is not None:
+            return "attached"
+        return "up" if self.bring_down and link.up else None
 
 
 class CreateTap(Step):
@@ -239,6 +250,10 @@ class DeleteLinks(Step):
 
     def run(self, k: Kernel) -> None:
         k.delete_links(list(self.names))
+
+    def check(self, view: HostView) -> str | None:
+        left = [n for n in self.names if view.link(n) is not None]
+        return f"present: {', '.join(left)}" if left else None
 
 
 def _port_state(view: HostView, port: str, bridge: str) -> str | None:

@@ -63,7 +63,7 @@ from vmnet.state.records import (
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from contextlib import AbstractContextManager
 
 __all__ = ["DEFAULT_STATE_DIR", "BridgeRecord", "NicRecord", "Proc", "StateStore",
@@ -522,10 +522,20 @@ class StateStore:
         """Remove index entries no record stands behind (left by a killed writer);
         returns their paths.  Reads every entry: for gc, not for the single-VM path."""
         removed: list[str] = []
+
+        def void(owner: Callable[[str, str], str | None], a: str, b: str) -> bool:
+            try:
+                return owner(a, b) is None
+            except UnknownFormat:
+                return False  # a newer vmnet's VM: its entries are not ours to judge
+
+        def tap(a: str, _b: str) -> str | None:
+            return self.tap_owner(a)
+
         taps = os.path.join(self.dir, "taps")
         for fn in _listdir(taps):
             path = os.path.join(taps, fn)
-            if ".tmp." in fn or self.tap_owner(key_of(fn + ".json")) is None:
+            if ".tmp." in fn or void(tap, key_of(fn + ".json"), ""):
                 self._remove(path)
                 removed.append(path)
         ports = os.path.join(self.dir, "ports")
@@ -534,7 +544,7 @@ class StateStore:
             for fn in _listdir(os.path.join(ports, bdir)):
                 path = os.path.join(ports, bdir, fn)
                 mac = ":".join(fn[i:i + 2] for i in range(0, len(fn), 2))
-                if ".tmp." in fn or self.mac_owner(bridge, mac) is None:
+                if ".tmp." in fn or void(self.mac_owner, bridge, mac):
                     self._remove(path)
                     removed.append(path)
             try:  # noqa: SIM105

@@ -108,8 +108,6 @@ def _drain(stream: IO[bytes]) -> None:
 
 def prepare(call: Call, info: DomainInfo) -> list[str]:
     """Bring up every vmnet VM the domain names; all-or-nothing.  Returns VM names."""
-    import contextlib
-
     from vmnet.config import load_config, resolve_vm
     from vmnet.engine import ops
     from vmnet.engine.context import Context
