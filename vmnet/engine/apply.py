@@ -32,7 +32,8 @@ class Transaction:
         self.k = k
         self.store = store
         self.netns = netns
-        self._undo: list[tuple[str, Callable[[], None]]] = []
+        # (what, undo): `what` is a Step (its `ip` text is made only if it is needed)
+        self._undo: list[tuple[str | Step, Callable[[], None]]] = []
 
     # -- records -------------------------------------------------------------
     def put_vm(self, rec: VmRecord, prev: VmRecord | None) -> None:
@@ -64,7 +65,7 @@ class Transaction:
             step.run(self.k)
             twin = step.undo()
             if twin is not None:
-                self._undo.append((twin.ip(self.netns), self._runner(twin)))
+                self._undo.append((twin, self._runner(twin)))
             if progress is not None:
                 progress(i + 1, total)
 
@@ -78,7 +79,8 @@ class Transaction:
     def rollback(self) -> None:
         """Undo everything done so far, newest first; report what could not be undone."""
         while self._undo:
-            what, undo = self._undo.pop()
+            item, undo = self._undo.pop()
+            what = item if isinstance(item, str) else item.ip(self.netns)
             try:
                 log.debug(f"rollback: {what}")
                 undo()
