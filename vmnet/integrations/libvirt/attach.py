@@ -33,6 +33,7 @@ from vmnet.model import Vm
 
 if TYPE_CHECKING:
     from vmnet.config import Overrides
+    from vmnet.engine.context import Context
 
 DEFAULT_URI = "qemu:///system"
 DETACH_TIMEOUT = 30.0
@@ -157,7 +158,7 @@ class AttachResult:
     taps: list[str]
 
 
-def attach(ctx: Any, conn: Any, vm: Vm, fields: tuple[tuple[str, str], ...], domain: str, *,
+def attach(ctx: Context, conn: Any, vm: Vm, fields: tuple[tuple[str, str], ...], domain: str, *,
            persistent: bool = False) -> AttachResult:
     """Bring vm's taps up (if the domain runs), then hot-plug one interface per NIC."""
     from vmnet.engine import ops
@@ -196,7 +197,7 @@ def attach(ctx: Any, conn: Any, vm: Vm, fields: tuple[tuple[str, str], ...], dom
     return AttachResult(s.name, live_too, persistent, [n.tap for n in vm.nics])
 
 
-def _rollback(ctx: Any, s: Session, vm: Vm, done: list[tuple[str, int]],
+def _rollback(ctx: Context, s: Session, vm: Vm, done: list[tuple[str, int]],
               aliases: set[str]) -> None:
     from vmnet.engine import ops
 
@@ -221,7 +222,7 @@ class DetachResult:
     removed: list[str]  # taps
 
 
-def detach(ctx: Any, conn: Any, name: str, resolve: Callable[[Overrides | None], Vm],
+def detach(ctx: Context, conn: Any, name: str, resolve: Callable[[Overrides | None], Vm],
            domain: str, *, persistent: bool = False,
            timeout: float = DETACH_TIMEOUT) -> DetachResult:
     """Hot-unplug VM `name`'s interfaces; remove its taps once the device is gone.
