@@ -356,3 +356,18 @@ def test_a_record_of_an_unknown_format_is_refused_and_never_collected(
     path.write_text(json.dumps(data))
     r = vmnet(ns, state_dir, "up", "vm1", "--mtu", "1400", check=True)
     assert json.loads(path.read_text())["format"] == 2
+
+
+def test_down_of_an_unknown_name_says_so(ns: Netns, state_dir: str, tmp_path: Path) -> None:
+    """Neither recorded nor configured: `down` says vmnet does not know it (exit 0: a
+    second `down` of a VM is no error); a configured VM never brought up is just idle."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[vms.idle]\n")
+    r = vmnet(ns, state_dir, "down", "ghost", config=str(cfg), check=True)
+    assert r.stdout.strip() == "ghost: unknown to vmnet (no record here, not in the config); " \
+        "nothing to do"
+    r = vmnet(ns, state_dir, "down", "idle", config=str(cfg), check=True)
+    assert r.stdout.strip() == "idle: nothing to do"
+    r = vmnet(ns, state_dir, "up", "x", "--mac", "52:54:00:00:00:01", "--mac",
+              "52:54:00:00:00:02")
+    assert r.returncode == 2 and "give --nics 2" in r.stderr

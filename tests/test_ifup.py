@@ -286,3 +286,23 @@ print(statistics.median(a), statistics.median(b))
     print(f"\nwhole-process ms (median of 15): three `ip link set`: {ip3:.1f}; "
           f"vmnet-qemu-ifup: {ifup:.1f}")
     assert 0 < ifup < 2000  # a sanity bound only: the machine is shared
+
+
+def test_ifdown_leaves_a_tap_someone_moved_to_another_master(ns: Netns, state_dir: str,
+                                                            lab: str) -> None:
+    """ifdown detaches only from the bridge ifup chose; a tap now on another bridge
+    (an admin's move) stays there, up, and ifdown says so in one line."""
+    ns.ip("tuntap", "add", "dev", "vm1-0", "mode", "tap")
+    r = script(ns, IFUP, "vm1-0", state_dir=state_dir, config=lab)
+    assert r.returncode == 0, r.stderr
+    ns.ip("link", "add", "brother", "type", "bridge")
+    ns.ip("link", "set", "vm1-0", "master", "brother")
+    r = script(ns, IFDOWN, "vm1-0", state_dir=state_dir, config=lab)
+    assert r.returncode == 0 and "port of brother, not of br-lab: left as it is" in r.stderr
+    link = ns.link("vm1-0")
+    assert link is not None and link["master"] == "brother" and "UP" in link["flags"]
+    ns.ip("link", "set", "vm1-0", "master", "br-lab")
+    r = script(ns, IFDOWN, "vm1-0", state_dir=state_dir, config=lab)
+    assert r.returncode == 0 and r.stderr == ""
+    link = ns.link("vm1-0")
+    assert link is not None and "master" not in link and "UP" not in link["flags"]

@@ -279,8 +279,9 @@ def check_refused(r: subprocess.CompletedProcess[str], culprit: str) -> None:
     (["run", "vm1", "--", "/nonexistent/qemu-system-x86_64"], "/nonexistent/qemu-system-x86_64"),
     (["run", "vm1", "--", "qemu-system-vmnet-nonexistent"], "not found in PATH"),
     (["run", "vm/1", "--", "QEMU"], "vm/1"),
+    (["run", "vm1", "--", "QEMU", "-m", "64", "-daemonize"], "daemonizes"),
 ], ids=["no-dashdash", "nothing", "empty-after-dashdash", "missing-binary-path",
-        "missing-binary-name", "bad-vm-name"])
+        "missing-binary-name", "bad-vm-name", "daemonize"])
 def test_bad_invocations(ns: Netns, state_dir: str, fake_qemu: str, args: list[str],
                          culprit: str) -> None:
     vmnet(ns, state_dir, "up", "other", check=True)  # something that must stay as it is

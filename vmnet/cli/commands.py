@@ -114,7 +114,13 @@ def down(g: Globals, values: Values) -> None:
         for s in res.plan.steps:
             out(s.ip(g.netns))
     elif res.plan.noop and not res.had_record:
-        out(f"{res.vm}: nothing to do")
+        unknown = [n for n in names if n not in _configured(g)]
+        if unknown:
+            # As `status` would say; still exit 0 (down is idempotent: scripts run it twice).
+            out(f"{', '.join(unknown)}: unknown to vmnet (no record here, not in the config); "
+                "nothing to do")
+        else:
+            out(f"{res.vm}: nothing to do")
     else:
         gone = ", ".join(res.plan.taps[:20]) + (f" and {len(res.plan.taps) - 20} more"
                                                if len(res.plan.taps) > 20 else "")
@@ -122,6 +128,13 @@ def down(g: Globals, values: Values) -> None:
             if res.plan.drop_bridges else ""
         out(f"{res.vm if len(names) < 20 else f'{len(names)} VMs'}: removed "
             f"{gone or 'no taps left'}{extra}")
+
+
+def _configured(g: Globals) -> set[str]:
+    try:
+        return set(g.load_config().vms)
+    except InputError:
+        return set()
 
 
 def run(g: Globals, values: Values) -> int:

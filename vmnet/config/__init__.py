@@ -365,7 +365,8 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
         _model(ov.model, "--model")
     count = ov.nics or len(spec.nics) or 1
     if len(ov.macs) > count:
-        raise InputError(f"--mac given {len(ov.macs)} times for {count} NIC(s)")
+        raise InputError(f"--mac given {len(ov.macs)} times for {count} NIC(s)",
+                         hint=f"give --nics {len(ov.macs)} for one MAC per NIC")
 
     user_src = ov.user if ov.user is not None else spec.user
     group_src = ov.group if ov.group is not None else spec.group

@@ -170,7 +170,10 @@ def _ifup_locked(tap: str, env: Mapping[str, str], ctx: Context, store: StateSto
 
 
 def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
-    """Take the tap off its bridge and down; a tap already gone is fine."""
+    """Take the tap off its bridge and down; a tap already gone is fine.
+
+    Only off the bridge ifup puts it on (the same lookup: records, then config):
+    a tap someone has since moved to another master is left where it is."""
     store = ctx.store()
     with store.locked(ctx.lock_timeout):
         try:
@@ -182,7 +185,18 @@ def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
                 raise ConflictError(f"interface {tap} is not a tap "
                                     f"({link.kind or 'no kind'})", ifname=tap,
                                     hint="QEMU's downscript= is for tap interfaces only")
-            k.set_link(tap, nomaster=link.master is not None, up=False)
+            detach = False
+            if link.master is not None:
+                port, _cfg = find_port(tap, store, env)
+                br = k.link(port.bridge)
+                detach = br is not None and link.master == br.index
+                if not detach:
+                    other = k.link_by_index(link.master)
+                    sys.stderr.write(f"{IFDOWN}: {tap} is a port of "
+                                     f"{other.name if other else link.master}, not of "
+                                     f"{port.bridge}: left as it is\n")
+                    return
+            k.set_link(tap, nomaster=detach, up=False)
         finally:
             store.cleanup_dir()
 

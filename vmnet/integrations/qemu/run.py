@@ -250,6 +250,11 @@ def run(ctx: Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
     env = dict(os.environ) if env is None else env
     if not argv:
         raise InputError("no QEMU command given after `--`")
+    if any(a in ("-daemonize", "--daemonize") for a in argv[1:]):
+        raise InputError("vmnet run cannot follow a QEMU that daemonizes: it would tear the "
+                         "network down as soon as QEMU's first process exits",
+                         hint="drop -daemonize (run vmnet run itself in the background), or "
+                              "`vmnet up VM` and start QEMU with `vmnet qemu-args VM`")
     exe = find_binary(argv[0], env)
     ident = qemu_identity(vm, env)
     me = Proc.me()
