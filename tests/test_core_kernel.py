@@ -371,3 +371,18 @@ def test_down_of_an_unknown_name_says_so(ns: Netns, state_dir: str, tmp_path: Pa
     r = vmnet(ns, state_dir, "up", "x", "--mac", "52:54:00:00:00:01", "--mac",
               "52:54:00:00:00:02")
     assert r.returncode == 2 and "give --nics 2" in r.stderr
+
+
+def test_a_bridge_given_as_uplink_is_refused_by_the_plan(ns: Netns, state_dir: str) -> None:
+    """Refused before any change with vmnet's words (the kernel would say ELOOP or enslave
+    one bridge into another); `up --all` with nothing configured names the file."""
+    ns.ip("link", "add", "brx", "type", "bridge")
+    before = host_snapshot(ns, state_dir)
+    r = vmnet(ns, state_dir, "up", "vm1", "--bridge", "br1", "--uplink", "brx")
+    assert r.returncode == 1 and "uplink 'brx' is a bridge" in r.stderr, r.stderr
+    r = vmnet(ns, state_dir, "up", "vm1", "--bridge", "br1", "--uplink", "brx", "--dry-run")
+    assert r.returncode == 1 and "is a bridge" in r.stderr
+    assert host_snapshot(ns, state_dir) == before
+    r = vmnet(ns, state_dir, "up", "--all")
+    assert r.returncode == 2 and "--all: the config file" in r.stderr and \
+        "declares no VM" in r.stderr
