@@ -244,8 +244,7 @@ def test_ifup_imports_stay_light(ns: Netns, state_dir: str, lab: str) -> None:
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"
             "heavy = ('click', 'jinja2', 'vmnet.engine.ops', 'vmnet.engine.plan')\n"
             "import os\n"
-            "if os.environ.get('VMNET_KERNEL') != 'pyroute2':\n"
-            "    heavy += ('pyroute2',)\n"
+            "heavy += ('pyroute2',)\n"
             "print(sorted(m for m in heavy if m in sys.modules))\n")
     with hold_tap(ns, "vm1-0"):
         r = script(ns, sys.executable, "-c", code, state_dir=state_dir, config=lab)

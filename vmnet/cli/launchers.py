@@ -2,7 +2,7 @@
 
 pip's console scripts start Python with `site` (it reads every .pth file of
 the environment, ~1-2 ms) and then import `re` to tidy argv[0] (~4 ms with
-enum).  The hot path's whole budget (vmnet.hot) is about 10 ms, so the
+enum).  Starting a VM costs about 15 ms in all, so the
 installed commands are instead:
 
     #!/opt/vmnet/bin/python3 -IS

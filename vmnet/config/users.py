@@ -1,9 +1,7 @@
 """Users and groups by name or number: the lookups under vmnet.config's resolution.
 
-Light (pwd and grp are builtin modules) so the hot path (vmnet.hot) resolves
-owners exactly as the full path does; errors are the callers' (the full path
-words them, the hot path declines).  Cached: a bulk run asks for the same
-user a thousand times.
+Light (pwd and grp are builtin modules); errors are the callers' (vmnet.config words
+them).  Cached: a bulk run asks for the same user a thousand times.
 """
 
 from __future__ import annotations

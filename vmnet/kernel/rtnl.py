@@ -280,8 +280,8 @@ def _mac(b: bytes) -> str:
 def link_fields(buf: bytes, off: int, end: int) -> dict[str, object]:
     """An RTM_NEWLINK message body -> the fields of vmnet.kernel.base.LinkInfo.
 
-    Plain data, so the hot path (vmnet.hot) reads links without the model's
-    classes; `tun` is a dict of TunInfo's fields or None.
+    Plain data (vmnet.kernel.linux.parse_link makes the LinkInfo of it); `tun` is a dict
+    of TunInfo's fields or None.
     """
     _fam, _type, index, flags, _change = _IFI.unpack_from(buf, off)
     name = ""

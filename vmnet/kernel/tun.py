@@ -150,8 +150,7 @@ def create_configured_tap(nl: Rtnl, name: str, *, owner: int | None, group: int 
 
     Everything but the settle happens before persist (see create_persistent_tap);
     the settle applies the carrier flap to the operstate before anyone enslaves
-    the tap (vmnet.kernel.rtnl.Rtnl.settle).  The lean kernel and the hot path
-    (vmnet.hot) both make taps with this.
+    the tap (vmnet.kernel.rtnl.Rtnl.settle).
     """
     from vmnet.kernel import rtnl
 

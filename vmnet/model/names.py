@@ -1,8 +1,8 @@
 """vmnet's names for things: tap names, MACs and the marks it puts on links.
 
 Pure functions of a VM's or bridge's name, with nothing to import but the
-validation limits and sha256: the model (vmnet.model) and the hot path
-(vmnet.hot) both use them, so both name everything the same way.
+validation limits and sha256, so every layer (model, config, state index)
+names everything the same way.
 """
 
 from __future__ import annotations
