@@ -91,3 +91,23 @@ def test_down_deletes_a_bridge_that_carries_only_its_own_address(ns: Netns,
     vmnet(ns, state_dir, "up", "vm1", config=cfg, check=True)
     r = vmnet(ns, state_dir, "down", "vm1", config=cfg, check=True)
     assert "bridge br2 released" in r.stdout and "br2" not in ns.links()
+
+
+def test_gc_says_everything_it_removes_dry_run_or_not(ns: Netns, state_dir: str) -> None:
+    """A crashed `up` (killed after its steps): gc --dry-run and gc name the tap, the
+    uplink detach and the bridge deletion, as commands, and do exactly that."""
+    _uplink(ns)
+    r = vmnet(ns, state_dir, "up", "vm1", "--bridge", "br1", "--uplink", "upl",
+              env={"VMNET_FAULT": "up:applied"})
+    assert r.returncode == -9
+    dry = vmnet(ns, state_dir, "gc", "--dry-run", check=True).stdout
+    n = ns.name
+    for words in ("would clear vm1: rolled back", "removed vm1-0",
+                  f"ip -n {n} link set upl nomaster down", f"ip -n {n} link del br1"):
+        assert words in dry, dry
+    assert "br1" in ns.links()
+    real = vmnet(ns, state_dir, "gc", check=True).stdout
+    assert real.replace("cleared vm1", "would clear vm1", 1).splitlines()[0] == \
+        dry.splitlines()[0]
+    links = ns.links()
+    assert "br1" not in links and "vm1-0" not in links and links["upl"].get("master") is None

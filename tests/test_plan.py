@@ -70,7 +70,7 @@ def test_fresh_host_plan_order() -> None:
 def test_existing_own_tap_is_noop() -> None:
     v = vm()
     br = link(2, "vmnet0", "bridge", alias="vmnet:bridge:vmnet0")
-    tap = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0",
+    tap = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0", mac=v.nics[0].tap_mac,
                tun=TunInfo(True, 0, None, False, True, False, False, 0))
     rec = BridgeRecord(bridge="vmnet0", network="default", created=True)
     p = up(v, snap(br, tap), {}, {"vmnet0": rec})
@@ -79,7 +79,7 @@ def test_existing_own_tap_is_noop() -> None:
 
 def test_detached_own_tap_is_reattached() -> None:
     br = link(2, "vmnet0", "bridge", alias="vmnet:bridge:vmnet0")
-    tap = link(3, "vm1-0", "tun", alias="vmnet:vm1:0",
+    tap = link(3, "vm1-0", "tun", alias="vmnet:vm1:0", mac=vm().nics[0].tap_mac,
                tun=TunInfo(True, 0, None, False, True, False, False, 0))
     p = up(vm(), snap(br, tap), {}, {})
     assert p.steps == [AttachTap("vm1-0", "vmnet0")]
@@ -159,3 +159,28 @@ def test_bulk_plan_attaches_a_shared_uplink_once() -> None:
     attaches = [s for p in plans for s in p.steps if isinstance(s, AttachUplink)]
     creates = [s for p in plans for s in p.steps if isinstance(s, CreateBridge)]
     assert len(attaches) == 1 and len(creates) == 1
+
+
+def test_existing_tap_is_brought_to_the_settings_asked_for() -> None:
+    """A tap with another MAC or MTU than asked: one ConfigureTap (its down twin puts the old
+    values back); while a guest holds it, the MAC is refused, the MTU is not."""
+    from vmnet.engine.steps import ConfigureTap
+    from vmnet.errors import BusyError
+
+    v = vm(mtu=1400)
+    br = link(2, "vmnet0", "bridge", alias="vmnet:bridge:vmnet0")
+    tap = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0", mac="fe:00:00:00:00:01",
+               tun=TunInfo(True, 0, None, False, True, False, False, 0))
+    p = up(v, snap(br, tap), {}, {"vmnet0": BridgeRecord("vmnet0", "default", True)})
+    assert p.steps == [ConfigureTap("vm1-0", v.nics[0].tap_mac, 1400, "fe:00:00:00:00:01",
+                                    1500)]
+    assert p.steps[0].undo() == ConfigureTap("vm1-0", "fe:00:00:00:00:01", 1500,
+                                             v.nics[0].tap_mac, 1400)
+    held = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0", mac="fe:00:00:00:00:01",
+                carrier=True, tun=TunInfo(True, 0, None, False, True, False, False, 1))
+    with pytest.raises(BusyError, match="MAC .* would not reach it"):
+        up(v, snap(br, held), {}, {"vmnet0": BridgeRecord("vmnet0", "default", True)})
+    fine = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0", mac=v.nics[0].tap_mac,
+                carrier=True, tun=TunInfo(True, 0, None, False, True, False, False, 1))
+    p = up(v, snap(br, fine), {}, {"vmnet0": BridgeRecord("vmnet0", "default", True)})
+    assert p.steps == [ConfigureTap("vm1-0", None, 1400, v.nics[0].tap_mac, 1500)]

@@ -165,15 +165,43 @@ def test_fds_argv_and_exit_status(ns: Netns, state_dir: str, fake_qemu: str, nam
     assert host_snapshot(ns, state_dir) == before
 
 
-def test_run_takes_over_an_idle_up_tap_and_cleans_up(ns: Netns, state_dir: str,
-                                                     fake_qemu: str) -> None:
-    before = host_snapshot(ns, state_dir)
-    vmnet(ns, state_dir, "up", "vm1", check=True)
+def test_run_on_a_vm_up_made_uses_it_and_leaves_it_as_it_found_it(
+        ns: Netns, state_dir: str, fake_qemu: str) -> None:
+    """`run` borrows the taps `up` made: same settings (the record's, not the config's),
+    persist kept, the record still mode `up`; when QEMU exits, taps and record are as
+    they were, so a later QEMU (or libvirt, managed='no') finds them."""
+    vmnet(ns, state_dir, "up", "vm1", "--queues", "2", "--mac", "52:54:00:aa:bb:01",
+          check=True)
+    after_up = settled_view(ns, state_dir)
     r = subprocess.run(vmnet_argv(ns, state_dir, "run", "vm1", "--", fake_qemu),
                        capture_output=True, text=True, env=clean_env(), timeout=120)
     assert r.returncode == 3, r.stderr
     rep = json.loads(r.stdout.split("FAKE ", 1)[1])
-    assert [tap for tap, _ in rep["fds"].values()] == ["vm1-0"]
+    assert [tap for tap, _ in rep["fds"].values()] == ["vm1-0", "vm1-0"]  # two queues
+    assert "mac=52:54:00:aa:bb:01" in " ".join(rep["argv"]) and "mq=on" in " ".join(rep["argv"])
+    deadline = time.monotonic() + 3  # the carrier's drop reaches the flags late (linkwatch)
+    while "NO-CARRIER" not in ns.link("vm1-0")["flags"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    now = settled_view(ns, state_dir)
+    # IFF_VNET_HDR is a flag of whichever fd attached last (QEMU's asked for it): the
+    # kernel reports it on the tap, and the next opener sets its own (HOST.md).
+    assert now["links"]["vm1-0"]["info_data"].pop("vnet_hdr") is True
+    assert after_up["links"]["vm1-0"]["info_data"].pop("vnet_hdr") is False
+    assert now == after_up
+    tap = ns.link("vm1-0")
+    assert tap is not None and tap["linkinfo"]["info_data"]["persist"] is True
+    assert record(ns, state_dir, "vm1")["mode"] == "up"  # type: ignore[index]
+    # flags that would describe other taps than the recorded ones are refused
+    check_refused(vmnet(ns, state_dir, "run", "vm1", "--queues", "4", "--", fake_qemu),
+                  "is up")
+
+
+def test_run_of_a_vm_it_brought_up_cleans_up(ns: Netns, state_dir: str,
+                                              fake_qemu: str) -> None:
+    before = host_snapshot(ns, state_dir)
+    r = subprocess.run(vmnet_argv(ns, state_dir, "run", "vm1", "--", fake_qemu),
+                       capture_output=True, text=True, env=clean_env(), timeout=120)
+    assert r.returncode == 3, r.stderr
     assert host_snapshot(ns, state_dir) == before  # the run owned the VM's network to the end
 
 
@@ -320,14 +348,14 @@ def test_second_fd_on_single_queue_tap_is_ebusy(ns: Netns) -> None:
 
 def test_queue_count_mismatching_existing_tap(ns: Netns, state_dir: str,
                                               fake_qemu: str) -> None:
-    vmnet(ns, state_dir, "up", "vm1", "--queues", "2", check=True)
-    before = settled_view(ns, state_dir)
-    check_refused(vmnet(ns, state_dir, "run", "vm1", "--", fake_qemu), "multi_queue")
-    assert settled_view(ns, state_dir) == before
+    """The recorded queue count is what `run` opens; asking for another is refused before
+    anything changes (the tap's multi_queue flag cannot change while it exists)."""
     vmnet(ns, state_dir, "up", "vm2", check=True)
     before = settled_view(ns, state_dir)
     check_refused(vmnet(ns, state_dir, "run", "vm2", "--queues", "4", "--", fake_qemu),
-                  "multi_queue")
+                  "queues 4 on vm2-0 (it is up with 1)")
+    assert settled_view(ns, state_dir) == before
+    check_refused(vmnet(ns, state_dir, "up", "vm2", "--queues", "4"), "multi_queue")
     assert settled_view(ns, state_dir) == before
 
 

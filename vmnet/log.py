@@ -1,4 +1,4 @@
-"""Logging for the hot paths (stdlib logging costs milliseconds to import).
+"""vmnet's log lines on stderr (stdlib logging costs milliseconds to import).
 
 `-v` turns on debug lines: every kernel change as its `ip` equivalent.
 Warnings always go to stderr.
@@ -27,3 +27,7 @@ def debug(msg: str) -> None:
 
 def warning(msg: str) -> None:
     sys.stderr.write(f"vmnet: warning: {msg}\n")
+
+
+def error(msg: str) -> None:
+    sys.stderr.write(f"vmnet: error: {msg}\n")

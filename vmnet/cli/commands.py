@@ -16,6 +16,8 @@ TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from vmnet.model import Vm
+
     Values = Mapping[str, object]
     Progress = Callable[[int, int], None] | None
 
@@ -43,8 +45,9 @@ def _progress(count: int) -> Progress:
 
 def up(g: Globals, values: Values) -> None:
     """Bring VMs (or every configured VM) up and say what was done."""
-    from vmnet.config import resolve_vm
     from vmnet.engine import ops
+    from vmnet.engine.desired import desired
+    from vmnet.engine.plan import BridgeRecords
     from vmnet.render import qemu
 
     names = _names(values)
@@ -64,20 +67,29 @@ def up(g: Globals, values: Values) -> None:
         raise InputError("no VM named: give a VM name, e.g. `vmnet up vm1`")
     for n in names:
         validate.vm_name(n)
-    models = [resolve_vm(cfg, n, ov, env=g.env) for n in names]
+    if not dry_run:
+        ops.require_net_admin()  # before reading records: the clearer refusal
     ctx = g.context()
     try:
-        results = ops.up_many(ctx, models, dry_run=dry_run, progress=_progress(len(models)))
+        store = ctx.store()
+        bridges = BridgeRecords(store)
+        models = [desired(cfg, n, ov, store.get_vm(n), bridges, env=g.env) for n in names]
+        results = ops.up_many(ctx, models, dry_run=dry_run, progress=_progress(len(models)),
+                              force=bool(values.get("force")))
     finally:
         ctx.close()
     for res in results:
         vm = res.vm
         if dry_run:
             out(f"# {vm.name}: planned steps" + ("" if res.plan.steps else " (none)"))
+            for c in res.changes:
+                out(f"# change: {c}")
             for s in res.plan.steps:
                 out(s.ip(g.netns))
             continue
-        if res.plan.noop:
+        if res.changes:
+            out(f"{vm.name}: changed {'; '.join(res.changes)}")
+        elif res.plan.noop:
             out(f"{vm.name}: already up")
         for line in qemu.up_lines(vm):
             out(line)
@@ -130,6 +142,19 @@ def down(g: Globals, values: Values) -> None:
             f"{gone or 'no taps left'}{extra}")
 
 
+def recorded_vm(g: Globals, name: str, values: Values) -> Vm:
+    """The VM as it is up (its record), or as the config and flags say if it is not;
+    flags that would describe other taps than the recorded ones are refused."""
+    from vmnet.engine.desired import as_recorded
+    from vmnet.engine.plan import BridgeRecords
+
+    validate.vm_name(name)
+    ctx = g.context()
+    store = ctx.store()
+    return as_recorded(g.load_config(), name, overrides(values), store.get_vm(name),
+                       BridgeRecords(store), env=g.env)
+
+
 def _configured(g: Globals) -> set[str]:
     try:
         return set(g.load_config().vms)
@@ -139,7 +164,6 @@ def _configured(g: Globals) -> set[str]:
 
 def run(g: Globals, values: Values) -> int:
     """`vmnet run VM [OPTIONS] -- QEMU ARGS...`: QEMU's exit status."""
-    from vmnet.config import resolve_vm
     from vmnet.integrations.qemu import run as engine
 
     argv = values.get("passthrough")
@@ -147,7 +171,7 @@ def run(g: Globals, values: Values) -> int:
     if not qemu:
         raise InputError("no QEMU command after `--`",
                          hint="vmnet run VM [OPTIONS] -- qemu-system-x86_64 ARGS...")
-    model = resolve_vm(g.load_config(), str(values["vm"]), overrides(values), env=g.env)
+    model = recorded_vm(g, str(values["vm"]), values)
     ctx = g.context()
     try:
         return engine.run(ctx, model, qemu, netdev_only=bool(values.get("netdev_only")),
@@ -158,7 +182,6 @@ def run(g: Globals, values: Values) -> int:
 
 def qemu_args(g: Globals, values: Values) -> None:
     """Print the QEMU network options for VM, as shell words."""
-    from vmnet.config import resolve_vm
     from vmnet.render.qemu import vm_args
     from vmnet.render.shell import shell_quote
 
@@ -171,7 +194,7 @@ def qemu_args(g: Globals, values: Values) -> None:
                              "passes it only the tap's name)",
                              hint="put it in the config file, or run `vmnet up` with it "
                                   "first: the script then finds vmnet's record")
-    model = resolve_vm(g.load_config(), str(values["vm"]), overrides(values), env=g.env)
+    model = recorded_vm(g, str(values["vm"]), values)
     ifup = ifdown = None
     if mode == "script":
         from vmnet.integrations.qemu.ifup import script_paths

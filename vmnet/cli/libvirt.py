@@ -43,14 +43,14 @@ def _read_file(path: str) -> str:
 
 def libvirt_xml(g: Globals, values: Values) -> None:
     """Print libvirt <interface> XML for VM, or a whole domain with them inserted."""
-    from vmnet.config import resolve_vm
+    from vmnet.cli.commands import recorded_vm
     from vmnet.integrations.libvirt.domainxml import override_fields
     from vmnet.render import libvirt as render
 
     ov = overrides(values)
     mode = str(values.get("mode") or "ethernet")
     domain_file = values.get("domain_file")
-    model = resolve_vm(g.load_config(), str(values["vm"]), ov, env=g.env)
+    model = recorded_vm(g, str(values["vm"]), values)
     if domain_file is None:
         sys.stdout.write(render.interfaces_xml(model, mode))
         return

@@ -54,6 +54,8 @@ def status(g: Globals, values: Values) -> None:
         emit_json({"vms": [r.to_json() for r in rows], "unrecorded_taps": extra,
                    "bridges": bridges})
         return
+    from vmnet.config.users import owner_text
+
     header = ("VM", "NIC", "TAP", "BRIDGE", "OWNER", "MAC", "MTU", "Q", "VHDR", "HELD",
               "RX", "TX", "STATE")
     table = [header]
@@ -61,7 +63,7 @@ def status(g: Globals, values: Values) -> None:
         for n in r.nics:
             state = n.state + (" (stale record)" if r.stale else "")
             table.append((r.vm, str(n.index), n.tap, n.bridge,
-                          "-" if n.owner is None else str(n.owner), n.mac,
+                          owner_text(n.owner, n.group), n.mac,
                           str(n.mtu or "-"), str(n.queues), "on" if n.vnet_hdr else "off",
                           ",".join(n.holders) or ("yes" if n.held else "no"),
                           str(n.rx_bytes), str(n.tx_bytes), f"{r.mode}/{state}"))

@@ -78,7 +78,9 @@ COMMANDS = (
             "Several VMs (or --all, every VM of the config) come up in one transaction: "
             "all of them or none.",
             opts=(Opt("--all", dest="all_vms", help="Every VM in the config file."),
-                  *OVERRIDES, _DRY),
+                  *OVERRIDES, _DRY,
+                  Opt("--force", help="For a VM that is up: change its MAC, bridge or QEMU "
+                                      "settings even while a guest holds its taps.")),
             args=(Arg("VM", dest="vms", nargs="*", complete="vm"),),
             target="vmnet.cli.commands:up"),
     Command("down", "Remove VM's taps, and bridges vmnet made that nothing uses any more.",

@@ -69,3 +69,22 @@ def invoking_user(env: Mapping[str, str]) -> str:
     if sudo and sudo != "root":
         return sudo
     return str(os.getuid())
+
+
+def owner_text(uid: int | None, gid: int | None) -> str:
+    """A tap's owner as vmnet shows it everywhere: the name, with the number where it
+    helps ("root", "alice (1000)", "uid 4242", "group kvm (109)"); never "None"."""
+    parts = []
+    if uid is not None:
+        found = lookup_user(str(uid))
+        name = found[1] if found is not None and found[1] != str(uid) else None
+        parts.append("root" if uid == 0 else f"{name} ({uid})" if name else f"uid {uid}")
+    if gid is not None:
+        import grp
+
+        try:
+            gname: str | None = grp.getgrgid(gid).gr_name
+        except KeyError:
+            gname = None
+        parts.append(f"group {gname} ({gid})" if gname else f"gid {gid}")
+    return ", ".join(parts) or "anyone allowed by /dev/net/tun"

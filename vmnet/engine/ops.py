@@ -23,11 +23,11 @@ from vmnet.engine.plan import (
     plan_release_bridges,
     plan_up_many,
 )
-from vmnet.engine.steps import CreateTap
+from vmnet.engine.steps import CreateTap, DeleteLinks
 from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
 from vmnet.kernel.netns import has_net_admin
 from vmnet.model.value import Value
-from vmnet.state.records import Proc, VmRecord
+from vmnet.state.records import NicRecord, Proc, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -51,33 +51,76 @@ def require_net_admin() -> None:
 
 
 class UpResult(Value):
-    __slots__ = ("plan", "record", "vm")
+    __slots__ = ("vm", "plan", "record", "changes")
 
-    def __init__(self, vm: Vm, plan: UpPlan, record: VmRecord | None) -> None:
+    def __init__(self, vm: Vm, plan: UpPlan, record: VmRecord | None,
+                 changes: list[str] | None = None) -> None:
         self.vm = vm
         self.plan = plan
         self.record = record
+        self.changes = changes or []  # what an `up` of a VM already up changed
+
+
+_SETTINGS = ("bridge", "mac", "mtu", "queues", "vnet_hdr", "model", "owner", "group")
+# Settings a running guest's QEMU holds (its fds, its device): changed only while idle.
+_FIXED_WHILE_HELD = ("mac", "queues", "vnet_hdr", "model")
+
+
+def setting_changes(prev: VmRecord, nics: list[NicRecord], view: HostView,
+                    force: bool) -> list[str]:
+    """What a new `up` changes in a VM that is up, as lines; refuses what a running
+    guest would not see (a NIC dropped, or its QEMU-side settings while it runs)."""
+    out = []
+    new = {n.tap: n for n in nics}
+    dropped = [n.tap for n in prev.nics if n.tap not in new]
+    if dropped:
+        raise ConflictError(f"VM {prev.vm!r} is up with NIC(s) {', '.join(dropped)} that the "
+                            "new settings drop", ifname=dropped[0],
+                            hint=f"`vmnet down {prev.vm}` first, then up with the new settings")
+    for old in prev.nics:
+        cur = new[old.tap]
+        diff = [(k, getattr(old, k), getattr(cur, k)) for k in _SETTINGS
+                if getattr(old, k) != getattr(cur, k)]
+        link = view.link(old.tap)
+        held = link is not None and link.carrier and not force
+        for key, a, b in diff:
+            if held and key in _FIXED_WHILE_HELD:
+                raise BusyError(f"tap {old.tap!r} of VM {prev.vm!r} is held by a running "
+                                f"guest: its {key} ({_show(a)} -> {_show(b)}) cannot change "
+                                "under it", ifname=old.tap,
+                                hint="stop the VM first (--force changes the record anyway)")
+            out.append(f"{key} {_show(a)} -> {_show(b)} on {old.tap}")
+    out += [f"new NIC {n.index}: tap {n.tap}" for n in nics
+            if n.tap not in {o.tap for o in prev.nics}]
+    return out
+
+
+def _show(value: object) -> str:
+    return "none" if value is None else ("on" if value is True else
+                                         "off" if value is False else str(value))
 
 
 def up(ctx: Context, vm: Vm, *, mode: Mode = "up", dry_run: bool = False,
        holder: Proc | None = None, domain_uuid: str | None = None,
-       refuse_held: bool = False) -> UpResult:
+       refuse_held: bool = False, force: bool = False) -> UpResult:
     """Give `vm` its network (idempotent).  Refusals change nothing.
 
     refuse_held: fail if one of the VM's taps already has a holder (the
     libvirt hook: at `prepare` nobody may hold the taps libvirt will open).
     """
     return up_many(ctx, [vm], mode=mode, dry_run=dry_run, holder=holder,
-                   domain_uuid=domain_uuid, refuse_held=refuse_held)[0]
+                   domain_uuid=domain_uuid, refuse_held=refuse_held, force=force)[0]
 
 
 def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = False,
             holder: Proc | None = None, domain_uuid: str | None = None,
-            refuse_held: bool = False, progress: Progress = None) -> list[UpResult]:
+            refuse_held: bool = False, progress: Progress = None,
+            force: bool = False) -> list[UpResult]:
     """Give several VMs their network in one transaction: all of them, or none.
 
     One lock, one plan; a refusal (naming the VM) or a failed step undoes
-    everything this call did.
+    everything this call did.  A VM that is up already is brought to the settings
+    asked for, where that is safe for a running guest (`force`: even where not).
     """
     if not dry_run:
         require_net_admin()
@@ -95,12 +138,15 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
                                     hint="two domains must not name the same vmnet VM")
         view = HostView(k, full=len(vms) >= BULK)
         bridges = BridgeRecords(store)
-        plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges)
+        plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges, force=force)
+        changes = {p.vm.name: setting_changes(prev, p.nics, view, force)
+                   for p in plans if (prev := prevs[p.vm.name]) is not None}
         if refuse_held:
             for vm in vms:
                 _refuse_held(vm, view)
         if dry_run:
-            return [UpResult(p.vm, p, prevs[p.vm.name]) for p in plans]
+            return [UpResult(p.vm, p, prevs[p.vm.name], changes.get(p.vm.name))
+                    for p in plans]
         steps = [s for p in plans for s in p.steps]
         if any(isinstance(s, CreateTap) for s in steps) and not os.path.exists(ctx.tun_path):
             raise NotFoundError(f"{ctx.tun_path} does not exist",
@@ -124,7 +170,8 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
             fresh.append(len(recs))
             recs.append(rec)
         if not fresh and not steps:
-            return [UpResult(p.vm, p, rec) for p, rec in zip(plans, recs, strict=True)]
+            return [UpResult(p.vm, p, rec, changes.get(p.vm.name))
+                    for p, rec in zip(plans, recs, strict=True)]
         journal = store.begin([recs[i].vm for i in fresh], me)
         try:
             with Transaction(k, store, ctx.netns) as txn:
@@ -144,7 +191,8 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
             store.cleanup_dir()
             raise
         store.end(journal)
-        return [UpResult(p.vm, p, rec) for p, rec in zip(plans, recs, strict=True)]
+        return [UpResult(p.vm, p, rec, changes.get(p.vm.name))
+                for p, rec in zip(plans, recs, strict=True)]
 
 
 def _refuse_held(vm: Vm, view: HostView) -> None:
@@ -319,12 +367,12 @@ def gc(ctx: Context, *, dry_run: bool = False,
             if dry_run:
                 plan = plan_down_many({name: rec}, view, BridgeUsers(records=records),
                                       BridgeRecords(store), force=True)
-                report.cleared.append(f"{name}: {reason}" + _what(plan))
+                report.cleared.append(f"{name}: {reason}" + _what(plan, ctx.netns))
                 continue
             res = _teardown(ctx, store, view, {name: rec}, force=True,
                             users=BridgeUsers(records=records))
             records.pop(name, None)
-            report.cleared.append(f"{name}: {reason}" + _what(res.plan))
+            report.cleared.append(f"{name}: {reason}" + _what(res.plan, ctx.netns))
             view = HostView(k, full=True)
         if not dry_run:
             for path in dead_journals:
@@ -354,10 +402,15 @@ def gc(ctx: Context, *, dry_run: bool = False,
     return report
 
 
-def _what(plan: DownPlan) -> str:
+def _what(plan: DownPlan, netns: str | None = None) -> str:
+    """Everything a gc teardown removes: the taps, then every other step as its command
+    (an uplink detached, a bridge deleted)."""
     parts = []
     if plan.taps:
         parts.append(f"removed {', '.join(plan.taps)}")
+    parts += [line for s in plan.steps if not (isinstance(s, DeleteLinks) and
+                                               set(s.names) <= set(plan.taps))
+              for line in s.ip(netns).splitlines()]
     if plan.drop_bridges:
-        parts.append(f"bridge {', '.join(plan.drop_bridges)} released")
+        parts.append(f"bridge record {', '.join(plan.drop_bridges)} cleared")
     return f" ({'; '.join(parts)})" if parts else ""

@@ -13,6 +13,7 @@ from vmnet.engine.steps import (
     AddAddress,
     AttachTap,
     AttachUplink,
+    ConfigureTap,
     CreateBridge,
     CreateTap,
     DeleteLinks,
@@ -20,7 +21,7 @@ from vmnet.engine.steps import (
     SetUp,
     Step,
 )
-from vmnet.errors import ConflictError, InputError, NotFoundError, VmnetError
+from vmnet.errors import BusyError, ConflictError, InputError, NotFoundError, VmnetError
 from vmnet.kernel.base import LinkInfo, TapSpec
 from vmnet.model import Network, Nic, Vm, nic_mark
 from vmnet.model import validate as v
@@ -188,10 +189,12 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
 
 
 def plan_up(vm: Vm, view: HostView, claims: Claims,
-            bridges: BridgeRecords) -> UpPlan:
+            bridges: BridgeRecords, *, force: bool = False) -> UpPlan:
     """Steps that give `vm` its network; raises before any change if refused.
 
-    `bridges`: updated with the bridge records this plan will write.
+    `bridges`: updated with the bridge records this plan will write.  A tap of the
+    VM that exists already is brought to the settings asked for (MTU at any time;
+    MAC and bridge only while no guest holds it, unless `force`).
     """
     steps: list[Step] = []
     new: list[BridgeRecord] = []
@@ -215,14 +218,16 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             raise ConflictError(f"NIC {nic.index} MTU {nic.mtu} would lower the MTU of bridge "
                                 f"{bridge!r} ({br.mtu}), which vmnet did not create",
                                 ifname=nic.tap, hint=f"use --mtu {br.mtu} or more")
+        # The record keeps the MTU asked for (None: the bridge's), not the one applied.
         nic_records.append(NicRecord(
             index=nic.index, tap=nic.tap, bridge=bridge, network=nic.network.name,
-            mac=nic.mac, tap_mac=nic.tap_mac, mtu=mtu, queues=nic.queues,
+            mac=nic.mac, tap_mac=nic.tap_mac, mtu=nic.mtu or nic.network.mtu,
+            queues=nic.queues,
             vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model))
         if link is not None:
             _check_existing_tap(vm, nic, link)
+            steps += _change_existing(vm, nic, link, br, mtu, force)
             if link.master != br.index or not link.up:
-                steps.append(AttachTap(nic.tap, bridge))
                 view.planned(link.with_(master=br.index, up=True), bridge)
             continue
         count = view.port_count(bridge)
@@ -241,8 +246,36 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
                   changed_bridges=changed)
 
 
+def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | None,
+                     force: bool) -> list[Step]:
+    """Steps that bring an existing tap of this VM to the NIC's settings.
+
+    Its MTU may change under a running guest; its MAC (fixed in the guest's QEMU) and
+    its bridge (the guest would lose its network) only while no process holds it.
+    """
+    out: list[Step] = []
+    held = link.carrier and not force
+    new_mac = nic.tap_mac if link.mac != nic.tap_mac else None
+    new_mtu = mtu if mtu and link.mtu != mtu else None
+    if new_mac and held:
+        raise BusyError(f"tap {nic.tap!r} of VM {vm.name!r} is held by a running guest, whose "
+                        f"MAC is fixed in its QEMU: MAC {nic.mac} would not reach it",
+                        ifname=nic.tap, hint="stop the VM, then `vmnet up` with the new "
+                                             "--mac (--force changes the tap anyway)")
+    if new_mac or new_mtu:
+        out.append(ConfigureTap(nic.tap, new_mac, new_mtu, link.mac, link.mtu))
+    if link.master != br.index or not link.up:
+        if held and link.master is not None and link.master != br.index:
+            raise BusyError(f"tap {nic.tap!r} of VM {vm.name!r} is held by a running guest: "
+                            f"moving it to bridge {nic.network.bridge!r} would cut the guest "
+                            "off its network", ifname=nic.tap,
+                            hint="stop the VM first (--force moves it anyway)")
+        out.append(AttachTap(nic.tap, nic.network.bridge))
+    return out
+
+
 def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
-                 bridges: BridgeRecords) -> list[UpPlan]:
+                 bridges: BridgeRecords, *, force: bool = False) -> list[UpPlan]:
     """Plans for several VMs at once, each seeing what the ones before it will create.
 
     Any refusal refuses the whole batch (the error names the VM).
@@ -254,7 +287,7 @@ def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
             raise InputError(f"VM {vm.name!r} is named twice")
         seen.add(vm.name)
         try:
-            plans.append(plan_up(vm, view, claims, bridges))
+            plans.append(plan_up(vm, view, claims, bridges, force=force))
         except VmnetError as e:
             if len(vms) > 1:
                 e.message = f"VM {vm.name!r}: {e.message}"
@@ -288,20 +321,19 @@ def _check_existing_tap(vm: Vm, nic: Nic, link: LinkInfo) -> None:
                                  "pick another tap name or remove it")
     assert link.tun is not None
     if link.tun.owner != vm.uid or link.tun.group != vm.gid:
-        raise ConflictError(f"tap {nic.tap!r} exists with owner {_id(link.tun.owner)} group "
-                            f"{_id(link.tun.group)}, not {_id(vm.uid)}/{_id(vm.gid)} as "
-                            "requested", ifname=nic.tap,
-                            hint=f"run `vmnet down {vm.name}` first")
+        from vmnet.config.users import owner_text
+
+        raise ConflictError(f"tap {nic.tap!r} exists with owner "
+                            f"{owner_text(link.tun.owner, link.tun.group)}, not "
+                            f"{owner_text(vm.uid, vm.gid)} as requested", ifname=nic.tap,
+                            hint=f"run `vmnet down {vm.name}` first, then up as the new "
+                                 "owner")
     if link.tun.multi_queue != nic.multi_queue:
         raise ConflictError(f"tap {nic.tap!r} exists with multi_queue="
                             f"{'on' if link.tun.multi_queue else 'off'}, but {nic.queues} "
                             "queue(s) were requested", ifname=nic.tap,
                             hint=f"run `vmnet down {vm.name}` first, then up with the "
                                  "new queue count")
-
-
-def _id(n: int | None) -> str:
-    return "none" if n is None else str(n)
 
 
 def find_marked_taps(vm: str, view: HostView) -> list[LinkInfo]:

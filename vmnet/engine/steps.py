@@ -218,6 +218,40 @@ class CreateTap(Step):
         return None
 
 
+class ConfigureTap(Step):
+    """Change an existing tap's MAC and/or MTU (a settings change on `up` again)."""
+
+    __slots__ = ("tap", "mac", "mtu", "old_mac", "old_mtu")
+
+    def __init__(self, tap: str, mac: str | None, mtu: int | None, old_mac: str | None,
+                 old_mtu: int | None) -> None:
+        self.tap = tap
+        self.mac = mac
+        self.mtu = mtu
+        self.old_mac = old_mac
+        self.old_mtu = old_mtu
+
+    def ip(self, netns: str | None = None) -> str:
+        return _ip(netns, "link", "set", self.tap,
+                   *(["address", self.mac] if self.mac else []),
+                   *(["mtu", str(self.mtu)] if self.mtu else []))
+
+    def run(self, k: Kernel) -> None:
+        k.set_link(self.tap, mac=self.mac, mtu=self.mtu)
+
+    def undo(self) -> Step:
+        return ConfigureTap(self.tap, self.old_mac if self.mac else None,
+                            self.old_mtu if self.mtu else None, self.mac, self.mtu)
+
+    def check(self, view: HostView) -> str | None:
+        link = view.link(self.tap)
+        if link is None:
+            return "missing"
+        if (self.mac and link.mac != self.mac) or (self.mtu and link.mtu != self.mtu):
+            return "differs"
+        return None
+
+
 class AttachTap(Step):
     """Enslave a tap to its bridge and bring it up (one netlink request)."""
 

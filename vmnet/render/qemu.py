@@ -110,14 +110,13 @@ def vm_args(vm: Vm, *, fds: dict[int, list[int]] | None = None,
 
 
 def up_lines(vm: Vm) -> list[str]:
-    """What `up` says of a VM that is up: its taps, then its QEMU options.
+    """What `up` says of a VM that is up: its taps, then its QEMU options."""
+    from vmnet.config.users import owner_text
 
-    """
     lines = []
+    owner = owner_text(vm.uid, vm.gid)
     for nic in vm.nics:
-        owner = vm.user if vm.uid is not None else "-"
-        group = "" if vm.gid is None else f", group {vm.gid}"
         lines.append(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
-                     f"(owner {owner}{group}, mac {nic.mac}, queues {nic.queues})")
+                     f"(owner {owner}, mac {nic.mac}, queues {nic.queues})")
     lines.append("QEMU options: " + " ".join(shell_quote(a) for a in vm_args(vm)))
     return lines

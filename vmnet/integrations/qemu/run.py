@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import pwd
 import shutil
@@ -31,6 +30,7 @@ import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
 
+from vmnet import log
 from vmnet.config import resolve_user
 from vmnet.engine import ops
 from vmnet.engine.context import Context
@@ -42,8 +42,6 @@ from vmnet.model import Vm
 from vmnet.model.value import Value
 from vmnet.render.qemu import vm_args
 from vmnet.state.records import Proc
-
-log = logging.getLogger("vmnet")
 
 VHOST_PATH = "/dev/vhost-net"
 NOBODY = 65534  # nobody/nogroup: who QEMU runs as when the VM names no user
@@ -130,8 +128,8 @@ def open_vhost(path: str, count: int) -> list[int]:
         for _ in range(count):
             fds.append(os.open(path, os.O_RDWR | os.O_CLOEXEC))
     except OSError as e:
-        log.warning("%s: %s; starting QEMU without vhost", path,
-                    errno.errorcode.get(e.errno or 0, e.strerror))
+        log.warning(f"{path}: {errno.errorcode.get(e.errno or 0, e.strerror)}; starting QEMU "
+                    "without vhost")
         close_fds(fds)
         return []
     return fds
@@ -144,8 +142,10 @@ def close_fds(*groups: Sequence[int] | Fds) -> None:
                 os.close(fd)
 
 
-def attach(ctx: Context, vm: Vm, *, vhost_path: str = VHOST_PATH) -> tuple[Fds, Fds]:
-    """Open every NIC's queues (persist cleared) and vhost fds, under the state lock."""
+def attach(ctx: Context, vm: Vm, *, vhost_path: str = VHOST_PATH,
+           unpersist: bool = True) -> tuple[Fds, Fds]:
+    """Open every NIC's queues (persist cleared unless the taps are borrowed from `up`)
+    and vhost fds, under the state lock."""
     fds: Fds = {}
     vhost: Fds = {}
     try:
@@ -154,9 +154,14 @@ def attach(ctx: Context, vm: Vm, *, vhost_path: str = VHOST_PATH) -> tuple[Fds, 
             refuse_held(vm, {n.tap: k.link(n.tap) for n in vm.nics})
             for nic in vm.nics:
                 fds[nic.index] = tun.open_queues(nic.tap, nic.queues, vnet_hdr=nic.vnet_hdr,
-                                                 path=ctx.tun_path, unpersist=True)
-                log.debug("%s: attached %s (fds %s), persist cleared", vm.name, nic.tap,
-                          fds[nic.index])
+                                                 path=ctx.tun_path, unpersist=unpersist)
+                log.debug(f"{vm.name}: attached {nic.tap} (fds {fds[nic.index]})"
+                          + (", persist cleared" if unpersist else ""))
+        if not os.path.exists(vhost_path):
+            # Once per run, however many NICs: QEMU then moves every packet itself.
+            log.warning(f"{vhost_path} is missing: QEMU moves the packets of "
+                        f"{len(vm.nics)} NIC(s) in userspace (more CPU, lower throughput "
+                        "than vhost-net); `modprobe vhost_net` if this kernel has it")
         for nic in vm.nics:
             got = open_vhost(vhost_path, nic.queues)
             if got:
@@ -237,11 +242,11 @@ def teardown(ctx: Context, name: str, ours: set[Proc]) -> None:
     """Remove the VM's network unless another holder has taken the record over since."""
     rec = ctx.store().get_vm(name)
     if rec is not None and rec.holder is not None and rec.holder not in ours:
-        log.warning("%s: record now belongs to pid %d; leaving the network to it",
-                    name, rec.holder.pid)
+        log.warning(f"{name}: record now belongs to pid {rec.holder.pid}; leaving the "
+                    "network to it")
         return
     res = ops.down(ctx, name, force=True)
-    log.info("%s: removed %s", name, ", ".join(res.plan.taps) or "network (taps already gone)")
+    log.debug(f"{name}: removed {', '.join(res.plan.taps) or 'network (taps already gone)'}")
 
 
 def run(ctx: Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
@@ -259,38 +264,48 @@ def run(ctx: Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
     ident = qemu_identity(vm, env)
     me = Proc.me()
     ours = {me}
+    prev = ctx.store().get_vm(vm.name)
+    # A VM that `vmnet up` made: run borrows its taps and leaves them, and its record,
+    # as it found them (persistent, mode up) when QEMU exits.
+    borrowed = prev is not None and prev.mode == "up"
     with SignalForwarder().installed() as sig:
-        ops.up(ctx, vm, mode="run", holder=me, refuse_held=True)
+        if borrowed:
+            ops.up(ctx, vm, mode="up", refuse_held=True)
+        else:
+            ops.up(ctx, vm, mode="run", holder=me, refuse_held=True)
         try:
             sig.check()
-            fds, vhost = attach(ctx, vm, vhost_path=vhost_path)
+            fds, vhost = attach(ctx, vm, vhost_path=vhost_path, unpersist=not borrowed)
             try:
                 sig.check()
                 cmd = qemu_argv(vm, argv, fds, vhost, netdev_only=netdev_only)
-                log.debug("starting %s", " ".join(cmd))
+                log.debug(f"starting {' '.join(cmd)}")
                 proc = _start(cmd, exe, fds, vhost, ident)
             finally:
                 close_fds(fds, vhost)  # QEMU has its own copies now (or nothing started)
             sig.attach(proc)
             qemu = Proc.of(proc.pid)
-            if qemu is not None:
+            if qemu is not None and not borrowed:
                 ours.add(qemu)
                 set_holder(ctx, vm.name, qemu)
             rc = proc.wait()
             sig.detach()
-            log.info("%s: QEMU (pid %d) exited with status %d", vm.name, proc.pid,
-                     exit_status(rc))
+            log.debug(f"{vm.name}: QEMU (pid {proc.pid}) exited with status {exit_status(rc)}")
         except Interrupted as e:
-            _teardown_quietly(ctx, vm.name, ours)
+            if not borrowed:
+                _teardown_quietly(ctx, vm.name, ours)
             return 128 + e.signum
         except BaseException:
-            _teardown_quietly(ctx, vm.name, ours)
+            if not borrowed:
+                _teardown_quietly(ctx, vm.name, ours)
             raise
+        if borrowed:
+            log.debug(f"{vm.name}: its taps stay, as `vmnet up` made them")
+            return exit_status(rc)
         try:
             teardown(ctx, vm.name, ours)
         except VmnetError as e:
-            log.error("%s: teardown failed: %s; `vmnet gc` finishes it", vm.name,
-                      e.one_line())
+            log.error(f"{vm.name}: teardown failed: {e.one_line()}; `vmnet gc` finishes it")
             return exit_status(rc) or 1
     return exit_status(rc)
 
@@ -299,7 +314,7 @@ def _teardown_quietly(ctx: Context, name: str, ours: set[Proc]) -> None:
     try:
         teardown(ctx, name, ours)
     except VmnetError as e:
-        log.error("%s: teardown failed: %s; `vmnet gc` finishes it", name, e.one_line())
+        log.error(f"{name}: teardown failed: {e.one_line()}; `vmnet gc` finishes it")
 
 
 def _start(cmd: list[str], exe: str, fds: Fds, vhost: Fds,
