@@ -178,7 +178,7 @@ def test_existing_tap_is_brought_to_the_settings_asked_for() -> None:
                                              v.nics[0].tap_mac, 1400)
     held = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0", mac="fe:00:00:00:00:01",
                 carrier=True, tun=TunInfo(True, 0, None, False, True, False, False, 1))
-    with pytest.raises(BusyError, match="MAC .* would not reach it"):
+    with pytest.raises(BusyError, match=r"MAC .* would not reach it"):
         up(v, snap(br, held), {}, {"vmnet0": BridgeRecord("vmnet0", "default", True)})
     fine = link(3, "vm1-0", "tun", master=2, alias="vmnet:vm1:0", mac=v.nics[0].tap_mac,
                 carrier=True, tun=TunInfo(True, 0, None, False, True, False, False, 1))
