@@ -111,3 +111,20 @@ def test_gc_says_everything_it_removes_dry_run_or_not(ns: Netns, state_dir: str)
         dry.splitlines()[0]
     links = ns.links()
     assert "br1" not in links and "vm1-0" not in links and links["upl"].get("master") is None
+
+
+def test_an_uplink_vmnet_brought_up_goes_down_again_after_its_bridge_was_recreated(
+        ns: Netns, state_dir: str) -> None:
+    """The admin deletes vmnet's bridge (the uplink stays up, freed) and makes it again;
+    `up` re-attaches the uplink; `down` still puts it back down, as vmnet found it."""
+    _uplink(ns)
+    vmnet(ns, state_dir, "up", "vm1", "--bridge", "br1", "--uplink", "upl", check=True)
+    ns.ip("link", "del", "br1")
+    ns.ip("link", "add", "br1", "type", "bridge")
+    assert "UP" in ns.links()["upl"]["flags"]
+    vmnet(ns, state_dir, "up", "vm1", "--bridge", "br1", "--uplink", "upl", check=True)
+    assert ns.links()["upl"]["master"] == "br1"
+    vmnet(ns, state_dir, "down", "vm1", check=True)
+    upl = ns.links()["upl"]
+    assert upl.get("master") is None and "UP" not in upl["flags"]
+    assert "br1" in ns.links()  # the re-created bridge is the admin's: never deleted

@@ -64,6 +64,12 @@ print("FAKE " + json.dumps(out), flush=True)
 if os.environ.get("FAKE_MODE") == "wait":
     while True:
         time.sleep(1)
+if os.environ.get("FAKE_MODE") == "fork" and os.fork() == 0:
+    null = os.open(os.devnull, os.O_RDWR)  # a child that keeps the tap fds (not the pipes)
+    for std in (0, 1, 2):
+        os.dup2(null, std)
+    time.sleep(float(os.environ.get("FAKE_HOLD", "3")))
+    os._exit(0)
 sys.exit(int(os.environ.get("FAKE_RC", "3")))
 """
 
@@ -582,3 +588,24 @@ def test_run_says_once_that_vhost_net_is_missing(ns: Netns, state_dir: str,
     assert r.stderr.count("/dev/vhost-net is missing") == 1, r.stderr
     assert "3 NIC(s) in userspace" in r.stderr and "vhost_net" in r.stderr
     assert "vhost" not in " ".join(json.loads(r.stdout.split("FAKE ", 1)[1])["argv"])
+
+
+def test_taps_a_child_of_qemu_still_holds_are_not_deleted(ns: Netns, state_dir: str,
+                                                          fake_qemu: str) -> None:
+    """QEMU's main process exits while a child keeps the fds: run deletes nothing, says
+    who holds them in one line, exits with QEMU's status; the kernel removes the taps
+    with their last fd and gc then clears the record."""
+    before = host_snapshot(ns, state_dir)
+    env = {**clean_env(), "FAKE_MODE": "fork", "FAKE_HOLD": "2"}
+    r = subprocess.run(vmnet_argv(ns, state_dir, "run", "vm1", "--", fake_qemu),
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 3, r.stderr
+    line = [x for x in r.stderr.splitlines() if "still held by pid" in x]
+    assert len(line) == 1 and "nothing deleted" in line[0], r.stderr
+    assert "vm1-0" in ns.links() and record(ns, state_dir, "vm1") is not None
+    deadline = time.monotonic() + 10
+    while "vm1-0" in ns.links() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "vm1-0" not in ns.links()  # went with its last fd
+    vmnet(ns, state_dir, "gc", check=True)
+    assert host_snapshot(ns, state_dir) == before

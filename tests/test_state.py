@@ -162,3 +162,37 @@ with s.locked(1):
 
 def test_state_error_is_a_vmnet_error() -> None:
     assert issubclass(StateError, Exception) and StateError("x").exit_code == 1
+
+
+def test_down_and_gc_work_on_a_full_state_directory(tmp_path: Path) -> None:
+    """Freeing space must not need free space: with the state directory's file system
+    full, `down` removes the VM (tap and records) and `gc` runs; both say one line."""
+    if os.geteuid() != 0:
+        pytest.skip("namespaces and a small tmpfs need root")
+    import uuid
+
+    ns = f"vmt-full-{uuid.uuid4().hex[:8]}"
+    mnt = tmp_path / "state"
+    mnt.mkdir()
+    script = f"""
+set -e
+mount -n -t tmpfs -o size=128k,mode=700 x {mnt}
+V="{sys.executable} -m vmnet --state-dir {mnt} --config /dev/null --netns {ns}"
+$V up vm1 >/dev/null
+$V up vm2 >/dev/null
+dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null || true
+$V down vm1
+$V gc
+ip -n {ns} -o link show | grep -c vm1-0 || true
+ls {mnt}/ns-*/vms
+"""
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
+                           text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert "vm1: removed vm1-0" in out[0] and out[-2:] == ["0", "vm2.json"], r.stdout
+    assert "without marking it first" in r.stderr and "ENOSPC" in r.stderr

@@ -8,8 +8,10 @@ steps and records in reverse on any failure.
 
 from __future__ import annotations
 
+import errno
 import os
 
+from vmnet import log
 from vmnet.engine.apply import Transaction
 from vmnet.engine.context import Context
 from vmnet.engine.observe import HostView
@@ -24,7 +26,7 @@ from vmnet.engine.plan import (
     plan_up_many,
 )
 from vmnet.engine.steps import CreateTap, DeleteLinks
-from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
+from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError, StateError
 from vmnet.kernel.netns import has_net_admin
 from vmnet.model.value import Value
 from vmnet.state.records import NicRecord, Proc, VmRecord
@@ -267,7 +269,14 @@ def _teardown(ctx: Context, store: StateStore, view: HostView,
         if rec is not None:
             rec.phase = "removing"
             rec.writer = me
-            store.put_vm(rec)
+            try:
+                store.put_vm(rec)
+            except StateError as e:
+                # Freeing space must not need free space: without the mark, a crash
+                # from here leaves a ready record whose taps are gone, which gc clears.
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                log.warning(f"{e.one_line()}; removing {rec.vm} without marking it first")
     Transaction(ctx.kernel(), store, ctx.netns).run(plan.steps, progress)
     for vm, rec in batch.items():
         store.drop_vm(vm, rec)

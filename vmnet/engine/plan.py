@@ -179,7 +179,11 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
                                  "own (vmnet does not move addresses yet)")
     steps.append(AttachUplink(net.uplink, net.bridge, bring_up=not up.up))
     view.planned(up.with_(master=br.index, up=True), net.bridge)
-    updated = rec.with_(uplink=net.uplink, uplink_attached=True, uplink_was_down=not up.up)
+    # What the uplink was before vmnet first touched it survives the bridge being deleted
+    # and re-created behind vmnet's back (the uplink then stays up, freed, meanwhile).
+    was_down = rec.uplink_was_down if rec.uplink_attached and rec.uplink == net.uplink \
+        else not up.up
+    updated = rec.with_(uplink=net.uplink, uplink_attached=True, uplink_was_down=was_down)
     mine = next((i for i, r in enumerate(new) if r is rec), None)
     if mine is not None:
         new[mine] = updated

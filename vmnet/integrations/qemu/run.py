@@ -239,12 +239,25 @@ def set_holder(ctx: Context, name: str, holder: Proc) -> None:
 
 
 def teardown(ctx: Context, name: str, ours: set[Proc]) -> None:
-    """Remove the VM's network unless another holder has taken the record over since."""
+    """Remove the VM's network unless another holder has taken the record over since, or
+    a process still holds its taps (a child of QEMU kept the fds).  Then nothing is
+    deleted: persist is cleared, so the kernel removes each tap with its last fd, and gc
+    clears the record once they are gone."""
     rec = ctx.store().get_vm(name)
     if rec is not None and rec.holder is not None and rec.holder not in ours:
         log.warning(f"{name}: record now belongs to pid {rec.holder.pid}; leaving the "
                     "network to it")
         return
+    if rec is not None:
+        k = ctx.kernel()
+        held = {n.tap for n in rec.nics if (lk := k.link(n.tap)) is not None and lk.carrier}
+        if held:
+            who = tap_holders(held)
+            pids = ", ".join(sorted({p for t in held for p in who.get(t, [])})) or "a process"
+            log.warning(f"{name}: QEMU exited but {', '.join(sorted(held))} still held by "
+                        f"{pids}; nothing deleted (each tap goes with its last fd; `vmnet gc` "
+                        "then clears the record)")
+            return
     res = ops.down(ctx, name, force=True)
     log.debug(f"{name}: removed {', '.join(res.plan.taps) or 'network (taps already gone)'}")
 
