@@ -108,6 +108,11 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:]) or f"({path} is empty)"
 
 
+# What a libvirtd of the host may have left in /run: never bound into ours.
+LIBVIRT_RUN_ENTRIES = frozenset({"libvirt", "libvirtd.pid", "virtlogd.pid", "virtlockd.pid",
+                                 "virtqemud.pid"})
+
+
 def _mount_ns(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/mnt")
 
@@ -241,8 +246,12 @@ class Libvirtd:
     def _prepare(self, hooks: dict[str, str]) -> None:
         for d in (self.run_dir, self.lib_dir, self.log_dir, self.tmp / "hostrun"):
             d.mkdir()
-        # /run: a private directory with the host's entries bound back in.
+        # /run: a private directory with the host's entries bound back in, except
+        # libvirt's own: a host where libvirtd ran before keeps /run/libvirt (stale
+        # sockets, pid files), and ours must start from an empty one.
         for entry in os.scandir("/run"):
+            if entry.name in LIBVIRT_RUN_ENTRIES:
+                continue
             target = self.run_dir / entry.name
             if entry.is_symlink():
                 target.symlink_to(os.readlink(entry.path))
@@ -272,7 +281,7 @@ class Libvirtd:
                  f"mount --rbind /run {q(str(hostrun))}",
                  f"mount --bind {q(str(self.run_dir))} /run"]
         for entry in sorted(os.listdir(self.run_dir)):
-            if not (self.run_dir / entry).is_symlink():
+            if entry not in LIBVIRT_RUN_ENTRIES and not (self.run_dir / entry).is_symlink():
                 lines.append(f"mount --rbind {q(str(hostrun / entry))} {q('/run/' + entry)}")
         lines += [
             f"umount -l {q(str(hostrun))}",

@@ -66,6 +66,9 @@ def test_down_keeps_a_bridge_the_admin_gave_an_address_and_a_route(ns: Netns,
     ns.ip("addr", "add", "192.0.2.10/24", "dev", "br1")
     ns.ip("route", "add", "default", "via", "192.0.2.1", "dev", "br1")
     ns.ip("addr", "add", "198.51.100.7/24", "dev", "upl")
+    table = vmnet(ns, state_dir, "status", check=True).stdout
+    assert "bridge br1: carries the host's traffic vmnet did not add (address " \
+        "192.0.2.10/24, route default)" in table and "will keep it" in table
     r = vmnet(ns, state_dir, "down", "vm1", check=True)
     assert "bridge br1: kept" in r.stderr and "address 192.0.2.10/24" in r.stderr
     assert "uplink upl: detached but left up" in r.stderr
@@ -128,3 +131,24 @@ def test_an_uplink_vmnet_brought_up_goes_down_again_after_its_bridge_was_recreat
     upl = ns.links()["upl"]
     assert upl.get("master") is None and "UP" not in upl["flags"]
     assert "br1" in ns.links()  # the re-created bridge is the admin's: never deleted
+
+
+def test_a_renamed_tap_is_reported_as_renamed(ns: Netns, state_dir: str) -> None:
+    """Someone renames vmnet's tap: status says `renamed to X`, `up` refuses with how to
+    mend it (instead of making a second tap with the same mark), `down` leaves it alone
+    and says so."""
+    import json
+
+    vmnet(ns, state_dir, "up", "vm1", check=True)
+    ns.ip("link", "set", "vm1-0", "name", "oops0")
+    st = json.loads(vmnet(ns, state_dir, "status", "--json", "vm1", check=True).stdout)
+    assert st["vms"][0]["nics"][0]["state"] == "renamed to oops0"
+    r = vmnet(ns, state_dir, "up", "vm1")
+    assert r.returncode == 1 and "was renamed to 'oops0'" in r.stderr
+    assert "ip link set oops0 name vm1-0" in r.stderr and "vm1-0" not in ns.links()
+    ns.ip("link", "set", "oops0", "nomaster")  # off the bridge: found by its mark alone
+    r = vmnet(ns, state_dir, "up", "vm1")
+    assert r.returncode == 1 and "was renamed to 'oops0'" in r.stderr
+    r = vmnet(ns, state_dir, "down", "vm1", check=True)
+    assert "vm1-0: renamed to oops0 by someone; left alone" in r.stderr
+    assert "oops0" in ns.links()

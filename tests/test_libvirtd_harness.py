@@ -269,3 +269,41 @@ def test_restart_reconnects_to_running_domain(ns: Netns, tmp_path: Path, hook_lo
         assert d.virsh("domstate", "vm1").stdout.strip() == "running"
         assert lower_up(ns)
         assert calls(hook_log, "main", "vm1") == [*LIFECYCLE[:3], "reconnect begin"]
+
+
+def test_a_stale_run_libvirt_on_the_host_does_not_matter() -> None:
+    """A host where libvirtd ran before keeps /run/libvirt (a dead socket, a pid file):
+    the harness starts its libvirtd on an empty private one all the same, and the host's
+    leftovers stay as they were.  (0.1: "libvirtd did not answer within 60 s".)"""
+    import socket
+
+    if os.geteuid() != 0:
+        pytest.skip("libvirtd tests need root (namespaces, mounts, taps)")
+    if shutil.which("libvirtd") is None:
+        pytest.skip("libvirtd not installed (scripts/install-deps --test)")
+    run = Path("/run/libvirt")
+    if run.exists() or Path("/run/libvirtd.pid").exists():
+        pytest.skip("this host has a /run/libvirt of its own: not ours to play with")
+    made: list[Path] = []
+    try:
+        run.mkdir()
+        made.append(run)
+        sock = run / "libvirt-sock"
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(str(sock))
+        s.close()  # a dead socket, as a killed libvirtd leaves it
+        made.insert(0, sock)
+        pidfile = Path("/run/libvirtd.pid")
+        pidfile.write_text("999999\n")
+        made.insert(0, pidfile)
+        with netns("vmlv") as n, libvirtd(n.name) as d:
+            assert "libvirt 9" in d.virsh("version").stdout
+            assert d.nsenter("test", "-S", "/run/libvirt/libvirt-sock").returncode == 0
+        assert sorted(p.name for p in run.iterdir()) == ["libvirt-sock"]
+        assert pidfile.read_text() == "999999\n"
+    finally:
+        for p in made:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)

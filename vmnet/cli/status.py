@@ -70,6 +70,11 @@ def status(g: Globals, values: Values) -> None:
     _print_table(table)
     for t in extra:
         out(f"unrecorded vmnet tap: {t} (no record explains it; `vmnet down` its VM)")
+    for b in bridges:
+        carried = b["host_traffic"]
+        if isinstance(carried, list) and carried:
+            out(f"bridge {b['bridge']}: carries the host's traffic vmnet did not add "
+                f"({', '.join(str(c) for c in carried[:4])}): `vmnet down` will keep it")
 
 
 def list_(g: Globals, values: Values) -> None:

@@ -85,6 +85,12 @@ class HostView:
             self._by_index.clear()
         return [] if self.snap is None else list(self.snap.links.values())
 
+    def marked(self, alias: str) -> LinkInfo | None:
+        """The link that carries this mark (ifalias), wherever it is and whatever its name:
+        finds a vmnet tap someone renamed.  Reads every link (only asked for a tap that is
+        missing under its recorded name)."""
+        return next((lk for lk in self.all_links() if lk.alias == alias), None)
+
     def ports(self, bridge: str) -> list[LinkInfo]:
         br = self.link(bridge)
         if br is None:

@@ -24,6 +24,7 @@ from vmnet.engine.plan import (
     plan_down_many,
     plan_release_bridges,
     plan_up_many,
+    renamed_error,
 )
 from vmnet.engine.steps import CreateTap, DeleteLinks
 from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError, StateError
@@ -143,6 +144,9 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
         plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges, force=force)
         changes = {p.vm.name: setting_changes(prev, p.nics, view, force)
                    for p in plans if (prev := prevs[p.vm.name]) is not None}
+        for p in plans:
+            if prevs[p.vm.name] is not None:
+                _refuse_renamed(p.vm, view)
         if refuse_held:
             for vm in vms:
                 _refuse_held(vm, view)
@@ -195,6 +199,16 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
         store.end(journal)
         return [UpResult(p.vm, p, rec, changes.get(p.vm.name))
                 for p, rec in zip(plans, recs, strict=True)]
+
+
+def _refuse_renamed(vm: Vm, view: HostView) -> None:
+    """A tap of a VM that is up, missing under its name but found by vmnet's mark under
+    another: say so (making a second tap with the same mark would hide the first)."""
+    for nic in vm.nics:
+        if view.link(nic.tap) is None:
+            moved = view.marked(vm.mark(nic))
+            if moved is not None and moved.kind == "tun":
+                raise renamed_error(vm, nic, moved.name)
 
 
 def _refuse_held(vm: Vm, view: HostView) -> None:

@@ -312,9 +312,20 @@ def _check_mac(vm: Vm, nic: Nic, claims: Claims, view: HostView, link: LinkInfo 
     for mac in (nic.mac, nic.tap_mac):
         port = view.port_with_mac(bridge, mac)
         if port is not None and port != nic.tap:
+            moved = view.link(port)
+            if moved is not None and moved.kind == "tun" and moved.alias == vm.mark(nic):
+                raise renamed_error(vm, nic, moved.name)
             raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} collides with "
                                 f"port {port!r} of bridge {bridge!r}",
                                 hint="give a different --mac")
+
+
+def renamed_error(vm: Vm, nic: Nic, name: str) -> ConflictError:
+    """A tap of this VM that someone renamed (it still carries vmnet's mark)."""
+    return ConflictError(f"tap {nic.tap!r} of VM {vm.name!r} was renamed to {name!r} (it "
+                         f"carries vmnet's mark {vm.mark(nic)})", ifname=name,
+                         hint=f"rename it back (ip link set {name} name {nic.tap}), or "
+                              f"`vmnet down {vm.name}` first")
 
 
 def _check_existing_tap(vm: Vm, nic: Nic, link: LinkInfo) -> None:
@@ -365,6 +376,10 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
                 used_bridges.add(n.bridge)
                 link = view.link(n.tap)
                 if link is None:
+                    moved = view.marked(nic_mark(vm, n.index))
+                    if moved is not None and moved.kind == "tun":
+                        skipped.append(f"{n.tap}: renamed to {moved.name} by someone; left "
+                                       "alone (it still carries vmnet's mark)")
                     continue
                 if not is_our_tap(link, vm, n.index, n.owner):
                     skipped.append(f"{n.tap}: exists but is not vmnet's tap for {vm} "

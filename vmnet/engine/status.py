@@ -102,6 +102,10 @@ def nic_steps(vm: str, n: NicRecord) -> list[Step]:
 def nic_state(rec: VmRecord, n: NicRecord, view: HostView) -> str:
     for step in nic_steps(rec.vm, n):
         problem = step.check(view)
+        if problem == "missing":
+            moved = view.marked(nic_mark(rec.vm, n.index))
+            if moved is not None and moved.kind == "tun":
+                return f"renamed to {moved.name}"
         if problem is not None:
             return problem
     return "ok"
@@ -152,5 +156,8 @@ def bridge_rows(view: HostView, bridges: dict[str, BridgeRecord]) -> list[dict[s
             "mtu": link.mtu if link else None,
             "ports": len(view.ports(name)),
             "address": b.address,
+            # what `down` will find there that vmnet did not add (and so keep the bridge)
+            "host_traffic": view.host_traffic(name, {b.address} if b.address else set())
+            if b.created and link is not None else [],
         })
     return rows
