@@ -140,13 +140,14 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
                                     f"{prev.domain_uuid}, not {domain_uuid}",
                                     hint="two domains must not name the same vmnet VM")
         view = HostView(k, full=len(vms) >= BULK)
+        for vm in vms:
+            if prevs[vm.name] is not None:
+                _refuse_renamed(vm, view)
         bridges = BridgeRecords(store)
         plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges, force=force)
         changes = {p.vm.name: setting_changes(prev, p.nics, view, force)
                    for p in plans if (prev := prevs[p.vm.name]) is not None}
-        for p in plans:
-            if prevs[p.vm.name] is not None:
-                _refuse_renamed(p.vm, view)
+
         if refuse_held:
             for vm in vms:
                 _refuse_held(vm, view)
