@@ -141,3 +141,31 @@ def test_config_cache_is_read_and_stale_never(tmp_path: Path) -> None:
     conf.write_text(FULL.replace("9000", "1400", 1))
     third = load_config(str(conf), {}, cache_dir=str(state))
     assert third.networks["lan"].mtu == 1400 and third.digest != first.digest
+
+
+def test_the_local_mac_scheme_is_opt_in_and_has_40_bits() -> None:
+    """Default MACs keep 0.1's derivation (52:54:00 + 24 bits: changing it would change
+    every unpinned guest's MAC); defaults.mac_scheme = "local" gives 02 + 40 bits."""
+    from vmnet.model import default_mac
+
+    plain = resolve_vm(parse_config('[vms.a]\nuser = "0"\n'), "a", Overrides(user="0"), env={})
+    assert plain.nics[0].mac == default_mac("a", 0) and plain.nics[0].mac.startswith("52:54:00")
+    local = parse_config('[defaults]\nmac_scheme = "local"\n')
+    vm = resolve_vm(local, "a", Overrides(user="0", nics=2), env={})
+    macs = [n.mac for n in vm.nics]
+    assert all(m.startswith("02:") and len(m) == 17 for m in macs) and len(set(macs)) == 2
+    import hashlib
+
+    h = hashlib.sha256(b"vmnet-mac/a/0").digest()
+    assert macs[0] == "02:" + ":".join(f"{b:02x}" for b in h[:5])  # 40 hashed bits
+    # distinct tap MACs too (fe + the same 40 bits): the bridge never sees two alike
+    assert len({n.tap_mac for n in vm.nics}) == 2
+    with pytest.raises(ConfigError, match="mac_scheme: 'wide' is not one of qemu, local"):
+        parse_config('[defaults]\nmac_scheme = "wide"\n')
+
+
+def test_40_bits_of_default_macs_do_not_collide_among_50000_vms() -> None:
+    from vmnet.model.names import default_mac
+
+    macs = {default_mac(f"vm{i}", 0, "local") for i in range(50000)}
+    assert len(macs) == 50000

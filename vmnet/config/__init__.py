@@ -22,6 +22,7 @@ from vmnet.model import (
     default_tap_name,
 )
 from vmnet.model import validate as v
+from vmnet.model.names import MAC_SCHEMES
 from vmnet.model.value import Value
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
@@ -34,7 +35,7 @@ _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address"}
 _VM_KEYS = {"user", "group", "nics"}
 _NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
-_DEFAULTS_KEYS = {"network"}
+_DEFAULTS_KEYS = {"network", "mac_scheme"}
 
 
 class NicSpec(Value):
@@ -69,27 +70,30 @@ class VmSpec(Value):
 class Config(Value):
     """A parsed, validated config file (or the built-in defaults when there is none)."""
 
-    __slots__ = ("default_network", "digest", "networks", "path", "vms")
+    __slots__ = ("path", "networks", "vms", "default_network", "digest", "mac_scheme")
 
     def __init__(self, path: str | None, networks: dict[str, Network], vms: dict[str, VmSpec],
-                 default_network: str = DEFAULT_NETWORK, digest: str | None = None) -> None:
+                 default_network: str = DEFAULT_NETWORK, digest: str | None = None,
+                 mac_scheme: str = "qemu") -> None:
         self.path = path
         self.networks = networks
         self.vms = vms
         self.default_network = default_network
         self.digest = digest  # sha256 of the file's bytes: names its parsed form (cache)
+        self.mac_scheme = mac_scheme  # how NICs that name no MAC get one (names.default_mac)
 
     def to_plain(self) -> tuple[object, ...]:
         """This config as builtin values (for vmnet.config.cache); from_plain reverses it."""
         return (self.path, self.default_network,
                 tuple(n.as_dict() for n in self.networks.values()),
                 tuple((name, s.user, s.group, tuple(n.as_dict() for n in s.nics))
-                      for name, s in self.vms.items()))
+                      for name, s in self.vms.items()), self.mac_scheme)
 
     @classmethod
     def from_plain(cls, data: Any, digest: str | None) -> Config:
-        path, default_network, networks, vms = data
+        path, default_network, networks, vms, mac_scheme = data
         return cls(path=path, default_network=default_network, digest=digest,
+                   mac_scheme=mac_scheme,
                    networks={n["name"]: Network(**n) for n in networks},
                    vms={name: VmSpec(user, group, tuple(NicSpec(**n) for n in nics))
                         for name, user, group, nics in vms})
@@ -236,6 +240,12 @@ def parse_config(text: str, path: str | None = None) -> Config:
                               f"use the same bridge {n.bridge!r}")
         bridges.setdefault(n.bridge, n.name)
     defaults = _check_keys(data.get("defaults", {}), _DEFAULTS_KEYS, f"{src}: [defaults]")
+    mac_scheme = _typed(defaults.get("mac_scheme", "qemu"), str, f"{src}: defaults.mac_scheme")
+    if mac_scheme not in MAC_SCHEMES:
+        raise ConfigError(f"{src}: defaults.mac_scheme: {mac_scheme!r} is not one of "
+                          f"{', '.join(MAC_SCHEMES)}",
+                          hint="\"local\" gives 40 bits (for thousands of VMs); \"qemu\" is "
+                               "the default")
     default_network = _typed(defaults.get("network", DEFAULT_NETWORK), str,
                              f"{src}: defaults.network")
     if default_network not in networks:
@@ -265,7 +275,8 @@ def parse_config(text: str, path: str | None = None) -> Config:
                 raise ConfigError(f"{where}.{key}: expected a name or a numeric id")
         vms[name] = VmSpec(user=None if user is None else str(user),
                            group=None if group is None else str(group), nics=nics)
-    return Config(path=path, networks=networks, vms=vms, default_network=default_network)
+    return Config(path=path, networks=networks, vms=vms, default_network=default_network,
+                  mac_scheme=mac_scheme)
 
 
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
@@ -390,7 +401,8 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
             index=i,
             network=net,
             tap=nspec.tap or default_tap_name(name, i),
-            mac=(ov.macs[i] if i < len(ov.macs) else None) or nspec.mac or default_mac(name, i),
+            mac=(ov.macs[i] if i < len(ov.macs) else None) or nspec.mac or
+            default_mac(name, i, cfg.mac_scheme),
             queues=ov.queues or nspec.queues or 1,
             mtu=ov.mtu or nspec.mtu,
             vnet_hdr=ov.vnet_hdr if ov.vnet_hdr is not None else

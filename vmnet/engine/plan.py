@@ -306,7 +306,9 @@ def _check_mac(vm: Vm, nic: Nic, claims: Claims, view: HostView, link: LinkInfo 
     if other is not None and other != vm.name:
         raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} is already "
                             f"used by VM {other!r} on bridge {bridge!r}",
-                            hint="give a different --mac (or set it in the config file)")
+                            hint="give a different --mac (or set it in the config file); "
+                                 "with thousands of VMs, defaults.mac_scheme = \"local\" "
+                                 "derives 40 bits instead of 24")
     if link is not None and link.master == br.index:
         return  # our own port, checked when it was made
     for mac in (nic.mac, nic.tap_mac):
