@@ -72,6 +72,20 @@ network = "adm"
 [vms.vm2]
 [[vms.vm2.nics]]
 network = "lan"
+
+# vm3, vm4: with vm1, three VMs of two NICs each for the bulk syscall sweeps.
+[vms.vm3]
+[[vms.vm3.nics]]
+network = "lan"
+[[vms.vm3.nics]]
+network = "adm"
+
+[vms.vm4]
+user = "65534"
+[[vms.vm4.nics]]
+network = "adm"
+[[vms.vm4.nics]]
+network = "lan"
 """
 
 DOMAIN = """\
@@ -538,7 +552,7 @@ def test_killed_gc_report_is_readable(lab: Lab) -> None:
 # writes/renames/unlinks, files created), then each is a kill point of its own.
 STRACE = shutil.which("strace")
 WATCHED = ("sendto", "sendmsg", "ioctl", "write", "rename", "unlink", "openat", "mkdir",
-           "rmdir")
+           "rmdir", "symlink")
 HARMLESS_IOCTLS = ("TCGETS", "TIOCGWINSZ", "FIOCLEX", "FIONBIO")
 
 
@@ -698,3 +712,39 @@ def test_random_kills_of_a_big_bulk_up_roll_back_whole(lab: Lab, tmp_path: Path)
                    kills=len(picks), in_final_phase=sum(1 for a in picks if a in ready),
                    leaks=len(leaks))
     assert not leaks, leaks
+
+
+BULK3 = ("vm1", "vm3", "vm4")  # three VMs with two NICs each, in one transaction
+
+
+def down_bulk3(host: Host) -> list[str]:
+    r = host.cli("down", *BULK3)
+    return [p for p in [clean_exit("down", r)] if p] or host.settled_diff(host.base)
+
+
+@needs_strace
+def test_kill_bulk_up_before_every_changing_syscall(lab: Lab) -> None:
+    """Three VMs with two NICs each, killed before each of its state-changing syscalls
+    (the journal, records, index entries, taps, ready marks): gc rolls back all three."""
+    res = syscall_sweep(lab, "bulk up 3x2", ("up", *BULK3), prepare=nothing, recover=gc,
+                        redo=up_down_again, undo=down_bulk3, expect=lambda h: h.base)
+    assert {"sendto", "ioctl", "rename", "write", "symlink"} <= {p.split("#")[0]
+                                                                 for p in res.points}
+    assert_no_leaks(res)
+
+
+@needs_strace
+def test_kill_bulk_down_before_every_changing_syscall(lab: Lab) -> None:
+    def up3(host: Host) -> None:
+        r = host.cli("up", *BULK3)
+        assert r.returncode == 0, r.stderr
+
+    def gc_and_retry(host: Host) -> list[str]:
+        out = gc(host)
+        retry = host.cli("down", *BULK3)
+        return out + [p for p in [clean_exit("retried down", retry)] if p]
+
+    res = syscall_sweep(lab, "bulk down 3x2", ("down", *BULK3), prepare=up3,
+                        recover=gc_and_retry, redo=up_down_again, undo=settle,
+                        expect=lambda h: h.base)
+    assert_no_leaks(res)

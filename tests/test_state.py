@@ -185,6 +185,8 @@ $V down vm1
 $V gc
 ip -n {ns} -o link show | grep -c vm1-0 || true
 ls {mnt}/ns-*/vms
+if $V up vm3 2>{mnt}/../up3.err; then echo "up3 succeeded"; fi
+ip -n {ns} -o link show | grep -c vm3-0 || true
 """
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
@@ -194,5 +196,8 @@ ls {mnt}/ns-*/vms
         subprocess.run(["ip", "netns", "del", ns], check=False)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()
-    assert "vm1: removed vm1-0" in out[0] and out[-2:] == ["0", "vm2.json"], r.stdout
+    assert "vm1: removed vm1-0" in out[0] and out[-3:] == ["0", "vm2.json", "0"], r.stdout
     assert "without marking it first" in r.stderr and "ENOSPC" in r.stderr
+    # and a new `up` on the full disk fails before any kernel change, in one line
+    err = (tmp_path / "up3.err").read_text()
+    assert err.count("\n") == 1 and "ENOSPC" in err and str(mnt) in err, err
