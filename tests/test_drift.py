@@ -152,3 +152,28 @@ def test_a_renamed_tap_is_reported_as_renamed(ns: Netns, state_dir: str) -> None
     r = vmnet(ns, state_dir, "down", "vm1", check=True)
     assert "vm1-0: renamed to oops0 by someone; left alone" in r.stderr
     assert "oops0" in ns.links()
+
+
+@pytest.mark.parametrize(("change", "state", "bridge_after"), [
+    (lambda ns: (ns.ip("link", "add", "bradm", "type", "bridge"),
+                 ns.ip("link", "set", "vm1-0", "master", "bradm")), "detached", False),
+    (lambda ns: ns.ip("link", "set", "vm1-0", "down"), "down", False),
+    (lambda ns: ns.ip("link", "set", "vm1-0", "mtu", "1300"), "ok", False),
+    (lambda ns: ns.ip("link", "set", "vm1-0", "nomaster"), "detached", False),
+    (lambda ns: ns.ip("rule", "add", "iif", "br1", "table", "100"), "ok", True),
+], ids=["re-mastered", "set-down", "mtu", "nomaster", "rule-on-bridge"])
+def test_every_kind_of_drift_status_shows_and_down_stays_safe(
+        ns: Netns, state_dir: str, change: object, state: str, bridge_after: bool) -> None:
+    """After each change an admin can make between `up` and `down`, `status` shows it and
+    `down` removes only vmnet's tap, keeping a bridge that carries the host's traffic."""
+    import json
+
+    vmnet(ns, state_dir, "up", "vm1", "--bridge", "br1", check=True)
+    change(ns)  # type: ignore[operator]
+    st = json.loads(vmnet(ns, state_dir, "status", "--json", check=True).stdout)
+    assert st["vms"][0]["nics"][0]["state"] == state
+    r = vmnet(ns, state_dir, "down", "vm1", check=True)
+    assert "vm1-0" not in ns.links(), r.stderr
+    assert ("br1" in ns.links()) == bridge_after, r.stdout + r.stderr
+    vmnet(ns, state_dir, "gc", check=True)
+    assert ("br1" in ns.links()) == bridge_after
