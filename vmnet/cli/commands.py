@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from vmnet.model import Vm
+    from vmnet.state.records import VmRecord
 
     Values = Mapping[str, object]
     Progress = Callable[[int, int], None] | None
@@ -45,9 +46,8 @@ def _progress(count: int) -> Progress:
 
 def up(g: Globals, values: Values) -> None:
     """Bring VMs (or every configured VM) up and say what was done."""
+    from vmnet.config import resolve_vm
     from vmnet.engine import ops
-    from vmnet.engine.desired import desired
-    from vmnet.engine.plan import BridgeRecords
     from vmnet.render import qemu
 
     names = _names(values)
@@ -67,15 +67,20 @@ def up(g: Globals, values: Values) -> None:
         raise InputError("no VM named: give a VM name, e.g. `vmnet up vm1`")
     for n in names:
         validate.vm_name(n)
-    if not dry_run:
-        ops.require_net_admin()  # before reading records: the clearer refusal
     ctx = g.context()
+
+    def resolve(name: str, rec: VmRecord | None) -> Vm:
+        if rec is None:  # a first `up`: the config and the flags
+            return resolve_vm(cfg, name, ov, env=g.env)
+        from vmnet.engine.desired import desired
+        from vmnet.engine.plan import BridgeRecords
+
+        return desired(cfg, name, ov, rec, BridgeRecords(ctx.store()), env=g.env)
+
     try:
-        store = ctx.store()
-        bridges = BridgeRecords(store)
-        models = [desired(cfg, n, ov, store.get_vm(n), bridges, env=g.env) for n in names]
-        results = ops.up_many(ctx, models, dry_run=dry_run, progress=_progress(len(models)),
-                              force=bool(values.get("force")))
+        results = ops.up_resolved(ctx, names, resolve, dry_run=dry_run,
+                                  progress=_progress(len(names)),
+                                  force=bool(values.get("force")))
     finally:
         ctx.close()
     for res in results:

@@ -125,13 +125,27 @@ def up_many(ctx: Context, vms: list[Vm], *, mode: Mode = "up", dry_run: bool = F
     everything this call did.  A VM that is up already is brought to the settings
     asked for, where that is safe for a running guest (`force`: even where not).
     """
+    by_name = {vm.name: vm for vm in vms}
+    return up_resolved(ctx, [vm.name for vm in vms], lambda name, _prev: by_name[name],
+                       mode=mode, dry_run=dry_run, holder=holder, domain_uuid=domain_uuid,
+                       refuse_held=refuse_held, progress=progress, force=force)
+
+
+def up_resolved(ctx: Context, names: list[str],
+                resolve: Callable[[str, VmRecord | None], Vm], *, mode: Mode = "up",
+                dry_run: bool = False, holder: Proc | None = None,
+                domain_uuid: str | None = None, refuse_held: bool = False,
+                progress: Progress = None, force: bool = False) -> list[UpResult]:
+    """up_many for VMs whose model depends on their record: `resolve(name, record)` is
+    called under the lock, with the record read there (vmnet.engine.desired: a VM that
+    is up is its record, changed by the flags)."""
     if not dry_run:
         require_net_admin()
     store = ctx.store()
     k = ctx.kernel()
     with store.locked(ctx.lock_timeout):
-        names = [vm.name for vm in vms]
-        prevs = {vm.name: store.get_vm(vm.name) for vm in vms}
+        prevs = {n: store.get_vm(n) for n in names}
+        vms = [resolve(n, prevs[n]) for n in names]
         for vm in vms:
             prev = prevs[vm.name]
             if prev is not None and domain_uuid is not None and prev.domain_uuid not in (
