@@ -36,9 +36,9 @@ class Transaction:
         self._undo: list[tuple[str | Step, Callable[[], None]]] = []
 
     # -- records -------------------------------------------------------------
-    def put_vm(self, rec: VmRecord, prev: VmRecord | None) -> None:
+    def put_vm(self, rec: VmRecord, prev: VmRecord | None, *, index: bool = True) -> None:
         """Write a VM record; undo puts `prev` back (or drops the record)."""
-        self.store.put_vm(rec)
+        self.store.put_vm(rec, index=index)
         if prev is None:
             self._undo.append((f"drop record {rec.vm}",
                                lambda: self.store.drop_vm(rec.vm, rec)))

@@ -205,7 +205,7 @@ def up_resolved(ctx: Context, names: list[str],
                 for i in fresh:
                     ready = recs[i].copy()
                     ready.phase = "ready"
-                    txn.put_vm(ready, recs[i])
+                    txn.put_vm(ready, recs[i], index=False)  # same NICs: entries written
                     recs[i] = ready
         except BaseException:
             store.end(journal)

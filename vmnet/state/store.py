@@ -319,10 +319,13 @@ class StateStore:
         except Corrupt:
             return None
 
-    def put_vm(self, rec: VmRecord) -> None:
-        """Write the record; its index entries first (an entry without a record is void)."""
+    def put_vm(self, rec: VmRecord, *, index: bool = True) -> None:
+        """Write the record; its index entries first (an entry without a record is void).
+
+        index=False: the caller wrote this record's entries already, in the same
+        transaction (a ready mark after the write-ahead record)."""
         self._ensure_dirs()
-        for n in rec.nics:
+        for n in rec.nics if index else ():
             self._link(os.path.join(self.dir, "taps", _key(n.tap)), rec.vm)
             ports = os.path.join(self.dir, "ports", _key(n.bridge))
             if ports not in self._trusted:
