@@ -637,18 +637,36 @@ needs_strace = pytest.mark.skipif(STRACE is None, reason="strace is not installe
 SYSCALL_VMS = tuple(os.environ.get("VMNET_CRASH_SYSCALL_VMS", "vm2").split(","))
 
 
+SWEPT = {"one VM": SYSCALL_VMS, "3 VMs x 2 NICs": ("vm1", "vm3", "vm4")}
+
+
+def down_these(vms: tuple[str, ...]) -> Callable[[Host], list[str]]:
+    def go(host: Host) -> list[str]:
+        r = host.cli("down", *vms)
+        return [p for p in [clean_exit("down", r)] if p] or host.settled_diff(host.base)
+    return go
+
+
 @needs_strace
-def test_kill_up_before_every_changing_syscall(lab: Lab) -> None:
-    res = syscall_sweep(lab, "up", ("up", *SYSCALL_VMS), prepare=nothing, recover=gc,
-                        redo=up_down_again, undo=down_all, expect=lambda h: h.base)
-    assert {"sendto", "ioctl", "rename", "write"} <= {p.split("#")[0] for p in res.points}
+@pytest.mark.parametrize("what", list(SWEPT))
+def test_kill_up_before_every_changing_syscall(lab: Lab, what: str) -> None:
+    """Killed before each state-changing syscall (the journal, records, index entries,
+    taps, ready marks): gc rolls back every VM of the transaction."""
+    vms = SWEPT[what]
+    res = syscall_sweep(lab, f"up {what}", ("up", *vms), prepare=nothing, recover=gc,
+                        redo=up_down_again, undo=down_these(vms), expect=lambda h: h.base)
+    assert {"sendto", "ioctl", "rename", "write", "symlink"} <= {p.split("#")[0]
+                                                                 for p in res.points}
     assert_no_leaks(res)
 
 
 @needs_strace
-def test_kill_down_before_every_changing_syscall(lab: Lab) -> None:
+@pytest.mark.parametrize("what", list(SWEPT))
+def test_kill_down_before_every_changing_syscall(lab: Lab, what: str) -> None:
+    vms = SWEPT[what]
+
     def vms_up(host: Host) -> None:
-        r = host.cli("up", *SYSCALL_VMS)
+        r = host.cli("up", *vms)
         assert r.returncode == 0, r.stderr
 
     def gc_and_retry(host: Host) -> list[str]:
@@ -656,10 +674,10 @@ def test_kill_down_before_every_changing_syscall(lab: Lab) -> None:
         the idle VM and the admin's retried down does the work.  Killed after: gc
         finishes it and the retried down has nothing to do."""
         out = gc(host)
-        retry = host.cli("down", *SYSCALL_VMS)
+        retry = host.cli("down", *vms)
         return out + [p for p in [clean_exit("retried down", retry)] if p]
 
-    res = syscall_sweep(lab, "down", ("down", *SYSCALL_VMS), prepare=vms_up,
+    res = syscall_sweep(lab, f"down {what}", ("down", *vms), prepare=vms_up,
                         recover=gc_and_retry, redo=up_down_again, undo=settle,
                         expect=lambda h: h.base)
     assert_no_leaks(res)
@@ -713,38 +731,3 @@ def test_random_kills_of_a_big_bulk_up_roll_back_whole(lab: Lab, tmp_path: Path)
                    leaks=len(leaks))
     assert not leaks, leaks
 
-
-BULK3 = ("vm1", "vm3", "vm4")  # three VMs with two NICs each, in one transaction
-
-
-def down_bulk3(host: Host) -> list[str]:
-    r = host.cli("down", *BULK3)
-    return [p for p in [clean_exit("down", r)] if p] or host.settled_diff(host.base)
-
-
-@needs_strace
-def test_kill_bulk_up_before_every_changing_syscall(lab: Lab) -> None:
-    """Three VMs with two NICs each, killed before each of its state-changing syscalls
-    (the journal, records, index entries, taps, ready marks): gc rolls back all three."""
-    res = syscall_sweep(lab, "bulk up 3x2", ("up", *BULK3), prepare=nothing, recover=gc,
-                        redo=up_down_again, undo=down_bulk3, expect=lambda h: h.base)
-    assert {"sendto", "ioctl", "rename", "write", "symlink"} <= {p.split("#")[0]
-                                                                 for p in res.points}
-    assert_no_leaks(res)
-
-
-@needs_strace
-def test_kill_bulk_down_before_every_changing_syscall(lab: Lab) -> None:
-    def up3(host: Host) -> None:
-        r = host.cli("up", *BULK3)
-        assert r.returncode == 0, r.stderr
-
-    def gc_and_retry(host: Host) -> list[str]:
-        out = gc(host)
-        retry = host.cli("down", *BULK3)
-        return out + [p for p in [clean_exit("retried down", retry)] if p]
-
-    res = syscall_sweep(lab, "bulk down 3x2", ("down", *BULK3), prepare=up3,
-                        recover=gc_and_retry, redo=up_down_again, undo=settle,
-                        expect=lambda h: h.base)
-    assert_no_leaks(res)

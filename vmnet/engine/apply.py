@@ -96,10 +96,3 @@ class Transaction:
             self.rollback()
         else:
             self.commit()
-
-
-def apply_steps(k: Kernel, store: StateStore, steps: list[Step],
-                netns: str | None = None) -> None:
-    """Run steps in one transaction of their own (all of them, or none)."""
-    with Transaction(k, store, netns) as txn:
-        txn.run(steps)

@@ -490,10 +490,3 @@ def plan_release_bridges(used: set[str], removed_taps: list[str], view: HostView
     if delete:
         rel.steps.append(DeleteLinks(tuple(delete)))
     return rel
-
-
-def validate_request_names(names: list[str]) -> None:
-    for n in names:
-        v.vm_name(n)
-    if len(set(names)) != len(names):
-        raise InputError("a VM is named twice")

@@ -111,7 +111,6 @@ class Snapshot:
         self.links: dict[str, LinkInfo] = {}
         self._by_index: dict[int, LinkInfo] = {}
         self._ports: dict[int, list[LinkInfo]] = {}
-        self._port_macs: dict[int, set[str]] = {}
         for link in (links or {}).values():
             self.add(link)
 
@@ -126,8 +125,6 @@ class Snapshot:
         self._by_index[link.index] = link
         if link.master is not None:
             self._ports.setdefault(link.master, []).append(link)
-            if link.mac:
-                self._port_macs.setdefault(link.master, set()).add(link.mac)
 
     def by_index(self, index: int | None) -> LinkInfo | None:
         return None if index is None else self._by_index.get(index)
@@ -135,10 +132,6 @@ class Snapshot:
     def get(self, name: str) -> LinkInfo | None:
         return self.links.get(name)
 
-    def port_macs(self, bridge: str) -> set[str]:
-        """MACs of the bridge's ports (a lookup, not a scan)."""
-        br = self.links.get(bridge)
-        return set() if br is None else self._port_macs.get(br.index, set())
 
     def port_count(self, bridge: str) -> int:
         br = self.links.get(bridge)
