@@ -23,8 +23,27 @@ def ns() -> Iterator[Netns]:
 
 
 @pytest.fixture
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("state"))
+def state_dir(request: pytest.FixtureRequest,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A state directory; in modules that say BOTH_WAYS = True, each test runs twice:
+    in-process, and with a vmnetd serving the directory (tests.daemon)."""
+    path = str(tmp_path_factory.mktemp("state"))
+    if getattr(request, "param", "in-process") == "in-process":
+        yield path
+        return
+    from tests.daemon import vmnetd
+
+    with vmnetd(path):
+        yield path
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """BOTH_WAYS modules: every test that takes a state directory runs in-process and
+    through vmnetd, but those marked in_process (fault injection wraps the in-process
+    engine: vmnetd's own crash safety is tests/test_daemon.py's)."""
+    if "state_dir" in metafunc.fixturenames and getattr(metafunc.module, "BOTH_WAYS", False) \
+            and metafunc.definition.get_closest_marker("in_process") is None:
+        metafunc.parametrize("state_dir", ["in-process", "vmnetd"], indirect=True)
 
 
 # -- hypothesis: deadline=None everywhere (a loaded CI machine must not make a property

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grp
 import json
-import os
 import pwd
 import textwrap
 import threading
@@ -12,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon import leftovers
 from tests.nsutil import Netns
 from tests.tapholder import hold_tap
 from tests.vmnetcli import host_snapshot, status_json, vmnet
+
+BOTH_WAYS = True  # every test in-process and through vmnetd (tests/conftest.py)
+
 
 pytestmark = pytest.mark.kernel
 
@@ -92,7 +95,7 @@ def test_down_leaves_no_trace(ns: Netns, state_dir: str) -> None:
     r = vmnet(ns, state_dir, "down", "vm2", check=True)
     assert "released" in r.stdout
     assert host_snapshot(ns, state_dir) == before
-    assert os.listdir(state_dir) == []
+    assert leftovers(state_dir) == []
     r = vmnet(ns, state_dir, "down", "vm2", check=True)
     assert "nothing to do" in r.stdout
 
@@ -227,6 +230,7 @@ def test_dry_run_changes_nothing(ns: Netns, state_dir: str) -> None:
     assert "vm1-0" in ns.links()
 
 
+@pytest.mark.in_process  # VMNET_FAULT wraps the in-process engine
 @pytest.mark.parametrize("point,at", [("step:CreateTap", 1), ("step:AttachTap", 2),
                                       ("step:SetUp", 1), ("step:CreateTap", 2)],
                          ids=["first-tap", "second-attach", "bridge-up", "second-tap"])
@@ -266,11 +270,12 @@ def test_concurrent_ups_on_one_bridge(ns: Netns, state_dir: str) -> None:
 def test_state_is_keyed_by_namespace_inode(ns: Netns, state_dir: str) -> None:
     vmnet(ns, state_dir, "up", "vm1", check=True)
     # (parsed-config/: the config file's parse, vmnet.config.cache, not a record)
-    assert [d for d in os.listdir(state_dir) if d != "parsed-config"] == [f"ns-{ns.inode}"]
+    assert [d for d in leftovers(state_dir) if d != "parsed-config"] == [f"ns-{ns.inode}"]
     data = json.loads((Path(state_dir) / f"ns-{ns.inode}" / "vms" / "vm1.json").read_text())
     assert data["mode"] == "up" and data["writer"]["pid"] > 0 and data["format"] == 2
 
 
+@pytest.mark.in_process  # VMNET_FAULT wraps the in-process engine
 def test_gc_keeps_idle_up_taps_and_finishes_crashed_work(ns: Netns, state_dir: str) -> None:
     vmnet(ns, state_dir, "up", "idle", check=True)
     # an `up` killed right after recording, and one killed mid-way
@@ -294,9 +299,10 @@ def test_gc_keeps_idle_up_taps_and_finishes_crashed_work(ns: Netns, state_dir: s
     assert r.returncode == -9
     vmnet(ns, state_dir, "gc", check=True)
     assert set(ns.links()) == {"lo"}
-    assert os.listdir(state_dir) == []
+    assert leftovers(state_dir) == []
 
 
+@pytest.mark.in_process  # VMNET_FAULT wraps the in-process engine
 def test_gc_never_cuts_a_held_tap(ns: Netns, state_dir: str) -> None:
     """A dead writer's record is kept while a process holds its tap (a running VM)."""
     r = vmnet(ns, state_dir, "up", "vm1", env={"VMNET_FAULT": "up:applied"})

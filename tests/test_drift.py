@@ -13,6 +13,9 @@ import pytest
 from tests.nsutil import Netns
 from tests.vmnetcli import vmnet
 
+BOTH_WAYS = True  # every test in-process and through vmnetd (tests/conftest.py)
+
+
 pytestmark = pytest.mark.kernel
 
 
@@ -96,6 +99,7 @@ def test_down_deletes_a_bridge_that_carries_only_its_own_address(ns: Netns,
     assert "bridge br2 released" in r.stdout and "br2" not in ns.links()
 
 
+@pytest.mark.in_process  # VMNET_FAULT wraps the in-process engine
 def test_gc_says_everything_it_removes_dry_run_or_not(ns: Netns, state_dir: str) -> None:
     """A crashed `up` (killed after its steps): gc --dry-run and gc name the tap, the
     uplink detach and the bridge deletion, as commands, and do exactly that."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemon import leftovers
 from tests.nsutil import Netns
 from tests.tapholder import hold_tap
 from tests.vmnetcli import vmnet
@@ -25,6 +25,8 @@ from vmnet.config import Overrides, parse_config, resolve_vm
 from vmnet.integrations.libvirt import hookinstall
 from vmnet.integrations.libvirt.domainxml import override_fields
 from vmnet.render.libvirt import domain_with_vm
+
+BOTH_WAYS = True  # every test in-process and through vmnetd (tests/conftest.py)
 
 UUID_A = "0b7e1c9a-3f4d-4e5a-8b6c-7d8e9f0a1b2c"
 UUID_B = "1c8f2d0b-4a5e-4f6b-9c7d-8e9f0a1b2c3d"
@@ -100,8 +102,8 @@ def cfg_path(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def state(tmp_path: Path) -> str:
-    return str(tmp_path / "state")
+def state(state_dir: str) -> str:
+    return state_dir
 
 
 def domain_xml(name: str, uuid: str, vms: list[tuple[str, Overrides]], cfg_path: str) -> str:
@@ -168,7 +170,7 @@ def test_other_operations_exit_zero_at_once(op: str, subop: str, state: str,
     res = run_hook(None, state, cfg_path, "d1", op, subop, xml)
     took = time.monotonic() - t
     assert (res.returncode, res.stdout, res.stderr) == (0, b"", b"")
-    assert not os.path.exists(state)
+    assert not leftovers(state)  # nothing written
     assert took < 2.0
 
 
@@ -183,7 +185,7 @@ def test_hostile_xml_is_a_clean_one_line_error(case: str, op: str, subop: str, s
         assert (res.returncode, res.stdout, res.stderr) == (0, b"", b"")
     else:
         one_line_error(res)
-    assert not os.path.exists(state)
+    assert not leftovers(state)  # nothing written
 
 
 def test_stdin_limit_is_bounded() -> None:
@@ -202,12 +204,14 @@ def test_domain_without_vmnet_metadata_is_ignored(state: str, cfg_path: str) -> 
         res = run_hook(None, state, cfg_path, "plain", op, subop,
                        BASE.format(name="plain", uuid=UUID_A))
         assert (res.returncode, res.stdout, res.stderr) == (0, b"", b"")
-    assert not os.path.exists(state)
+    assert not leftovers(state)  # nothing written
 
 
 IMPORTS = """
 import io, sys
 from vmnet.integrations.libvirt import hook
+
+
 rc = hook.run(sys.argv[1:], io.BytesIO(sys.stdin.buffer.read()))
 heavy = sorted(m for m in sys.modules
                if m.split('.')[0] in ('click', 'jinja2', 'pyroute2', 'libvirt')
@@ -280,7 +284,7 @@ def test_broken_vm_config_fails_prepare_with_vmnets_message(ns: Netns, state: st
     res = run_hook(ns, state, cfg_path, "d1", "prepare", "begin", xml)
     one_line_error(res, "domain 'd1': vmnet VM 'broken'", "unknown user 'no-such-user-vmnet'")
     assert vmnet_links(ns) == {}
-    assert not os.path.exists(state) or records(state, ns) == {}
+    assert not leftovers(state) or records(state, ns) == {}
 
 
 @pytest.mark.kernel

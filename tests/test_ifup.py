@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon import leftovers
 from tests.nsutil import Netns
 from tests.tapholder import hold_tap
 from tests.vmnetcli import empty_config, host_snapshot, vmnet
 from vmnet.integrations.qemu.ifup import script_paths
 from vmnet.model import default_mac, tap_mac
+
+BOTH_WAYS = True  # every test in-process and through vmnetd (tests/conftest.py)
 
 pytestmark = pytest.mark.kernel
 
@@ -97,7 +100,7 @@ def test_qemu_created_tap_found_in_config(ns: Netns, state_dir: str, lab: str) -
         assert bridge_after.get(key) == bridge_before.get(key)
     assert "UP" in bridge_after["flags"]  # (carrier differs: the kernel's doing)
     # The scripts record nothing (and leave no directory behind).
-    assert os.listdir(state_dir) == []
+    assert leftovers(state_dir) == []
 
 
 def test_vmnet_tap_found_in_records(ns: Netns, state_dir: str) -> None:
@@ -270,6 +273,7 @@ def test_ifup_cost_against_three_ip_commands(ns: Netns, state_dir: str, lab: str
 import os, statistics, subprocess, sys, time
 sys.path.insert(0, {str(CHECKOUT)!r})
 from tests.test_ifup import _time
+
 os.environ.update(VMNET_STATE_DIR={state_dir!r}, VMNET_CONFIG={lab!r})
 reset = ["ip", "link", "set", "vm1-0", "nomaster", "down", "mtu", "1500"]
 ip3 = [["ip", "link", "set", "vm1-0", "mtu", "9000"],

@@ -15,6 +15,9 @@ from tests.nsutil import Netns
 from tests.tapholder import hold_tap
 from tests.vmnetcli import host_snapshot, vmnet
 
+BOTH_WAYS = True  # every test in-process and through vmnetd (tests/conftest.py)
+
+
 pytestmark = pytest.mark.kernel
 
 MAC = "52:54:00:aa:00:07"

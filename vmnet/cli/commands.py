@@ -70,12 +70,18 @@ def up(g: Globals, values: Values) -> None:
     ctx = g.context()
 
     def resolve(name: str, rec: VmRecord | None) -> Vm:
+        if g.peer is not None:  # a user without root (vmnetd): their own VMs only
+            g.peer.check_record(name, rec)
         if rec is None:  # a first `up`: the config and the flags
-            return resolve_vm(cfg, name, ov, env=g.env)
-        from vmnet.engine.desired import desired
-        from vmnet.engine.plan import BridgeRecords
+            vm = resolve_vm(cfg, name, ov, env=g.env)
+        else:
+            from vmnet.engine.desired import desired
+            from vmnet.engine.plan import BridgeRecords
 
-        return desired(cfg, name, ov, rec, BridgeRecords(ctx.store()), env=g.env)
+            vm = desired(cfg, name, ov, rec, BridgeRecords(ctx.store()), env=g.env)
+        if g.peer is not None:
+            g.peer.check_vm(cfg, vm, rec, ctx.store())
+        return vm
 
     try:
         results = ops.up_resolved(ctx, names, resolve, dry_run=dry_run,
@@ -111,11 +117,14 @@ def down(g: Globals, values: Values) -> None:
     ctx = g.context()
     try:
         if all_vms:
-            names = sorted(ctx.store().vms())
+            names = sorted(n for n, r in ctx.store().vms().items()
+                           if g.peer is None or g.peer.owns(r))
         elif not names:
             raise InputError("give a VM name, e.g. `vmnet down vm1`")
         for n in names:
             validate.vm_name(n)
+            if g.peer is not None:  # a user without root (vmnetd): their own VMs only
+                g.peer.check_record(n, ctx.store().get_vm(n))
         if not names:
             out("nothing to do")
             return
@@ -156,8 +165,14 @@ def recorded_vm(g: Globals, name: str, values: Values) -> Vm:
     validate.vm_name(name)
     ctx = g.context()
     store = ctx.store()
-    return as_recorded(g.load_config(), name, overrides(values), store.get_vm(name),
-                       BridgeRecords(store), env=g.env)
+    rec = store.get_vm(name)
+    cfg = g.load_config()
+    if g.peer is not None:  # a user without root (vmnetd): their own VMs only
+        g.peer.check_record(name, rec)
+    vm = as_recorded(cfg, name, overrides(values), rec, BridgeRecords(store), env=g.env)
+    if g.peer is not None:
+        g.peer.check_vm(cfg, vm, rec, store)
+    return vm
 
 
 def _configured(g: Globals) -> set[str]:

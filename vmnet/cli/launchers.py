@@ -29,6 +29,8 @@ COMMANDS = {
     "vmnet-qemu-ifup": ("vmnet.integrations.qemu.ifup", "main_ifup"),
     "vmnet-qemu-ifdown": ("vmnet.integrations.qemu.ifup", "main_ifdown"),
     "vmnet-libvirt-hook": ("vmnet.integrations.libvirt.hook", "main"),
+    "vmnetd": ("vmnet.daemon.main", "main"),
+    "vmnet-bridge-helper": ("vmnet.integrations.qemu.helper", "main"),
 }
 MARKER = "# vmnet launcher"
 

@@ -16,13 +16,15 @@ if TYPE_CHECKING:
 
     from vmnet.cli.args import Parsed
     from vmnet.config import Config, Overrides
+    from vmnet.daemon.policy import Policy
     from vmnet.engine.context import Context
 
 
 class Globals:
     """The global options of one command line, and what they give access to."""
 
-    __slots__ = ("_config", "config", "env", "lock_timeout", "netns", "state_dir", "verbose")
+    __slots__ = ("_config", "config", "env", "lock_timeout", "netns", "peer", "state_dir",
+                 "verbose")
 
     def __init__(self, netns: str | None, state_dir: str, config: str | None,
                  lock_timeout: float, verbose: bool = False,
@@ -34,6 +36,7 @@ class Globals:
         self.verbose = verbose
         self.env = os.environ if env is None else env
         self._config: Config | None = None
+        self.peer: Policy | None = None  # a user without root, served by vmnetd
 
     def context(self) -> Context:
         from vmnet.engine.context import Context
@@ -89,27 +92,41 @@ def overrides(values: Mapping[str, object]) -> Overrides:
                      model=s("model"))
 
 
-def run(argv: list[str], env: Mapping[str, str]) -> int:
-    """Parse and run one command line; returns the exit status.  Raises VmnetError."""
+def setup(argv: list[str], env: Mapping[str, str], policy: Policy | None = None
+          ) -> tuple[Globals, Parsed]:
+    """Parse one command line into its global options and command (policy admitted)."""
     from vmnet.cli.args import parse
     from vmnet.cli.table import PROGRAM
 
     parsed: Parsed = parse(PROGRAM, argv, env)
-    if parsed.help is not None:
-        sys.stdout.write(parsed.help if parsed.help.endswith("\n") else parsed.help + "\n")
-        return 0
     gl = parsed.globals
     netns = gl.get("netns")
     g = Globals(netns=str(netns) if netns else None, state_dir=str(gl["state_dir"]),
                 config=str(gl["config"]) if gl.get("config") else None,
                 lock_timeout=float(gl["lock_timeout"]),  # type: ignore[arg-type]
                 verbose=bool(gl.get("verbose")), env=env)
+    if parsed.help is None:
+        cmd = parsed.command
+        assert cmd is not None and cmd.target  # args.parse refuses a group or nothing
+        if policy is not None:
+            policy.admit(" ".join(cmd.path), g, parsed.values)
+    return g, parsed
+
+
+def run(argv: list[str], env: Mapping[str, str], policy: Policy | None = None) -> int:
+    """Parse and run one command line; returns the exit status.  Raises VmnetError.
+
+    vmnetd passes the `policy` of the peer it serves (vmnet.daemon.policy)."""
+    g, parsed = setup(argv, env, policy)
+    if parsed.help is not None:
+        sys.stdout.write(parsed.help if parsed.help.endswith("\n") else parsed.help + "\n")
+        return 0
     if g.verbose:
         from vmnet import log
 
         log.set_verbose(True)
     cmd = parsed.command
-    assert cmd is not None and cmd.target  # args.parse refuses a group or nothing
+    assert cmd is not None and cmd.target
     if g.netns and cmd.path[0] != "hook":
         from vmnet.kernel.netns import enter
 
@@ -122,10 +139,20 @@ def run(argv: list[str], env: Mapping[str, str]) -> int:
     return 0 if rc is None else int(rc)
 
 
-def main() -> None:
-    """Process entry point of `vmnet` (installed launcher, `python -m vmnet`)."""
+def execute(argv: list[str], env: Mapping[str, str], policy: Policy | None = None,
+            *, daemon: bool = False) -> int:
+    """Run one command line, errors as their one line on stderr; the exit status.
+
+    With `daemon`, the command line first goes to a vmnetd serving its state
+    directory, if one listens (vmnet.daemon.client); else it runs here."""
     try:
-        rc = run(sys.argv[1:], os.environ)
+        rc: int | None = None
+        if daemon:
+            from vmnet.daemon.client import vmnet_main
+
+            rc = vmnet_main(argv, env)
+        if rc is None:
+            rc = run(argv, env, policy)
         sys.stdout.flush()
     except VmnetError as e:
         try:  # noqa: SIM105 - contextlib costs an import on every command
@@ -133,9 +160,14 @@ def main() -> None:
         except OSError:
             pass
         err(f"vmnet: error: {e.one_line()}")
-        sys.exit(e.exit_code)
+        return e.exit_code
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except BrokenPipeError:
-        sys.exit(1)
-    sys.exit(rc)
+        return 1
+    return rc
+
+
+def main() -> None:
+    """Process entry point of `vmnet` (installed launcher, `python -m vmnet`)."""
+    sys.exit(execute(sys.argv[1:], os.environ, daemon=True))

@@ -27,13 +27,16 @@ def _collect(g: Globals, only: str | None
         records = store.vms() if os.path.isdir(store.dir) else {}
         if only is not None:
             records = {k: r for k, r in records.items() if k == only}
+        everyone = g.peer is None
+        if g.peer is not None:  # a user without root (vmnetd) sees their own VMs only
+            records = {k: r for k, r in records.items() if g.peer.owns(r)}
         view = HostView(ctx.kernel(), full=True)
         held = {n.tap for r in records.values() for n in r.nics
                 if (lk := view.link(n.tap)) is not None and lk.carrier}
         holders = tap_holders(held)
         rows = [vm_status(r, view, holders) for _, r in sorted(records.items())]
-        extra = unrecorded_taps(view, store.vms()) if only is None else []
-        bridges = bridge_rows(view, store.bridges()) if only is None else []
+        extra = unrecorded_taps(view, store.vms()) if only is None and everyone else []
+        bridges = bridge_rows(view, store.bridges()) if only is None and everyone else []
     finally:
         ctx.close()
     return rows, extra, bridges

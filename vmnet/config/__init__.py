@@ -31,11 +31,15 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-_NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address"}
+_NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address",
+                 "allow_users", "allow_groups"}
 _VM_KEYS = {"user", "group", "nics"}
 _NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
-_DEFAULTS_KEYS = {"network", "mac_scheme"}
+_DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues"}
+# What one user without root may hold through vmnetd, unless [defaults] says otherwise.
+USER_MAX_NICS = 16
+USER_MAX_QUEUES = 4
 
 
 class NicSpec(Value):
@@ -67,36 +71,58 @@ class VmSpec(Value):
         self.nics = nics
 
 
+class Access(Value):
+    """Who may use a network without root, through vmnetd (`allow_users`, `allow_groups`):
+    user and group names or numeric ids, as written."""
+
+    __slots__ = ("groups", "users")
+
+    def __init__(self, users: tuple[str, ...] = (), groups: tuple[str, ...] = ()) -> None:
+        self.users = users
+        self.groups = groups
+
+
 class Config(Value):
     """A parsed, validated config file (or the built-in defaults when there is none)."""
 
-    __slots__ = ("path", "networks", "vms", "default_network", "digest", "mac_scheme")
+    __slots__ = ("path", "networks", "vms", "default_network", "digest", "mac_scheme",
+                 "access", "user_max_nics", "user_max_queues")
 
     def __init__(self, path: str | None, networks: dict[str, Network], vms: dict[str, VmSpec],
                  default_network: str = DEFAULT_NETWORK, digest: str | None = None,
-                 mac_scheme: str = "qemu") -> None:
+                 mac_scheme: str = "qemu", access: dict[str, Access] | None = None,
+                 user_max_nics: int = USER_MAX_NICS,
+                 user_max_queues: int = USER_MAX_QUEUES) -> None:
         self.path = path
         self.networks = networks
         self.vms = vms
         self.default_network = default_network
         self.digest = digest  # sha256 of the file's bytes: names its parsed form (cache)
         self.mac_scheme = mac_scheme  # how NICs that name no MAC get one (names.default_mac)
+        self.access = access or {}  # network name -> who may use it without root
+        self.user_max_nics = user_max_nics  # NICs one user without root may have in all
+        self.user_max_queues = user_max_queues  # queues per NIC for a user without root
 
     def to_plain(self) -> tuple[object, ...]:
         """This config as builtin values (for vmnet.config.cache); from_plain reverses it."""
         return (self.path, self.default_network,
                 tuple(n.as_dict() for n in self.networks.values()),
                 tuple((name, s.user, s.group, tuple(n.as_dict() for n in s.nics))
-                      for name, s in self.vms.items()), self.mac_scheme)
+                      for name, s in self.vms.items()), self.mac_scheme,
+                tuple((name, a.users, a.groups) for name, a in self.access.items()),
+                self.user_max_nics, self.user_max_queues)
 
     @classmethod
     def from_plain(cls, data: Any, digest: str | None) -> Config:
-        path, default_network, networks, vms, mac_scheme = data
+        (path, default_network, networks, vms, mac_scheme, access, max_nics,
+         max_queues) = data
         return cls(path=path, default_network=default_network, digest=digest,
                    mac_scheme=mac_scheme,
                    networks={n["name"]: Network(**n) for n in networks},
                    vms={name: VmSpec(user, group, tuple(NicSpec(**n) for n in nics))
-                        for name, user, group, nics in vms})
+                        for name, user, group, nics in vms},
+                   access={name: Access(tuple(u), tuple(g)) for name, u, g in access},
+                   user_max_nics=max_nics, user_max_queues=max_queues)
 
 
 class Overrides(Value):
@@ -167,6 +193,27 @@ def _typed(value: Any, typ: type, where: str) -> Any:
     return value
 
 
+def _principals(t: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    """`allow_users` / `allow_groups`: a list of names or non-negative ids."""
+    raw = t.get(key, [])
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}.{key}: expected a list of names or numeric ids")
+    out = []
+    for i, item in enumerate(raw):
+        if isinstance(item, bool) or not isinstance(item, str | int) or (
+                isinstance(item, int) and not 0 <= item <= 0xFFFFFFFE) or item == "":
+            raise ConfigError(f"{where}.{key}[{i}]: expected a name or a numeric id, "
+                              f"got {item!r}")
+        out.append(str(item))
+    return tuple(out)
+
+
+def _access(t: dict[str, Any], where: str) -> Access | None:
+    users = _principals(t, "allow_users", where)
+    groups = _principals(t, "allow_groups", where)
+    return Access(users, groups) if users or groups else None
+
+
 def _network(name: str, t: dict[str, Any], where: str) -> Network:
     _check_keys(t, _NETWORK_KEYS, where)
     if "bridge" not in t:
@@ -231,8 +278,12 @@ def parse_config(text: str, path: str | None = None) -> Config:
         raise ConfigError(f"{src}: malformed TOML: values nested too deeply") from None
     _check_keys(data, _TOP_KEYS, src)
     networks: dict[str, Network] = {DEFAULT_NETWORK: builtin_network()}
+    access: dict[str, Access] = {}
     for name, t in _table(data.get("networks", {}), f"{src}: [networks]").items():
         networks[name] = _network(name, t, f"{src}: networks.{name}")
+        got = _access(t, f"{src}: networks.{name}")
+        if got is not None:
+            access[name] = got
     bridges: dict[str, str] = {}
     for n in networks.values():
         if n.bridge in bridges and bridges[n.bridge] != n.name and n.name != DEFAULT_NETWORK:
@@ -275,8 +326,16 @@ def parse_config(text: str, path: str | None = None) -> Config:
                 raise ConfigError(f"{where}.{key}: expected a name or a numeric id")
         vms[name] = VmSpec(user=None if user is None else str(user),
                            group=None if group is None else str(group), nics=nics)
+    limits = [_typed(defaults.get(key, dflt), int, f"{src}: defaults.{key}")
+              for key, dflt in (("user_max_nics", USER_MAX_NICS),
+                                ("user_max_queues", USER_MAX_QUEUES))]
+    for key, value, hi in (("user_max_nics", limits[0], 4096),
+                           ("user_max_queues", limits[1], v.MAX_QUEUES)):
+        if not 0 <= value <= hi:
+            raise ConfigError(f"{src}: defaults.{key}: {value} is not in 0-{hi}")
     return Config(path=path, networks=networks, vms=vms, default_network=default_network,
-                  mac_scheme=mac_scheme)
+                  mac_scheme=mac_scheme, access=access, user_max_nics=limits[0],
+                  user_max_queues=limits[1])
 
 
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None,

@@ -11,6 +11,8 @@ network = "default"        # network for NICs that name none; "default" is built
 mac_scheme = "qemu"        # MACs of NICs that name none: "qemu" = 52:54:00 + 24 bits of
                            # a hash (1 % chance of a collision at ~580 NICs); "local" =
                            # 02 + 40 bits (1 % at ~150,000); a collision is refused
+user_max_nics = 16         # NICs one user without root may have through vmnetd, in all
+user_max_queues = 4        # queues per NIC for a user without root (1..256)
 
 [networks.lan]
 bridge = "br-lan"          # required; created (and later removed) by vmnet if missing
@@ -20,6 +22,8 @@ mtu = 9000                 # 68..65521; default: the bridge's
 stp = false                # default false
 forward_delay = 0          # seconds; 0..30, and 2..30 when stp = true (the kernel clamps)
 address = "10.10.0.1/24"   # host address on the bridge (only on bridges vmnet creates)
+allow_users = ["alice", 1001]  # users without root who may put NICs on it through
+allow_groups = ["kvm"]     # vmnetd (and its vmnet-bridge-helper); default: nobody but root
 
 [vms.web]
 user = "alice"             # tap owner: name or uid; default $SUDO_USER, else root

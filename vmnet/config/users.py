@@ -63,6 +63,12 @@ def lookup_group(value: str) -> int | None:
     return found
 
 
+def forget() -> None:
+    """Drop the cached lookups (vmnetd, before each request: users come and go)."""
+    _users.clear()
+    _groups.clear()
+
+
 def invoking_user(env: Mapping[str, str]) -> str:
     """SUDO_USER when run through sudo, else the caller (root for vmnet's usual use)."""
     sudo = env.get("SUDO_USER")

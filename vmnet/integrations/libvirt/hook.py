@@ -214,8 +214,8 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.integrations.libvirt.hook`,
-    the installed
-    hook file); one line on error.  On success it ends the process itself."""
+    the installed hook file); one line on error.  Through vmnetd when one serves the
+    state directory (the XML and this process's network namespace go with the request)."""
     # Nothing may reach stdout, whatever a library prints: libvirt may read
     # it as replacement XML.
     try:
@@ -225,8 +225,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError:
         pass
     args = sys.argv[1:] if argv is None else list(argv)
+    stdin = sys.stdin.buffer
     try:
-        return run(args, sys.stdin.buffer)
+        call = parse_args(args)
+        if (call.op, call.subop) in (PREPARE, RELEASE):
+            data = read_bounded(stdin)
+            from vmnet.daemon.client import call as ask
+            from vmnet.daemon.client import print_reply
+
+            got = ask(call.state_dir, "hook", args, os.environ, stdin=data)
+            if got is not None:
+                for fd in got[1]:
+                    os.close(fd)
+                return print_reply(got[0])
+            import io
+
+            stdin = io.BytesIO(data)
+    except VmnetError as e:
+        _say(f"vmnet: error: {e.one_line()}")
+        return 1
+    return handle(args, stdin)
+
+
+def handle(args: Sequence[str], stdin: IO[bytes]) -> int:
+    """The hook for one call, errors as their one line on stderr; the exit status."""
+    try:
+        return run(args, stdin)
     except VmnetError as e:
         _say(f"vmnet: error: {e.one_line()}")
         return 1

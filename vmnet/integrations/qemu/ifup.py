@@ -203,9 +203,28 @@ def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
 
 def _main(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
           argv: list[str]) -> int:
+    """The script's process: through vmnetd when one serves the state directory."""
+    env = os.environ
+    try:
+        from vmnet.daemon.client import call, print_reply
+
+        got = call(env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR,
+                   "ifup" if prog == IFUP else "ifdown", argv, env)
+    except VmnetError as e:
+        sys.stderr.write(f"{prog}: error: {e.one_line()}\n")
+        return e.exit_code
+    if got is not None:
+        for fd in got[1]:
+            os.close(fd)
+        return print_reply(got[0])
+    return serve(prog, action, argv, env)
+
+
+def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
+          argv: list[str], env: Mapping[str, str]) -> int:
+    """Run the script's action here (in-process, or in vmnetd for a root QEMU)."""
     from vmnet.engine.context import Context
 
-    env = os.environ
     try:
         if len(argv) != 1:
             raise InputError(f"usage: {prog} IFNAME (QEMU passes exactly one argument, "

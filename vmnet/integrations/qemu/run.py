@@ -143,11 +143,11 @@ def close_fds(*groups: Sequence[int] | Fds) -> None:
 
 
 def attach(ctx: Context, vm: Vm, *, vhost_path: str = VHOST_PATH,
-           unpersist: bool = True) -> tuple[Fds, Fds]:
+           unpersist: bool = True, vhost: bool = True) -> tuple[Fds, Fds]:
     """Open every NIC's queues (persist cleared unless the taps are borrowed from `up`)
-    and vhost fds, under the state lock."""
+    and, with `vhost`, vhost fds, under the state lock."""
     fds: Fds = {}
-    vhost: Fds = {}
+    vhost_fds: Fds = {}
     try:
         with ctx.store().locked(ctx.lock_timeout):
             k = ctx.kernel()
@@ -157,19 +157,30 @@ def attach(ctx: Context, vm: Vm, *, vhost_path: str = VHOST_PATH,
                                                  path=ctx.tun_path, unpersist=unpersist)
                 log.debug(f"{vm.name}: attached {nic.tap} (fds {fds[nic.index]})"
                           + (", persist cleared" if unpersist else ""))
-        if not os.path.exists(vhost_path):
-            # Once per run, however many NICs: QEMU then moves every packet itself.
-            log.warning(f"{vhost_path} is missing: QEMU moves the packets of "
-                        f"{len(vm.nics)} NIC(s) in userspace (more CPU, lower throughput "
-                        "than vhost-net); `modprobe vhost_net` if this kernel has it")
+        if vhost:
+            vhost_fds = _vhost_fds(vm, vhost_path)
+    except BaseException:
+        close_fds(fds, vhost_fds)
+        raise
+    return fds, vhost_fds
+
+
+def _vhost_fds(vm: Vm, vhost_path: str) -> Fds:
+    if not os.path.exists(vhost_path):
+        # Once per run, however many NICs: QEMU then moves every packet itself.
+        log.warning(f"{vhost_path} is missing: QEMU moves the packets of "
+                    f"{len(vm.nics)} NIC(s) in userspace (more CPU, lower throughput "
+                    "than vhost-net); `modprobe vhost_net` if this kernel has it")
+    vhost: Fds = {}
+    try:
         for nic in vm.nics:
             got = open_vhost(vhost_path, nic.queues)
             if got:
                 vhost[nic.index] = got
     except BaseException:
-        close_fds(fds, vhost)
+        close_fds(vhost)
         raise
-    return fds, vhost
+    return vhost
 
 
 def qemu_argv(vm: Vm, argv: Sequence[str], fds: Fds, vhost: Fds, *,
@@ -262,10 +273,8 @@ def teardown(ctx: Context, name: str, ours: set[Proc]) -> None:
     log.debug(f"{name}: removed {', '.join(res.plan.taps) or 'network (taps already gone)'}")
 
 
-def run(ctx: Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
-        vhost_path: str = VHOST_PATH, env: Mapping[str, str] | None = None) -> int:
-    """Run QEMU (`argv`) on `vm`'s network; return its exit status (128+N if killed)."""
-    env = dict(os.environ) if env is None else env
+def check_qemu_argv(argv: Sequence[str]) -> None:
+    """Refuse a QEMU command `vmnet run` cannot follow (before anything changes)."""
     if not argv:
         raise InputError("no QEMU command given after `--`")
     if any(a in ("-daemonize", "--daemonize") for a in argv[1:]):
@@ -273,71 +282,178 @@ def run(ctx: Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
                          "network down as soon as QEMU's first process exits",
                          hint="drop -daemonize (run vmnet run itself in the background), or "
                               "`vmnet up VM` and start QEMU with `vmnet qemu-args VM`")
+
+
+class Lease(Value):
+    """A VM's network, taken for one QEMU: whether it was borrowed from `vmnet up` (then
+    left as found) and which processes may hold it (vmnet's, then QEMU's)."""
+
+    __slots__ = ("borrowed", "ours", "vm")
+
+    def __init__(self, vm: str, borrowed: bool, ours: set[Proc]) -> None:
+        self.vm = vm
+        self.borrowed = borrowed
+        self.ours = ours
+
+
+def lease(ctx: Context, vm: Vm, holder: Proc, *, vhost_path: str = VHOST_PATH,
+          vhost: bool = True) -> tuple[Lease, Fds, Fds]:
+    """Bring the network up for one QEMU (`holder` holds it until QEMU does) and open its
+    fds.  A VM that `vmnet up` made is borrowed: its taps and record stay as they are."""
+    prev = ctx.store().get_vm(vm.name)
+    borrowed = prev is not None and prev.mode == "up"
+    got = Lease(vm.name, borrowed, {holder})
+    if borrowed:
+        ops.up(ctx, vm, mode="up", refuse_held=True)
+    else:
+        ops.up(ctx, vm, mode="run", holder=holder, refuse_held=True)
+    try:
+        fds, vhost_fds = attach(ctx, vm, vhost_path=vhost_path, unpersist=not borrowed,
+                                vhost=vhost)
+    except BaseException:
+        release(ctx, got, None)
+        raise
+    return got, fds, vhost_fds
+
+
+def hold(ctx: Context, got: Lease, qemu: Proc | None) -> None:
+    """QEMU runs: it is the holder now (gc clears the record once it is gone)."""
+    if qemu is not None and not got.borrowed:
+        got.ours.add(qemu)
+        set_holder(ctx, got.vm, qemu)
+
+
+def release(ctx: Context, got: Lease, status: int | None) -> int:
+    """QEMU exited with `status` (None: it never started): take the network down unless
+    it was borrowed; a failed teardown is reported and turns status 0 into 1."""
+    if got.borrowed:
+        log.debug(f"{got.vm}: its taps stay, as `vmnet up` made them")
+        return status or 0
+    try:
+        teardown(ctx, got.vm, got.ours)
+    except VmnetError as e:
+        log.error(f"{got.vm}: teardown failed: {e.one_line()}; `vmnet gc` finishes it")
+        return status or 1
+    return status or 0
+
+
+def passed(*groups: Fds) -> tuple[int, ...]:
+    return tuple(f for g in groups for fs in g.values() for f in fs)
+
+
+def run(ctx: Context, vm: Vm, argv: Sequence[str], *, netdev_only: bool = False,
+        vhost_path: str = VHOST_PATH, env: Mapping[str, str] | None = None) -> int:
+    """Run QEMU (`argv`) on `vm`'s network; return its exit status (128+N if killed)."""
+    env = dict(os.environ) if env is None else env
+    check_qemu_argv(argv)
     exe = find_binary(argv[0], env)
     ident = qemu_identity(vm, env)
-    me = Proc.me()
-    ours = {me}
-    prev = ctx.store().get_vm(vm.name)
-    # A VM that `vmnet up` made: run borrows its taps and leaves them, and its record,
-    # as it found them (persistent, mode up) when QEMU exits.
-    borrowed = prev is not None and prev.mode == "up"
     with SignalForwarder().installed() as sig:
-        if borrowed:
-            ops.up(ctx, vm, mode="up", refuse_held=True)
-        else:
-            ops.up(ctx, vm, mode="run", holder=me, refuse_held=True)
+        got, fds, vhost = lease(ctx, vm, Proc.me(), vhost_path=vhost_path)
         try:
-            sig.check()
-            fds, vhost = attach(ctx, vm, vhost_path=vhost_path, unpersist=not borrowed)
             try:
                 sig.check()
                 cmd = qemu_argv(vm, argv, fds, vhost, netdev_only=netdev_only)
                 log.debug(f"starting {' '.join(cmd)}")
-                proc = _start(cmd, exe, fds, vhost, ident)
+                proc = start(cmd, exe, passed(fds, vhost), ident)
             finally:
                 close_fds(fds, vhost)  # QEMU has its own copies now (or nothing started)
             sig.attach(proc)
-            qemu = Proc.of(proc.pid)
-            if qemu is not None and not borrowed:
-                ours.add(qemu)
-                set_holder(ctx, vm.name, qemu)
+            hold(ctx, got, Proc.of(proc.pid))
             rc = proc.wait()
             sig.detach()
             log.debug(f"{vm.name}: QEMU (pid {proc.pid}) exited with status {exit_status(rc)}")
         except Interrupted as e:
-            if not borrowed:
-                _teardown_quietly(ctx, vm.name, ours)
+            release(ctx, got, None)
             return 128 + e.signum
         except BaseException:
-            if not borrowed:
-                _teardown_quietly(ctx, vm.name, ours)
+            release(ctx, got, None)
             raise
-        if borrowed:
-            log.debug(f"{vm.name}: its taps stay, as `vmnet up` made them")
-            return exit_status(rc)
-        try:
-            teardown(ctx, vm.name, ours)
-        except VmnetError as e:
-            log.error(f"{vm.name}: teardown failed: {e.one_line()}; `vmnet gc` finishes it")
-            return exit_status(rc) or 1
-    return exit_status(rc)
+        return release(ctx, got, exit_status(rc))
 
 
-def _teardown_quietly(ctx: Context, name: str, ours: set[Proc]) -> None:
-    try:
-        teardown(ctx, name, ours)
-    except VmnetError as e:
-        log.error(f"{name}: teardown failed: {e.one_line()}; `vmnet gc` finishes it")
-
-
-def _start(cmd: list[str], exe: str, fds: Fds, vhost: Fds,
-           ident: Identity | None) -> subprocess.Popen[bytes]:
-    passed = tuple(f for g in (fds, vhost) for fs in g.values() for f in fs)
+def start(cmd: list[str], exe: str, fds: tuple[int, ...],
+          ident: Identity | None) -> subprocess.Popen[bytes]:
+    """QEMU, with `fds` inherited, as `ident` (None: as we are)."""
     try:
         if ident is None:
-            return subprocess.Popen(cmd, executable=exe, pass_fds=passed)
-        return subprocess.Popen(cmd, executable=exe, pass_fds=passed, user=ident.uid,
+            return subprocess.Popen(cmd, executable=exe, pass_fds=fds)
+        return subprocess.Popen(cmd, executable=exe, pass_fds=fds, user=ident.uid,
                                 group=ident.gid, extra_groups=list(ident.groups))
     except OSError as e:
         raise VmnetError(f"cannot start {cmd[0]}: {e.strerror}", op="exec",
                          errno=e.errno) from None
+
+
+def fd_base(count: int = 64) -> int:
+    """A first fd number above every fd this process has, with room for `count` more:
+    where a client puts the fds vmnetd sends, so the numbers it rendered hold."""
+    try:
+        top = max(int(n) for n in os.listdir("/proc/self/fd"))
+    except (OSError, ValueError):
+        top = 255
+    return max(10, top + count + 1)
+
+
+def run_through_daemon(argv: Sequence[str], env: Mapping[str, str]) -> int | None:
+    """`vmnet run ...` with vmnetd holding the privilege: the daemon brings the network
+    up and sends its fds; QEMU runs here, as this user; the daemon releases the network
+    when QEMU exits or this process goes.  None: no daemon, run in-process."""
+    from vmnet.daemon import client
+
+    s = client.connect(client.state_dir_of(argv, env))
+    if s is None:
+        return None
+    try:
+        rest = list(argv[list(argv).index("--") + 1:]) if "--" in argv else []
+        exe = find_binary(rest[0], env) if rest else ""
+        base = fd_base(client.MAX_FDS)
+        with SignalForwarder().installed() as sig:
+            ns = client.own_netns()
+            try:
+                client.send(s, client.request("run", argv, env, extra={"fdbase": base}), ns)
+            finally:
+                close_fds(ns)
+            reply, fds = client.receive(s)
+            cmd = reply.get("argv")
+            if reply.get("rc") != 0 or not isinstance(cmd, list):
+                close_fds(fds)
+                return client.print_reply(reply)
+            client.print_reply({"err": reply.get("err"), "out": reply.get("out")})
+            placed = tuple(range(base, base + len(fds)))
+            try:
+                for fd, at in zip(fds, placed, strict=True):
+                    os.dup2(fd, at)
+                    os.close(fd)
+                sig.check()
+                ident = reply.get("ident")
+                who = None if not isinstance(ident, list) else Identity(
+                    int(str(ident[0])), int(str(ident[1])),
+                    tuple(int(str(g)) for g in ident[2] or ()))  # type: ignore[union-attr]
+                log.debug(f"starting {' '.join(str(a) for a in cmd)}")
+                proc = start([str(a) for a in cmd], exe, placed, who)
+            except Interrupted as e:
+                return 128 + e.signum  # closing the connection releases the network
+            finally:
+                close_fds(placed)
+            sig.attach(proc)
+            try:
+                client.send(s, {"started": proc.pid})
+                client.receive(s, what="run")
+            except (OSError, VmnetError) as e:
+                log.warning(f"vmnetd went away as QEMU started ({e}); the taps go with QEMU, "
+                            "`vmnet gc` clears the record")
+            rc = exit_status(proc.wait())
+            sig.detach()
+            try:
+                client.send(s, {"exited": rc})
+                done, _ = client.receive(s, what="run")
+            except (OSError, VmnetError):
+                log.warning("vmnetd went away while QEMU ran: its taps went with it; "
+                            "`vmnet gc` clears the record")
+                return rc
+            client.print_reply({"err": done.get("err"), "out": done.get("out")})
+            got = done.get("rc")
+            return got if isinstance(got, int) else 1
+    finally:
+        s.close()

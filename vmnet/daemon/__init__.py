@@ -1,0 +1,1 @@
+"""vmnetd: the resident daemon (server, doors, policy) and the client every door uses."""

@@ -1,0 +1,221 @@
+"""The client side of vmnetd: every door (`vmnet`, the QEMU scripts, the libvirt
+hook, `vmnet run`, vmnet-bridge-helper) asks the daemon first.
+
+`connect` answers None only when no daemon takes the connection (no socket, or
+nobody listening on it): the door then runs the operation in-process, as root
+must.  Once a request is sent it is never sent again and never run in-process
+too: a daemon that dies before replying gives one clear line (DaemonLost), and
+`vmnet status` tells what was done.
+
+Import-light: _socket, os and sys (socket.py would import enum and selectors).
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import sys
+
+from vmnet.consts import DEFAULT_STATE_DIR, STATE_DIR_ENV
+from vmnet.daemon import wire
+from vmnet.errors import VmnetError
+
+TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from vmnet.daemon.wire import Plain
+
+SOCKET_NAME = "vmnetd.sock"
+MAX_FDS = 253  # fds one message may carry (the kernel's SCM_MAX_FD): taps' and vhost queues
+# Connect failures that mean "no daemon here": the door runs in-process.
+_ABSENT = (FileNotFoundError, ConnectionRefusedError, NotADirectoryError)
+
+
+class DaemonLost(VmnetError):
+    """vmnetd took the request and went away before it replied."""
+
+
+def socket_path(state_dir: str) -> str:
+    return os.path.join(state_dir, SOCKET_NAME)
+
+
+def connect(state_dir: str) -> _socket.socket | None:
+    """A connection to the daemon serving `state_dir`, None if none serves it."""
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        s.connect(socket_path(state_dir))
+    except _ABSENT:
+        s.close()
+        return None
+    except PermissionError:
+        # A socket we may not use (a directory closed to us): no daemon for us.
+        s.close()
+        return None
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+def send(s: _socket.socket, value: Plain, fds: Sequence[int] = ()) -> None:
+    data = wire.encode(value)
+    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(
+        fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+    sent = s.sendmsg([data], anc)
+    if sent < len(data):
+        s.sendall(data[sent:])
+
+
+def receive(s: _socket.socket, *, what: str = "request") -> tuple[dict[str, Plain], list[int]]:
+    """One reply and the fds that came with it; DaemonLost on EOF before it is whole."""
+    fds: list[int] = []
+    buf = b""
+    need = 4
+    head = True
+    space = _socket.CMSG_SPACE(MAX_FDS * 4)
+    while True:
+        try:
+            data, anc, _flags, _addr = s.recvmsg(65536, space)
+        except ConnectionResetError:
+            data, anc = b"", []
+        for level, kind, raw in anc:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                n = len(raw) - len(raw) % 4
+                fds += [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, n, 4)]
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            raise DaemonLost(
+                f"vmnetd closed the connection before it answered this {what} (was it "
+                "stopped or killed?); it may or may not have been carried out",
+                hint="`vmnet status` shows what is up; run the command again once vmnetd "
+                     "is back, or stop it to work without it")
+        buf += data
+        while len(buf) >= need:
+            if head:
+                need = 4 + wire.frame_length(buf[:4])
+                head = False
+                continue
+            value = wire.decode(buf[4:need])
+            if not isinstance(value, dict):
+                raise DaemonLost("vmnetd sent a reply that is not a table")
+            return value, fds
+
+
+def state_dir_of(argv: Sequence[str], env: Mapping[str, str]) -> str:
+    """The state directory a `vmnet` command line names (its socket is the daemon's)."""
+    found = None
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            break
+        if a == "--state-dir" and i + 1 < len(argv):
+            found = argv[i + 1]
+            i += 1
+        elif a.startswith("--state-dir="):
+            found = a[len("--state-dir="):]
+        i += 1
+    return found or env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+
+
+def request(door: str, argv: Sequence[str], env: Mapping[str, str], *,
+            stdin: bytes | None = None, extra: dict[str, Plain] | None = None) -> Plain:
+    """A request as the wire carries it.  Root's environment goes along (the daemon
+    acts for root as root would in-process); a user's stays home: the daemon ignores it."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = "/"
+    sent_env: dict[str, Plain] = dict(env) if os.geteuid() == 0 else {}
+    args: list[Plain] = list(argv)
+    return {"v": wire.VERSION, "door": door, "argv": args, "env": sent_env, "cwd": cwd,
+            "stdin": stdin, "extra": extra or {}}
+
+
+def own_netns() -> list[int]:
+    """Root sends its network namespace: the daemon works there for the request."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        return [os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)]
+    except OSError:
+        return []
+
+
+def call(state_dir: str, door: str, argv: Sequence[str], env: Mapping[str, str], *,
+         stdin: bytes | None = None,
+         extra: dict[str, Plain] | None = None) -> tuple[dict[str, Plain], list[int]] | None:
+    """Send one request; its reply and fds, or None when no daemon serves `state_dir`."""
+    s = connect(state_dir)
+    if s is None:
+        return None
+    try:
+        fds = own_netns()
+        try:
+            send(s, request(door, argv, env, stdin=stdin, extra=extra), fds)
+        except (BrokenPipeError, ConnectionResetError):
+            raise DaemonLost("vmnetd closed the connection while the request was sent "
+                             "(it refused it, or went away)",
+                             hint="see vmnetd's log; `vmnet status` shows what is up") \
+                from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return receive(s)
+    finally:
+        s.close()
+
+
+def print_reply(reply: Mapping[str, Plain]) -> int:
+    """Write the reply's output as the door would have, and return its exit status."""
+    for key, stream in (("out", sys.stdout), ("err", sys.stderr)):
+        text = reply.get(key)
+        if isinstance(text, str) and text:
+            stream.write(text)
+            stream.flush()
+    rc = reply.get("rc")
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 1
+
+
+# -- `vmnet`: which command lines the daemon serves -----------------------------------
+SERVED = frozenset({"up", "down", "status", "list", "gc", "qemu-args"})
+_VALUED = frozenset({"--netns", "--state-dir", "--config", "--lock-timeout"})
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command a `vmnet` command line runs (None for help, version or nothing)."""
+    i = 0
+    word = None
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            break
+        if a in ("-h", "--help", "--version"):
+            return None
+        if a in _VALUED:
+            i += 2
+            continue
+        if word is None and not a.startswith("-"):
+            word = a
+        i += 1
+    return word
+
+
+def vmnet_main(argv: list[str], env: Mapping[str, str]) -> int | None:
+    """`vmnet ARGV` through the daemon: its exit status, None to run it in-process."""
+    word = command_word(argv)
+    if word == "run":
+        from vmnet.integrations.qemu.run import run_through_daemon
+
+        return run_through_daemon(argv, env)
+    if word not in SERVED:
+        return None
+    got = call(state_dir_of(argv, env), "vmnet", argv, env)
+    if got is None:
+        return None
+    reply, fds = got
+    for fd in fds:
+        os.close(fd)
+    return print_reply(reply)

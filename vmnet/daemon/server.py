@@ -1,0 +1,251 @@
+"""vmnetd's loop: one process, one thread, every connection non-blocking.
+
+Requests run one at a time, each to its end (they take the state lock anyway,
+and an `up` is milliseconds), through vmnet.daemon.doors: the CLI's own code,
+warm.  Between requests the loop only moves bytes, so a peer that sends half a
+request, never reads its reply, or opens connections by the hundred holds up
+nobody: reads and writes never block, a connection gets IDLE seconds to send a
+request and to take its reply, a request is at most MAX_REQUEST bytes (root:
+wire.MAX_FRAME), and a user without root has at most PER_USER connections at
+once (MAX_CONNECTIONS in all).  Whatever is refused gets one line and its
+connection closed; nothing was changed.
+
+SIGKILL loses nothing: every operation is a transaction of the engine's
+(journal, records), so a restarted vmnetd, or the CLI, works from the records
+and the kernel; fds handed out stay QEMU's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from vmnet.daemon import wire
+from vmnet.daemon.policy import Peer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmnet.daemon.doors import Doors, Session
+    from vmnet.daemon.wire import Plain
+
+IDLE = 10.0  # seconds a connection may take to send its request or read its reply
+MAX_REQUEST = 64 << 10  # bytes of one request from a user without root
+MAX_CONNECTIONS = 512
+PER_USER = 16
+MAX_FDS_IN = 4  # a request carries one fd (root's namespace); more are refused
+_UCRED = 12  # struct ucred: pid, uid, gid (3 x int32)
+
+
+class Conn:
+    """One client connection."""
+
+    __slots__ = ("buf", "deadline", "fds", "need", "out", "peer", "session", "sock")
+
+    def __init__(self, sock: socket.socket, peer: Peer, idle: float) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.buf = b""
+        self.need = 4  # bytes wanted: the frame head, then head + body
+        self.fds: list[int] = []
+        self.out = b""
+        self.deadline = time.monotonic() + idle
+        self.session: Session | None = None  # a `vmnet run` in progress
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED)
+    return Peer(pid=int.from_bytes(raw[0:4], sys.byteorder),
+                uid=int.from_bytes(raw[4:8], sys.byteorder),
+                gid=int.from_bytes(raw[8:12], sys.byteorder))
+
+
+class Server:
+    def __init__(self, listener: socket.socket, doors: Doors, idle: float = IDLE) -> None:
+        self.idle = idle
+        self.listener = listener
+        self.doors = doors
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, Conn] = {}
+        self.stopping = False
+        listener.setblocking(False)
+        self.sel.register(listener, selectors.EVENT_READ, None)
+
+    # -- the loop -----------------------------------------------------------------
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        while not self.stopping:
+            for key, events in self.sel.select(timeout=1.0):
+                if key.data is None:
+                    self._accept()
+                    continue
+                conn: Conn = key.data
+                if events & selectors.EVENT_READ and conn.sock.fileno() >= 0:
+                    self._read(conn)
+                if events & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                    self._flush(conn)
+            self._expire()
+        for conn in list(self.conns.values()):
+            self._close(conn)
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.conns.values()):
+            if conn.session is None and now > conn.deadline:
+                self._close(conn)
+
+    # -- connections --------------------------------------------------------------
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    return  # retried on the next wakeup, once a connection closes
+                raise
+            sock.setblocking(False)
+            try:
+                peer = peer_of(sock)
+            except OSError:
+                sock.close()
+                continue
+            conn = Conn(sock, peer, self.idle)
+            mine = sum(1 for c in self.conns.values() if c.peer.uid == peer.uid)
+            if len(self.conns) >= MAX_CONNECTIONS or (not peer.root and mine >= PER_USER):
+                self._refuse(conn, f"too many connections (vmnetd serves {PER_USER} at once "
+                                   f"per user, {MAX_CONNECTIONS} in all); try again")
+                continue
+            self.conns[sock.fileno()] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse(self, conn: Conn, why: str) -> None:
+        """One line to a connection that cannot be served, then close it (best effort)."""
+        with contextlib.suppress(OSError):
+            conn.sock.send(wire.encode({"rc": 2, "out": "", "err": f"vmnetd: error: {why}\n"}))
+        self._close(conn)
+
+    def _close(self, conn: Conn) -> None:
+        if conn.session is not None:
+            session, conn.session = conn.session, None
+            self.doors.end_session(session, None)
+        for fd in conn.fds:
+            os.close(fd)
+        conn.fds = []
+        fileno = conn.sock.fileno()
+        if fileno >= 0:
+            self.conns.pop(fileno, None)
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(conn.sock)
+        conn.sock.close()
+
+    # -- requests -----------------------------------------------------------------
+    def _read(self, conn: Conn) -> None:
+        limit = wire.MAX_FRAME if conn.peer.root else MAX_REQUEST
+        try:
+            data, anc, _flags, _addr = conn.sock.recvmsg(
+                65536, socket.CMSG_SPACE(MAX_FDS_IN * 4))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        for level, kind, raw in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                n = len(raw) - len(raw) % 4
+                conn.fds += [int.from_bytes(raw[i:i + 4], sys.byteorder)
+                             for i in range(0, n, 4)]
+        if not data:
+            self._close(conn)
+            return
+        if conn.out:  # a client that sends more before taking its reply: drop it
+            self._close(conn)
+            return
+        conn.buf += data
+        if len(conn.buf) >= 4 and conn.need == 4:
+            try:
+                conn.need = 4 + wire.frame_length(conn.buf[:4], limit)
+            except wire.WireError as e:
+                self._refuse(conn, f"bad request: {e}")
+                return
+        if conn.need > 4 and len(conn.buf) >= conn.need:
+            body, conn.buf = conn.buf[4:conn.need], conn.buf[conn.need:]
+            conn.need = 4
+            fds, conn.fds = conn.fds, []
+            self._handle(conn, body, fds)
+
+    def _handle(self, conn: Conn, body: bytes, fds: list[int]) -> None:
+        try:
+            value = wire.decode(body)
+        except wire.WireError as e:
+            for fd in fds:
+                os.close(fd)
+            self._refuse(conn, f"bad request: {e}")
+            return
+        if conn.session is not None:
+            for fd in fds:
+                os.close(fd)
+            reply, out_fds, done = self.doors.session_event(conn.session, value)
+            if done:
+                conn.session = None
+        else:
+            try:
+                req = wire.request(value)
+            except wire.WireError as e:
+                for fd in fds:
+                    os.close(fd)
+                self._refuse(conn, f"bad request: {e}")
+                return
+            reply, out_fds, conn.session = self.doors.serve(conn.peer, req, fds)
+        self._reply(conn, reply, out_fds)
+
+    def _reply(self, conn: Conn, reply: dict[str, Plain], fds: list[int]) -> None:
+        try:
+            data = wire.encode(reply)
+        except wire.WireError as e:
+            data = wire.encode({"rc": 1, "out": "", "err": f"vmnetd: error: {e}\n"})
+        try:
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                    b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+            sent = conn.sock.sendmsg([data], anc)
+        except (BlockingIOError, InterruptedError):
+            sent = 0  # the fds could not go: the client sees the reply without them
+        except OSError:
+            sent = -1
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if sent < 0:
+            self._close(conn)
+            return
+        conn.out = data[sent:]
+        conn.deadline = time.monotonic() + self.idle
+        if conn.out:
+            self.sel.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, conn)
+        elif conn.session is None:
+            self._close(conn)  # one request per connection (a `run` keeps its own)
+
+    def _flush(self, conn: Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            if conn.session is None:
+                self._close(conn)
+            else:
+                self.sel.modify(conn.sock, selectors.EVENT_READ, conn)
