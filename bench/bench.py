@@ -15,13 +15,28 @@ times, are the result: the machine is shared.  All of it is the one
 implementation every command runs (there is no other path to measure).
 
     --host-vms 999 --single-runs 20   sizes of the 1,000th-VM comparison
+
+Through vmnetd (a daemon started by the bench inside its namespace, state on
+/dev/shm): the same three commands that start one VM, each a whole process
+run inside the namespace, against a bare `python3 -IS -c pass` of the
+launchers' interpreter run the same way, interleaved (target: at most bare +
+3 ms); 100 concurrent clients from one load process, every one served (p50 /
+p99 latency); and the throughput of single-VM ups from one load process with
+100 in flight, a fresh connection each (target: at least 300 ups/s).
+
+    --daemon-runs 21 --daemon-clients 100 --daemon-ups 1000 --daemon-inflight 100
+    --daemon-profile FILE   also run the daemon under cProfile (stats to FILE);
+                            its timings are then not the target's
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -38,7 +53,10 @@ PY_SYSTEM = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.ex
 # (a directory of this run's, made by main() and removed at its end).
 STATE_ROOT = "/dev/shm"
 TARGETS = {"bulk_up": 1.5, "bulk_down": 1.5, "growth": 1.3, "start": 4.0, "nth": 1.3,
-           "rss_mb": 100.0}
+           "rss_mb": 100.0,
+           # through vmnetd: a start's whole process at most bare python + this (ms),
+           # every one of the concurrent clients served, single-VM ups per second
+           "daemon_start_ms": 3.0, "daemon_served": 1.0, "daemon_ups_s": 300.0}
 
 
 def run(argv: list[str], *, env: dict[str, str] | None = None,
