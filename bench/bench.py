@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -60,11 +61,17 @@ TARGETS = {"bulk_up": 1.5, "bulk_down": 1.5, "growth": 1.3, "start": 4.0, "nth":
 
 
 def run(argv: list[str], *, env: dict[str, str] | None = None,
-        check: bool = True) -> tuple[float, int]:
-    """Whole-process wall time (s) and peak RSS (KiB) of one command."""
+        check: bool = True, stdin: str | None = None) -> tuple[float, int]:
+    """Whole-process wall time (s) and peak RSS (KiB) of one command (`stdin`: a file it
+    reads)."""
+    f = open(stdin, "rb") if stdin else None  # noqa: SIM115 - closed once it started
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         env={**os.environ, **(env or {})})
+    try:
+        p = subprocess.Popen(argv, stdin=f, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    finally:
+        if f:
+            f.close()
     _pid, status, usage = os.wait4(p.pid, 0)
     dt = time.perf_counter() - t0
     err = p.stderr.read().decode() if p.stderr else ""
@@ -279,6 +286,285 @@ def nth_up(host_vms: int, runs: int, tmp: str) -> tuple[float, float]:
         return statistics.median(firsts), statistics.median(nths)
 
 
+# -- vmnetd ------------------------------------------------------------------------------
+def ns_inode(ns: str) -> int:
+    return os.stat(os.path.join("/run/netns", ns)).st_ino
+
+
+def in_ns(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def links(ns: str) -> list[str]:
+    out = subprocess.run(["ip", "-n", ns, "-o", "link"], capture_output=True, text=True,
+                         check=True).stdout
+    return [line.split(": ", 2)[1].split("@")[0] for line in out.splitlines() if ": " in line]
+
+
+def launcher_python() -> str:
+    """The interpreter the installed launchers start (their `#!... -IS` line)."""
+    with open(VMNET) as f:
+        return f.readline()[2:].split()[0]
+
+
+def wait_listening(sock: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"vmnetd exited with {proc.returncode}")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock)
+            return
+        except OSError:
+            time.sleep(0.02)
+        finally:
+            s.close()
+    raise RuntimeError(f"vmnetd did not listen on {sock} within {timeout} s")
+
+
+class Vmnetd:
+    """A vmnetd of the bench's, inside the namespace `ns`; the log of its requests
+    (-v: one line each, which shows they were served by it)."""
+
+    def __init__(self, ns: str, state: str, cfg: str, log: str,
+                 profile: str | None = None) -> None:
+        self.ns, self.state, self.cfg, self.log = ns, state, cfg, log
+        prof = ["-m", "cProfile", "-o", profile] if profile else []
+        argv = in_ns(ns, PY, *prof, "-m", "vmnet.daemon.main", "--foreground",
+                     "--state-dir", state, "--config", cfg, "-v")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VMNET_")}
+        with open(log, "w") as f:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=f, env=env)
+        self.pid = self.proc.pid  # `ip netns exec` execs: this is vmnetd's own PID
+        try:
+            wait_listening(os.path.join(state, "vmnetd.sock"), self.proc)
+            got = os.stat(f"/proc/{self.pid}/ns/net").st_ino
+            if got != ns_inode(ns) or got == os.stat("/proc/self/ns/net").st_ino:
+                raise RuntimeError(f"vmnetd (pid {self.pid}) is not in namespace {ns}")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM by PID (it stops after the request at hand), SIGKILL if need be."""
+        if self.proc.poll() is not None:
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def served(self) -> dict[str, int]:
+        """Requests its log says it served (rc 0), per door; and the tracebacks it logged."""
+        out = {"vmnet": 0, "ifup": 0, "hook": 0, "Traceback": 0}
+        with open(self.log) as f:
+            for line in f:
+                if line.startswith("Traceback"):
+                    out["Traceback"] += 1
+                elif line.startswith("vmnetd: pid ") and line.rstrip().endswith(" ms)") \
+                        and "-> rc 0 " in line:
+                    door = line.split(": ", 2)[2].split(" ", 1)[0]
+                    out[door] = out.get(door, 0) + 1
+        return out
+
+
+@contextmanager
+def vmnetd(ns: str, state: str, cfg: str, log: str,
+           profile: str | None = None) -> Iterator[Vmnetd]:
+    """A vmnetd for the block; then every VM taken down (through it while it lives) and
+    the daemon stopped by its PID, whatever happened."""
+    d = Vmnetd(ns, state, cfg, log, profile)
+    try:
+        yield d
+    finally:
+        try:
+            subprocess.run(in_ns(ns, VMNET, "--state-dir", state, "--config", cfg,
+                                 "down", "--all"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300,
+                           check=False)
+        finally:
+            d.stop()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest rank."""
+    v = sorted(values)
+    return v[max(0, min(len(v) - 1, math.ceil(len(v) * q / 100) - 1))] if v else float("nan")
+
+
+def load_worker(ns: str, state: str, cfg: str, clients: int, total: int,
+                inflight: int) -> None:
+    """The load process (run inside the namespace): `clients` connections opened at once,
+    each then sending one `vmnet up vmI`; then `total` more ups, `inflight` at a time, a
+    fresh connection each.  Every latency, wall time and failure as JSON on stdout."""
+    import selectors
+
+    from vmnet.daemon import client
+    from vmnet.errors import VmnetError
+
+    if os.stat("/proc/self/ns/net").st_ino != ns_inode(ns):
+        sys.exit(f"load worker: not in namespace {ns}")
+
+    def up(name: str) -> dict[str, object]:
+        return client.request("vmnet", ["--state-dir", state, "--config", cfg, "up", name],
+                              {})  # type: ignore[return-value]
+
+    def connect() -> socket.socket:
+        s = client.connect(state)
+        if s is None:
+            sys.exit(f"load worker: no vmnetd serves {state}")
+        return s  # type: ignore[return-value]
+
+    def collect(sel: selectors.BaseSelector, lat: list[float], fails: list[str],
+                more: Callable[[], None]) -> None:
+        while sel.get_map():
+            for key, _ev in sel.select():
+                s = key.fileobj
+                name, t = key.data
+                sel.unregister(s)
+                try:
+                    reply, fds = client.receive(s)  # type: ignore[arg-type]
+                except VmnetError as e:
+                    reply, fds = {"rc": None, "err": e.one_line()}, []
+                lat.append(time.perf_counter() - t)
+                s.close()  # type: ignore[union-attr]
+                for fd in fds:
+                    os.close(fd)
+                if reply.get("rc") != 0:
+                    fails.append(f"{name}: rc {reply.get('rc')}: {reply.get('err')!s:.200}")
+                more()
+
+    # 1. `clients` at once: every connection open before the first request is sent
+    sel = selectors.DefaultSelector()
+    lat: list[float] = []
+    fails: list[str] = []
+    socks = [connect() for _ in range(clients)]
+    t0 = time.perf_counter()
+    for i, s in enumerate(socks):
+        t = time.perf_counter()
+        client.send(s, up(f"vm{i}"))  # type: ignore[arg-type]
+        sel.register(s, selectors.EVENT_READ, (f"vm{i}", t))
+    collect(sel, lat, fails, lambda: None)
+    conc = {"lat": lat, "wall": time.perf_counter() - t0, "fails": fails}
+
+    # 2. `total` ups, `inflight` in flight, a new connection for each
+    names = iter(f"vm{clients + i}" for i in range(total))
+    lat2: list[float] = []
+    fails2: list[str] = []
+
+    def start() -> None:
+        name = next(names, None)
+        if name is not None:
+            s = connect()
+            t = time.perf_counter()
+            client.send(s, up(name))  # type: ignore[arg-type]
+            sel.register(s, selectors.EVENT_READ, (name, t))
+
+    t0 = time.perf_counter()
+    for _ in range(min(inflight, total)):
+        start()
+    collect(sel, lat2, fails2, start)
+    thr = {"lat": lat2, "wall": time.perf_counter() - t0, "fails": fails2}
+    json.dump({"concurrent": conc, "throughput": thr}, sys.stdout)
+
+
+class DaemonResult:
+    """What the vmnetd part measured."""
+
+    def __init__(self) -> None:
+        self.bare = 0.0  # median whole-process times (s), all run inside the namespace
+        self.starts: dict[str, float] = {}
+        self.conc_lat: list[float] = []
+        self.conc_fails: list[str] = []
+        self.thr_lat: list[float] = []
+        self.thr_fails: list[str] = []
+        self.thr_wall = 0.0
+        self.total = 0
+        self.down_all = 0.0
+        self.served: dict[str, int] = {}
+
+    def ups_s(self) -> float:
+        return (self.total - len(self.thr_fails)) / self.thr_wall if self.thr_wall else 0.0
+
+
+def daemon_paths(runs: int, clients: int, total: int, inflight: int, tmp: str,
+                 profile: str | None = None) -> DaemonResult:
+    """vmnetd inside a namespace of its own: the three commands that start one VM (whole
+    processes, inside the namespace too) interleaved with a bare python of the launchers'
+    interpreter; then one load process's concurrent clients and throughput."""
+    res = DaemonResult()
+    cfg = os.path.join(tmp, "daemon.toml")
+    with open(cfg, "w") as f:
+        f.write('[networks.adm]\nbridge = "adm0"\n')
+    bindir = os.path.dirname(VMNET)
+    ifup = os.path.join(bindir, "vmnet-qemu-ifup")
+    hook = os.path.join(bindir, "vmnet-libvirt-hook")
+    python = launcher_python()
+    with netns() as ns:
+        state = tempfile.mkdtemp(dir=STATE_ROOT)
+        xmls = []
+        for i in range(runs + 1):  # the domains' XML, rendered before anything is timed
+            path = os.path.join(tmp, f"dd{i}.xml")
+            with open(path, "wb") as f:
+                f.write(domain_xml(tmp, state, f"dd{i}", f"dk{i}"))
+            xmls.append(path)
+        subprocess.run(["ip", "-n", ns, "link", "add", "adm0", "type", "bridge"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "adm0", "up"], check=True)
+        for i in range(runs + 1):
+            subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", f"dq{i}", "mode", "tap"],
+                           check=True)
+        with vmnetd(ns, state, cfg, os.path.join(tmp, "vmnetd.log"), profile) as d:
+            ifup_env = {"VMNET_STATE_DIR": state, "VMNET_CONFIG": cfg}
+
+            def up(i: int) -> float:
+                return run(in_ns(ns, VMNET, "--state-dir", state, "--config", cfg,
+                                 "up", f"dh{i}"))[0]
+
+            def script(i: int) -> float:
+                return run(in_ns(ns, ifup, f"dq{i}"), env=ifup_env)[0]
+
+            def hooked(i: int) -> float:
+                return run(in_ns(ns, hook, f"--state-dir={state}", f"dd{i}", "prepare",
+                                 "begin", "-"), env={"VMNET_CONFIG": ""}, stdin=xmls[i])[0]
+
+            def bare(_i: int) -> float:
+                return run(in_ns(ns, python, "-IS", "-c", "pass"))[0]
+
+            paths: dict[str, Callable[[int], float]] = {
+                "vmnet up VM": up, "qemu ifup script": script,
+                "libvirt hook (prepare begin)": hooked}
+            for f_ in (bare, *paths.values()):  # warm: the config's parse, the page cache
+                f_(runs)
+            times: dict[str, list[float]] = {k: [] for k in paths}
+            bares: list[float] = []
+            for i in range(runs):
+                bares.append(bare(i))
+                for name, f_ in paths.items():
+                    times[name].append(f_(i))
+            res.bare = statistics.median(bares)
+            res.starts = {k: statistics.median(v) for k, v in times.items()}
+            # one load process, inside the namespace
+            r = subprocess.run(in_ns(ns, PY, os.path.abspath(__file__), "--load-worker", ns,
+                                     state, cfg, str(clients), str(total), str(inflight)),
+                               capture_output=True, text=True, check=False, timeout=900)
+            if r.returncode != 0:
+                raise RuntimeError(f"load worker failed ({r.returncode}): {r.stderr}")
+            got = json.loads(r.stdout)
+            res.conc_lat, res.conc_fails = got["concurrent"]["lat"], got["concurrent"]["fails"]
+            res.thr_lat, res.thr_fails = got["throughput"]["lat"], got["throughput"]["fails"]
+            res.thr_wall, res.total = got["throughput"]["wall"], total
+            res.down_all = run(in_ns(ns, VMNET, "--state-dir", state, "--config", cfg,
+                                     "down", "--all"))[0]
+            left = [n for n in links(ns) if n.startswith(("dh", "dk"))
+                    or (n.startswith("vm") and n[2:3].isdigit())]  # (QEMU's dq taps stay)
+            assert not left, f"vmnet down --all left {len(left)} taps: {left[:5]}"
+        res.served = d.served()
+    return res
+
+
 def import_times() -> dict[str, float]:
     """Each edge's import time (-X importtime, cumulative, of the module that serves it)."""
     edges = {"vmnet up (cli)": "vmnet.cli.main, vmnet.cli.table, vmnet.cli.commands, "
@@ -312,7 +598,23 @@ def main() -> None:
     ap.add_argument("--single-delete-n", type=int, default=100)
     ap.add_argument("--host-vms", type=int, default=999)
     ap.add_argument("--single-runs", type=int, default=20)
+    ap.add_argument("--daemon-runs", type=int, default=21,
+                    help="interleaved runs of each start command through vmnetd")
+    ap.add_argument("--daemon-clients", type=int, default=100,
+                    help="concurrent clients of vmnetd, each one `vmnet up`")
+    ap.add_argument("--daemon-ups", type=int, default=1000,
+                    help="single-VM ups through vmnetd for the throughput")
+    ap.add_argument("--daemon-inflight", type=int, default=100,
+                    help="of those, how many in flight at a time")
+    ap.add_argument("--daemon-profile", metavar="FILE",
+                    help="run vmnetd under cProfile, its stats to FILE (slows it)")
+    ap.add_argument("--load-worker", nargs=6, help=argparse.SUPPRESS,
+                    metavar=("NS", "STATE", "CFG", "CLIENTS", "TOTAL", "INFLIGHT"))
     a = ap.parse_args()
+    if a.load_worker:
+        ns, state, cfg, clients, total, inflight = a.load_worker
+        load_worker(ns, state, cfg, int(clients), int(total), int(inflight))
+        return
     if os.geteuid() != 0:
         sys.exit("bench needs root (it makes a network namespace)")
     sizes = [int(s) for s in a.sizes.split(",")]
@@ -356,11 +658,35 @@ def main() -> None:
         print(f"single up on an empty host {first * 1e3:.1f} ms, next to {a.host_vms} VMs "
               f"{nth * 1e3:.1f} ms: x{nth / first:.2f} (medians of {a.single_runs} "
               "interleaved runs)")
+        dm = daemon_paths(a.daemon_runs, a.daemon_clients, a.daemon_ups, a.daemon_inflight,
+                          tmp, a.daemon_profile)
+        print(f"through vmnetd (whole process inside the namespace, median of {a.daemon_runs} "
+              "interleaved runs, each under `ip netns exec`):")
+        print(f"  {'bare python3 -IS -c pass':<32} {dm.bare * 1e3:7.1f} ms")
+        for name, t in dm.starts.items():
+            print(f"  {name:<32} {t * 1e3:7.1f} ms: bare + {(t - dm.bare) * 1e3:5.1f} ms")
+        n_ok = len(dm.conc_lat) - len(dm.conc_fails)
+        print(f"  {a.daemon_clients} concurrent clients (one load process): {n_ok} of "
+              f"{a.daemon_clients} served rc 0; latency p50 {percentile(dm.conc_lat, 50) * 1e3:.1f}"
+              f" ms, p99 {percentile(dm.conc_lat, 99) * 1e3:.1f} ms")
+        for line in dm.conc_fails[:3] + dm.thr_fails[:3]:
+            print(f"    failed: {line}")
+        print(f"  {dm.total} single-VM ups, {a.daemon_inflight} in flight, a connection each: "
+              f"{dm.ups_s():.0f} ups/s ({dm.thr_wall:.2f} s; latency p50 "
+              f"{percentile(dm.thr_lat, 50) * 1e3:.1f} ms, p99 "
+              f"{percentile(dm.thr_lat, 99) * 1e3:.1f} ms; {len(dm.thr_fails)} failed)")
+        print(f"  then down --all of {a.daemon_clients + dm.total + 2 * (a.daemon_runs + 1)} VMs "
+              f"through it: {dm.down_all * 1e3:.0f} ms; its log: "
+              + ", ".join(f"{v} {k}" for k, v in dm.served.items()))
+        if a.daemon_profile:
+            print(f"  (vmnetd ran under cProfile: stats in {a.daemon_profile}; timings slowed)")
         print("import time of each edge (-X importtime, vmnet's modules, median):")
         for name, secs in import_times().items():
             print(f"  {name:<32} {secs * 1e3:6.1f} ms")
         print("targets: bulk up <= x1.5, bulk down <= x1.5, growth <= x1.3, starting one VM "
-              "<= x4 three ip, 1,000th up <= x1.3 the 1st, RSS < 100 MB")
+              "<= x4 three ip, 1,000th up <= x1.3 the 1st, RSS < 100 MB; through vmnetd: "
+              f"starting one VM <= bare python + {TARGETS['daemon_start_ms']:g} ms, every "
+              f"concurrent client served, >= {TARGETS['daemon_ups_s']:g} ups/s")
         r = rows[hi]
         verdict = {
             f"bulk up {hi}": r["up"] / r["ip_up"] <= TARGETS["bulk_up"],
@@ -370,6 +696,10 @@ def main() -> None:
                                    if not k.startswith(" ")),
             "1,000th up": nth / first <= TARGETS["nth"],
             "peak RSS": r["rss"] < TARGETS["rss_mb"],
+            "vmnetd start": all((t - dm.bare) * 1e3 <= TARGETS["daemon_start_ms"]
+                                for t in dm.starts.values()),
+            "vmnetd served": n_ok >= TARGETS["daemon_served"] * a.daemon_clients,
+            "vmnetd ups/s": dm.ups_s() >= TARGETS["daemon_ups_s"] and not dm.thr_fails,
         }
         for k, ok in verdict.items():
             print(f"  {k:<16} {'met' if ok else 'MISSED'}")
