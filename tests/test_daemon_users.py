@@ -221,3 +221,54 @@ def test_without_a_daemon_a_user_is_told_it_needs_root(tmp_path: Path) -> None:
         assert r.returncode == 4 and "CAP_NET_ADMIN" in r.stderr, r.stderr
     finally:
         shutil.rmtree(state, ignore_errors=True)
+
+
+HELPER_CLIENT = """
+import fcntl, os, socket, struct, subprocess, sys
+a, b = socket.socketpair()
+helper = os.path.join(os.path.dirname(sys.executable), "vmnet-bridge-helper")
+p = subprocess.run([helper, "--use-vnet", f"--br={sys.argv[1]}", f"--fd={b.fileno()}"],
+                   pass_fds=(b.fileno(),), capture_output=True, text=True)
+sys.stderr.write(p.stderr)
+if p.returncode:
+    sys.exit(p.returncode)
+msg, anc, _, _ = a.recvmsg(1, socket.CMSG_SPACE(4))
+fd = struct.unpack("i", anc[0][2][:4])[0]
+buf = bytearray(40)
+fcntl.ioctl(fd, 0x800454D2, buf)  # TUNGETIFF
+name, flags = struct.unpack("16sH22x", bytes(buf))
+print(name.rstrip(b"\\0").decode(), flags, msg, flush=True)
+sys.stdin.read()  # hold the tap until told
+"""
+
+
+def test_bridge_helper_for_a_user(site: Site) -> None:
+    """QEMU's helper protocol without QEMU: the tap comes back over --fd=; it is the
+    user's, on the bridge, not persistent; an ACL refusal names user, bridge and key."""
+    env = {k: v for k, v in os.environ.items() if k != "SUDO_USER"}
+    env["VMNET_STATE_DIR"] = site.state_dir
+    who = ["setpriv", "--reuid", str(UA), "--regid", str(UA), "--clear-groups"]
+    r = subprocess.run([*who, sys.executable, "-c", HELPER_CLIENT, "vmroot0"],
+                       capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.startswith(f"vmnet-bridge-helper: error: user uid {UA} may not use "
+                               "network 'rootonly' (bridge vmroot0)"), r.stderr
+    assert "networks.rootonly.allow_users" in r.stderr and r.stderr.count("\n") == 1
+    p = subprocess.Popen([*who, sys.executable, "-c", HELPER_CLIENT, "vmlab0"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=env)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline().split()
+        assert line, p.stderr.read() if p.stderr else ""
+        tap, flags = line[0], int(line[1])
+        assert tap.startswith("vmh") and len(tap) == 13
+        assert flags & 0x4000  # IFF_VNET_HDR: --use-vnet
+        link = site.ns.link(tap)
+        assert link is not None and link["master"] == "vmlab0"
+        data = link["linkinfo"]["info_data"]
+        assert int(data["user"]) == UA and data["persist"] is False
+    finally:
+        p.communicate(timeout=30)
+    assert site.ns.link(tap) is None  # gone with its last fd
+

@@ -43,3 +43,14 @@ def test_wheel_contains_templates_and_renders_from_them(wheel: Path, tmp_path: P
     dirs, _, xml = r.stdout.partition("\n")
     assert str(site / "vmnet" / "templates") in dirs and str(ROOT) not in dirs
     assert "<target dev='vm1-0' managed='no'/>" in xml
+
+
+def test_wheel_ships_vmnetd_its_units_and_the_bridge_helper(wheel: Path) -> None:
+    zf = zipfile.ZipFile(wheel)
+    names = zf.namelist()
+    for unit in ("vmnetd.service", "vmnetd.socket"):
+        assert f"vmnet/systemd/{unit}" in names
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zf.read(entry).decode()
+    assert "vmnetd = vmnet.daemon.main:main" in text
+    assert "vmnet-bridge-helper = vmnet.integrations.qemu.helper:main" in text

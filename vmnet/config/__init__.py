@@ -365,17 +365,20 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
     from vmnet.config import cache
 
     digest = cache.digest(raw)
+    known = cache.recall(digest, target)  # this process parsed these bytes already (vmnetd)
+    if known is not None:
+        return known
     if cache_dir is not None:
         cached = cache.load(cache_dir, digest)
         if cached is not None and cached.path == target:
-            return cached
+            return cache.remember(cached)
     try:
         text = raw.decode()
     except UnicodeDecodeError:
         raise ConfigError(f"{target}: not UTF-8 text") from None
     cfg = parse_config(text, target)
     cfg.digest = digest
-    return cfg
+    return cache.remember(cfg)
 
 
 # -- users (vmnet.config.users looks them up) --------------------------------------

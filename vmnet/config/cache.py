@@ -38,6 +38,26 @@ def digest(raw: bytes) -> str:
     return str(sha256(b"vmnet-parsed-config/%d\0" % VERSION + raw).hexdigest())
 
 
+# Parses this process made or read, by digest: a long-lived process (vmnetd) reads and
+# hashes the file on every request, so an edit is seen at once, and parses it only
+# when its bytes changed.  Configs are never changed once made.
+_MEMORY: dict[str, Config] = {}
+MEMORY_KEEP = 4
+
+
+def recall(name: str, path: str) -> Config | None:
+    got = _MEMORY.get(name)
+    return got if got is not None and got.path == path else None
+
+
+def remember(cfg: Config) -> Config:
+    if cfg.digest is not None:
+        if len(_MEMORY) >= MEMORY_KEEP:
+            _MEMORY.pop(next(iter(_MEMORY)))
+        _MEMORY[cfg.digest] = cfg
+    return cfg
+
+
 def load(state_root: str, name: str) -> Config | None:
     """The Config stored under `name`, None if there is none (or it is unusable)."""
     from vmnet.config import Config

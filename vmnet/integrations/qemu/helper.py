@@ -158,8 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for x in fds:
                     os.close(x)
                 err = reply.get("err")
-                sys.stderr.write(f"{PROG}: {err}" if isinstance(err, str) and err
-                                 else f"{PROG}: error: vmnetd sent no tap\n")
+                text = err if isinstance(err, str) and err else "vmnet: error: vmnetd sent no tap\n"
+                # the daemon speaks as vmnet; QEMU shows our name
+                sys.stderr.write("".join(f"{PROG}: {line.removeprefix('vmnet: ')}\n"
+                                         for line in text.splitlines()))
                 rc = reply.get("rc")
                 return rc if isinstance(rc, int) and rc else 1
             fd = fds[0]
