@@ -178,8 +178,9 @@ def three_ip(ns: str, tap: str, create: bool) -> float:
     return time.perf_counter() - t0
 
 
-def domain_xml(tmp: str, state: str, dom: str, vm: str) -> bytes:
-    """A minimal domain with vmnet's interfaces and metadata, as `libvirt-xml` renders it."""
+def domain_xml(tmp: str, state: str, dom: str, vm: str, cfg: str = "") -> bytes:
+    """A minimal domain with vmnet's interfaces and metadata, as `libvirt-xml` renders it
+    (with config file `cfg`, else none)."""
     import uuid as _uuid
 
     base = os.path.join(tmp, f"{dom}.xml")
@@ -187,7 +188,7 @@ def domain_xml(tmp: str, state: str, dom: str, vm: str) -> bytes:
         f.write(f"<domain type='qemu'><name>{dom}</name><uuid>{_uuid.uuid4()}</uuid>"
                 "<memory>131072</memory><os><type arch='x86_64'>hvm</type></os></domain>")
     return subprocess.run([VMNET, "--state-dir", state, "libvirt-xml", vm, "--domain", base],
-                          check=True, capture_output=True, env={**os.environ, "VMNET_CONFIG": ""}
+                          check=True, capture_output=True, env={**os.environ, "VMNET_CONFIG": cfg}
                           ).stdout
 
 
@@ -496,9 +497,17 @@ def daemon_paths(runs: int, clients: int, total: int, inflight: int, tmp: str,
     processes, inside the namespace too) interleaved with a bare python of the launchers'
     interpreter; then one load process's concurrent clients and throughput."""
     res = DaemonResult()
-    cfg = os.path.join(tmp, "daemon.toml")
+    # The start commands' VMs on a bridge of their own; the load's on vmnet's default
+    # network, but a bridge holds at most 1,023 ports: VMs past each 1,000 on more.
+    start_cfg = os.path.join(tmp, "daemon-start.toml")
+    with open(start_cfg, "w") as f:
+        f.write('[defaults]\nnetwork = "one"\n[networks.one]\nbridge = "vbs0"\n')
+    cfg = os.path.join(tmp, "daemon-load.toml")
     with open(cfg, "w") as f:
-        f.write('[networks.adm]\nbridge = "adm0"\n')
+        for k in range(1, (clients + total - 1) // 1000 + 1):
+            f.write(f'[networks.load{k}]\nbridge = "vbl{k}"\n')
+        for i in range(1000, clients + total):
+            f.write(f'[[vms.vm{i}.nics]]\nnetwork = "load{i // 1000}"\n')
     bindir = os.path.dirname(VMNET)
     ifup = os.path.join(bindir, "vmnet-qemu-ifup")
     hook = os.path.join(bindir, "vmnet-libvirt-hook")
@@ -509,26 +518,24 @@ def daemon_paths(runs: int, clients: int, total: int, inflight: int, tmp: str,
         for i in range(runs + 1):  # the domains' XML, rendered before anything is timed
             path = os.path.join(tmp, f"dd{i}.xml")
             with open(path, "wb") as f:
-                f.write(domain_xml(tmp, state, f"dd{i}", f"dk{i}"))
+                f.write(domain_xml(tmp, state, f"dd{i}", f"dk{i}", start_cfg))
             xmls.append(path)
-        subprocess.run(["ip", "-n", ns, "link", "add", "adm0", "type", "bridge"], check=True)
-        subprocess.run(["ip", "-n", ns, "link", "set", "adm0", "up"], check=True)
         for i in range(runs + 1):
             subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", f"dq{i}", "mode", "tap"],
                            check=True)
         with vmnetd(ns, state, cfg, os.path.join(tmp, "vmnetd.log"), profile) as d:
-            ifup_env = {"VMNET_STATE_DIR": state, "VMNET_CONFIG": cfg}
+            ifup_env = {"VMNET_STATE_DIR": state, "VMNET_CONFIG": start_cfg}
 
             def up(i: int) -> float:
-                return run(in_ns(ns, VMNET, "--state-dir", state, "--config", cfg,
+                return run(in_ns(ns, VMNET, "--state-dir", state, "--config", start_cfg,
                                  "up", f"dh{i}"))[0]
 
             def script(i: int) -> float:
                 return run(in_ns(ns, ifup, f"dq{i}"), env=ifup_env)[0]
 
             def hooked(i: int) -> float:
-                return run(in_ns(ns, hook, f"--state-dir={state}", f"dd{i}", "prepare",
-                                 "begin", "-"), env={"VMNET_CONFIG": ""}, stdin=xmls[i])[0]
+                return run(in_ns(ns, hook, f"--state-dir={state}", f"--config={start_cfg}",
+                                 f"dd{i}", "prepare", "begin", "-"), stdin=xmls[i])[0]
 
             def bare(_i: int) -> float:
                 return run(in_ns(ns, python, "-IS", "-c", "pass"))[0]

@@ -169,6 +169,10 @@ def test_networks_groups_and_limits(site: Site) -> None:
     refused(site.user(UA, "up", "n2", "--bridge", "vmlab0", "--nics", "2"), 4,
             "has 2 NIC(s) up", "defaults.user_max_nics")
     assert site.user(UA, "up", "n2", "--bridge", "vmlab0").returncode == 0  # 3 of 3
+    # one command bringing up many VMs counts them all
+    refused(site.user(UB, "up", "m1", "m2", "m3", "m4", "--bridge", "vmlab0"), 4,
+            "defaults.user_max_nics")
+    assert not [n for n in site.ns.links() if n.startswith("m")]
 
 
 def test_flags_a_user_may_not_give(site: Site) -> None:

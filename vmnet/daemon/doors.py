@@ -209,7 +209,8 @@ class Doors:
         args: list[Plain] = list(cmdline)
         groups: list[Plain] = list(ident.groups) if ident is not None else []
         return 0, order, session, {
-            "argv": args, "ident": None if ident is None else [ident.uid, ident.gid, groups]}
+            "vm": vm.name, "argv": args,
+            "ident": None if ident is None else [ident.uid, ident.gid, groups]}
 
     def _helper(self, peer: Peer, req: Request) -> Served:
         from vmnet.integrations.qemu import helper

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from vmnet.config.users import lookup_group, lookup_user, owner_text
+from vmnet.consts import DEFAULT_LOCK_TIMEOUT
 from vmnet.errors import InputError, PrivilegeError
 from vmnet.model.value import Value
 
@@ -72,13 +73,14 @@ class Peer(Value):
 class Policy:
     """The rules above, for one request of one peer (the daemon makes one per request)."""
 
-    __slots__ = ("_groups", "config_path", "peer", "state_dir")
+    __slots__ = ("_groups", "_pending", "config_path", "peer", "state_dir")
 
     def __init__(self, peer: Peer, state_dir: str, config_path: str | None) -> None:
         self.peer = peer
         self.state_dir = state_dir
         self.config_path = config_path
         self._groups: set[int] | None = None
+        self._pending: dict[str, int] = {}  # NICs of the VMs this request brings up
 
     # -- before the command runs -----------------------------------------------------
     def admit(self, command: str, g: Globals, values: Mapping[str, object]) -> None:
@@ -88,6 +90,8 @@ class Policy:
             return
         g.config = self.config_path
         g.env = {"SUDO_USER": str(self.peer.uid)}  # "the invoking user" is the peer
+        # the daemon serves one request at a time: a user's waits are root's default at most
+        g.lock_timeout = min(g.lock_timeout, DEFAULT_LOCK_TIMEOUT)
         g.peer = self
         if command not in USER_COMMANDS:
             raise PrivilegeError(f"`vmnet {command}` is root's: vmnetd runs only up, down, "
@@ -182,7 +186,9 @@ class Policy:
                                  f"over the {cfg.user_max_queues} a user may have "
                                  "(defaults.user_max_queues)", hint="ask for fewer queues")
         held = sum(len(r.nics) for name, r in store.vms().items()
-                   if name != vm.name and self.owns(r))
+                   if name != vm.name and name not in self._pending and self.owns(r))
+        held += sum(n for name, n in self._pending.items() if name != vm.name)
+        self._pending[vm.name] = len(vm.nics)
         if held + len(vm.nics) > cfg.user_max_nics:
             raise PrivilegeError(f"{self.peer.who()} has {held} NIC(s) up; {len(vm.nics)} "
                                  f"more is over the {cfg.user_max_nics} allowed "

@@ -121,7 +121,9 @@ class Server:
                 sock.close()
                 continue
             conn = Conn(sock, peer, self.idle)
-            mine = sum(1 for c in self.conns.values() if c.peer.uid == peer.uid)
+            # (a `vmnet run` keeps its connection while QEMU runs: user_max_nics bounds those)
+            mine = sum(1 for c in self.conns.values()
+                       if c.peer.uid == peer.uid and c.session is None)
             if len(self.conns) >= MAX_CONNECTIONS or (not peer.root and mine >= PER_USER):
                 self._refuse(conn, f"too many connections (vmnetd serves {PER_USER} at once "
                                    f"per user, {MAX_CONNECTIONS} in all); try again")

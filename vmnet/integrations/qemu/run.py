@@ -420,6 +420,7 @@ def run_through_daemon(argv: Sequence[str], env: Mapping[str, str]) -> int | Non
                 close_fds(fds)
                 return client.print_reply(reply)
             client.print_reply({"err": reply.get("err"), "out": reply.get("out")})
+            name = str(reply.get("vm"))
             placed = tuple(range(base, base + len(fds)))
             try:
                 for fd, at in zip(fds, placed, strict=True):
@@ -440,17 +441,17 @@ def run_through_daemon(argv: Sequence[str], env: Mapping[str, str]) -> int | Non
             try:
                 client.send(s, {"started": proc.pid})
                 client.receive(s, what="run")
-            except (OSError, VmnetError) as e:
-                log.warning(f"vmnetd went away as QEMU started ({e}); the taps go with QEMU, "
-                            "`vmnet gc` clears the record")
+            except (OSError, VmnetError):
+                log.warning(f"vmnetd went away as QEMU started: the taps go with QEMU; "
+                            f"`vmnet down {name}` then clears the record")
             rc = exit_status(proc.wait())
             sig.detach()
             try:
                 client.send(s, {"exited": rc})
                 done, _ = client.receive(s, what="run")
             except (OSError, VmnetError):
-                log.warning("vmnetd went away while QEMU ran: its taps went with it; "
-                            "`vmnet gc` clears the record")
+                log.warning(f"vmnetd went away while QEMU ran: its taps went with it; "
+                            f"`vmnet down {name}` clears the record")
                 return rc
             client.print_reply({"err": done.get("err"), "out": done.get("out")})
             got = done.get("rc")
