@@ -60,9 +60,7 @@ def connect(state_dir: str) -> _socket.socket | None:
 
 def send(s: _socket.socket, value: Plain, fds: Sequence[int] = ()) -> None:
     data = wire.encode(value)
-    anc = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(
-        fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
-    sent = s.sendmsg([data], anc)
+    sent = s.sendmsg([data], rights(fds))
     if sent < len(data):
         s.sendall(data[sent:])
 
@@ -79,10 +77,7 @@ def receive(s: _socket.socket, *, what: str = "request") -> tuple[dict[str, Plai
             data, anc, _flags, _addr = s.recvmsg(65536, space)
         except ConnectionResetError:
             data, anc = b"", []
-        for level, kind, raw in anc:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-                n = len(raw) - len(raw) % 4
-                fds += [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, n, 4)]
+        fds += fds_from(anc)
         if not data:
             for fd in fds:
                 os.close(fd)
@@ -101,6 +96,24 @@ def receive(s: _socket.socket, *, what: str = "request") -> tuple[dict[str, Plai
             if not isinstance(value, dict):
                 raise DaemonLost("vmnetd sent a reply that is not a table")
             return value, fds
+
+
+def fds_from(anc: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds that came with a message (SCM_RIGHTS ancillary data)."""
+    out: list[int] = []
+    for level, kind, raw in anc:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            n = len(raw) - len(raw) % 4
+            out += [int.from_bytes(raw[i:i + 4], sys.byteorder) for i in range(0, n, 4)]
+    return out
+
+
+def rights(fds: Sequence[int]) -> list[tuple[int, int, bytes]]:
+    """Ancillary data that sends `fds` (none: no ancillary data)."""
+    if not fds:
+        return []
+    return [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+             b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))]
 
 
 def state_dir_of(argv: Sequence[str], env: Mapping[str, str]) -> str:

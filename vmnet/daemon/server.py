@@ -27,6 +27,7 @@ import sys
 import time
 
 from vmnet.daemon import wire
+from vmnet.daemon.client import fds_from, rights
 from vmnet.daemon.policy import Peer
 
 TYPE_CHECKING = False
@@ -56,6 +57,11 @@ class Conn:
         self.out = b""
         self.deadline = time.monotonic() + idle
         self.session: Session | None = None  # a `vmnet run` in progress
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -141,8 +147,7 @@ class Server:
         if conn.session is not None:
             session, conn.session = conn.session, None
             self.doors.end_session(session, None)
-        for fd in conn.fds:
-            os.close(fd)
+        close_all(conn.fds)
         conn.fds = []
         fileno = conn.sock.fileno()
         if fileno >= 0:
@@ -162,11 +167,7 @@ class Server:
         except OSError:
             self._close(conn)
             return
-        for level, kind, raw in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                n = len(raw) - len(raw) % 4
-                conn.fds += [int.from_bytes(raw[i:i + 4], sys.byteorder)
-                             for i in range(0, n, 4)]
+        conn.fds += fds_from(anc)
         if not data:
             self._close(conn)
             return
@@ -189,25 +190,18 @@ class Server:
     def _handle(self, conn: Conn, body: bytes, fds: list[int]) -> None:
         try:
             value = wire.decode(body)
+            req = None if conn.session is not None else wire.request(value)
         except wire.WireError as e:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
             self._refuse(conn, f"bad request: {e}")
             return
         if conn.session is not None:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)  # (a session's messages carry none)
             reply, out_fds, done = self.doors.session_event(conn.session, value)
             if done:
                 conn.session = None
         else:
-            try:
-                req = wire.request(value)
-            except wire.WireError as e:
-                for fd in fds:
-                    os.close(fd)
-                self._refuse(conn, f"bad request: {e}")
-                return
+            assert req is not None
             reply, out_fds, conn.session = self.doors.serve(conn.peer, req, fds)
         self._reply(conn, reply, out_fds)
 
@@ -217,16 +211,13 @@ class Server:
         except wire.WireError as e:
             data = wire.encode({"rc": 1, "out": "", "err": f"vmnetd: error: {e}\n"})
         try:
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                    b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
-            sent = conn.sock.sendmsg([data], anc)
+            sent = conn.sock.sendmsg([data], rights(fds))
         except (BlockingIOError, InterruptedError):
             sent = 0  # the fds could not go: the client sees the reply without them
         except OSError:
             sent = -1
         finally:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
         if sent < 0:
             self._close(conn)
             return

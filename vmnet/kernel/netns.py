@@ -61,32 +61,25 @@ def enter(name: str) -> None:
                             hint=f"`ip netns list` shows the namespaces; {path} is missing") \
             from None
     try:
-        if _fast_setns(fd, CLONE_NEWNET) == 0:
-            return
-        import ctypes  # only to learn why: it costs milliseconds to import
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            if err == errno.EPERM:
-                raise PrivilegeError(f"cannot enter network namespace {name!r}: EPERM",
-                                     hint="entering a namespace needs root (CAP_SYS_ADMIN)")
-            raise kernel_error("setns", name, err)
+        enter_fd(fd, f"network namespace {name!r}")
     finally:
         os.close(fd)
 
 
-def enter_fd(fd: int) -> None:
-    """Move this process into the network namespace `fd` refers to (vmnetd: a root
-    client's own namespace, and back home after the request)."""
+def enter_fd(fd: int, what: str = "the network namespace passed") -> None:
+    """Move this process into the network namespace `fd` refers to (`enter`; vmnetd: a
+    root client's own namespace, and back home after the request)."""
     if _fast_setns(fd, CLONE_NEWNET) == 0:
         return
-    import ctypes
+    import ctypes  # only to learn why: it costs milliseconds to import
 
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, CLONE_NEWNET) != 0:
-        raise kernel_error("setns", f"fd {fd}", ctypes.get_errno(),
-                           "not a network namespace?")
+        err = ctypes.get_errno()
+        if err == errno.EPERM:
+            raise PrivilegeError(f"cannot enter {what}: EPERM",
+                                 hint="entering a namespace needs root (CAP_SYS_ADMIN)")
+        raise kernel_error("setns", what, err)
 
 
 def _fast_setns(fd: int, nstype: int) -> int:

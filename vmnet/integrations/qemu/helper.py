@@ -118,10 +118,11 @@ def send_fd(sock_fd: int, fd: int) -> None:
     """Hand `fd` to QEMU over its socketpair end, as qemu-bridge-helper does."""
     import _socket
 
+    from vmnet.daemon.client import rights
+
     s = _socket.socket(fileno=os.dup(sock_fd))
     try:
-        s.sendmsg([b"\0"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                             fd.to_bytes(4, sys.byteorder))])
+        s.sendmsg([b"\0"], rights([fd]))
     finally:
         s.close()
 
