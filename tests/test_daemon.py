@@ -64,7 +64,7 @@ def test_cli_scripts_and_hook_go_through_the_daemon(ns: Netns, state_dir: str,
         ns.ip("tuntap", "add", "dev", "hv-0", "mode", "tap")
         env = {"VMNET_STATE_DIR": state_dir, "VMNET_CONFIG": str(cfg)}
         r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c",
-                            "from vmnet.integrations.qemu.ifup import main_ifup; main_ifup()",
+                            "from vmnet.integrations.qemu.scripts import main_ifup; main_ifup()",
                             "hv-0"], capture_output=True, text=True,
                            env={**os.environ, **env})
         assert r.returncode == 0, r.stderr
@@ -241,3 +241,66 @@ def test_fds_handed_out_survive_the_daemon(ns: Netns, state_dir: str, tmp_path: 
     os.unlink(os.path.join(state_dir, "vmnetd.sock"))
     r = cli(ns, state_dir, "gc", check=True)
     assert "cleared r1" in r.stdout
+
+
+CLIENT_DOOR = """
+import sys
+sys.path.insert(0, {root!r})
+door = sys.argv[1]
+sys.argv = [door, *sys.argv[2:]]
+try:
+    if door == "vmnet":
+        from vmnet.cli.main import main
+        main()
+    elif door == "ifup":
+        from vmnet.integrations.qemu.scripts import main_ifup
+        main_ifup()
+    else:
+        from vmnet.integrations.libvirt.hook import main
+        sys.exit(main())
+except SystemExit as e:
+    code = e.code
+heavy = ("os", "typing", "re", "json", "vmnet.model", "vmnet.config", "vmnet.engine.ops",
+         "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args")
+sys.stderr.write(f"EXIT {{code}} HEAVY {{sorted(m for m in heavy if m in sys.modules)}}\\n")
+"""
+
+
+def test_the_doors_are_small_clients_of_the_daemon(ns: Netns, state_dir: str,
+                                                   tmp_path: Path) -> None:
+    """Through vmnetd, `vmnet up`, the ifup script and the hook load none of the engine,
+    the model or even `os` (a millisecond): python -IS, the wire, a socket."""
+    from tests.test_hook import domain_xml
+    from vmnet.config import Overrides
+
+    root = str(Path(__file__).resolve().parent.parent)
+    cfg = tmp_path / "vmnet.toml"
+    cfg.write_text('[networks.lab]\nbridge = "brc"\n')
+    code = CLIENT_DOOR.format(root=root)
+    env = {"PATH": os.environ["PATH"], "VMNET_STATE_DIR": state_dir,
+           "VMNET_CONFIG": str(cfg)}
+    xml = domain_xml("d2", "21111111-2222-3333-4444-555555555555",
+                     [("hc", Overrides(bridge="brc"))], str(cfg))
+    with vmnetd(state_dir, config=str(cfg)):
+        for door, args, stdin in (
+                ("vmnet", ["--netns", ns.name, "up", "c1", "--bridge", "brc"], None),
+                ("ifup", ["c1-0"], None),
+                ("vmnet", ["--netns", ns.name, "status", "c1"], None),
+                ("hook", [f"--state-dir={state_dir}", f"--config={cfg}", "d2", "prepare",
+                          "begin", "-"], xml)):
+            prefix = ["ip", "netns", "exec", ns.name] if door != "vmnet" else []
+            r = subprocess.run([*prefix, sys.executable, "-IS", "-c", code, door, *args],
+                               input=stdin, capture_output=True, text=True, env=env,
+                               timeout=60)
+            assert r.stderr.splitlines()[-1] == "EXIT 0 HEAVY []", (door, r.stderr)
+        assert ns.link("c1-0")["master"] == "brc"  # type: ignore[index]
+        assert "hc-0" in ns.links()
+        cli(ns, state_dir, "down", "c1", "hc", check=True)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["--version"], ["up", "--help"]],
+                         ids=["help", "h", "version", "up-help"])
+def test_help_and_version_exit_zero(args: list[str]) -> None:
+    r = subprocess.run([sys.executable, "-m", "vmnet", *args], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0 and r.stdout and not r.stderr, r.stderr

@@ -81,7 +81,7 @@ def raw_dict(*pairs: tuple[bytes, bytes]) -> bytes:
     return b"d" + u32(len(pairs)) + b"".join(k + v for k, v in pairs)
 
 
-class Hang(Exception):  # noqa: N818 - what the test reports
+class Hang(Exception):
     """decode or request ran past its time."""
 
 

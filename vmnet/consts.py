@@ -8,3 +8,4 @@ DEFAULT_LOCK_TIMEOUT = 30.0  # seconds a command waits for another in the same n
 HOOK_LOCK_TIMEOUT = 10.0  # the libvirt hook: libvirtd waits for it without a timeout
 STATE_DIR_ENV = "VMNET_STATE_DIR"
 CONFIG_ENV = "VMNET_CONFIG"
+MAX_XML_BYTES = 4 << 20  # domain XML vmnet reads (libvirt's own limit is 10 MiB; ours are small)

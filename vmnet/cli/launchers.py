@@ -26,8 +26,8 @@ import sys
 
 COMMANDS = {
     "vmnet": ("vmnet.cli.main", "main"),
-    "vmnet-qemu-ifup": ("vmnet.integrations.qemu.ifup", "main_ifup"),
-    "vmnet-qemu-ifdown": ("vmnet.integrations.qemu.ifup", "main_ifdown"),
+    "vmnet-qemu-ifup": ("vmnet.integrations.qemu.scripts", "main_ifup"),
+    "vmnet-qemu-ifdown": ("vmnet.integrations.qemu.scripts", "main_ifdown"),
     "vmnet-libvirt-hook": ("vmnet.integrations.libvirt.hook", "main"),
     "vmnetd": ("vmnet.daemon.main", "main"),
     "vmnet-bridge-helper": ("vmnet.integrations.qemu.helper", "main"),

@@ -5,7 +5,6 @@ rest of a VM start).
 
 from __future__ import annotations
 
-import os
 import sys
 
 from vmnet.errors import VmnetError
@@ -34,7 +33,11 @@ class Globals:
         self.config = config
         self.lock_timeout = lock_timeout
         self.verbose = verbose
-        self.env = os.environ if env is None else env
+        if env is None:
+            import os
+
+            env = os.environ
+        self.env = env
         self._config: Config | None = None
         self.peer: Policy | None = None  # a user without root, served by vmnetd
 
@@ -101,9 +104,13 @@ def setup(argv: list[str], env: Mapping[str, str], policy: Policy | None = None
     parsed: Parsed = parse(PROGRAM, argv, env)
     gl = parsed.globals
     netns = gl.get("netns")
-    g = Globals(netns=str(netns) if netns else None, state_dir=str(gl["state_dir"]),
+    from vmnet.consts import DEFAULT_LOCK_TIMEOUT, DEFAULT_STATE_DIR
+
+    # (--help and --version stop the parse before the globals' defaults are filled in)
+    g = Globals(netns=str(netns) if netns else None,
+                state_dir=str(gl.get("state_dir") or DEFAULT_STATE_DIR),
                 config=str(gl["config"]) if gl.get("config") else None,
-                lock_timeout=float(gl["lock_timeout"]),  # type: ignore[arg-type]
+                lock_timeout=float(gl.get("lock_timeout", DEFAULT_LOCK_TIMEOUT)),  # type: ignore[arg-type]
                 verbose=bool(gl.get("verbose")), env=env)
     if parsed.help is None:
         cmd = parsed.command
@@ -139,19 +146,24 @@ def run(argv: list[str], env: Mapping[str, str], policy: Policy | None = None) -
     return 0 if rc is None else int(rc)
 
 
-def execute(argv: list[str], env: Mapping[str, str], policy: Policy | None = None,
+def execute(argv: list[str], env: Mapping[str, str] | None, policy: Policy | None = None,
             *, daemon: bool = False) -> int:
     """Run one command line, errors as their one line on stderr; the exit status.
 
-    With `daemon`, the command line first goes to a vmnetd serving its state
-    directory, if one listens (vmnet.daemon.client); else it runs here."""
+    `env` None: this process's (os.environ).  With `daemon`, the command line
+    first goes to a vmnetd serving its state directory, if one listens
+    (vmnet.daemon.client, which needs no os module); else it runs here."""
     try:
         rc: int | None = None
         if daemon:
-            from vmnet.daemon.client import vmnet_main
+            from vmnet.daemon.client import environ, vmnet_main
 
-            rc = vmnet_main(argv, env)
+            rc = vmnet_main(argv, environ() if env is None else env)
         if rc is None:
+            if env is None:
+                import os
+
+                env = os.environ
             rc = run(argv, env, policy)
         sys.stdout.flush()
     except VmnetError as e:
@@ -170,4 +182,4 @@ def execute(argv: list[str], env: Mapping[str, str], policy: Policy | None = Non
 
 def main() -> None:
     """Process entry point of `vmnet` (installed launcher, `python -m vmnet`)."""
-    sys.exit(execute(sys.argv[1:], os.environ, daemon=True))
+    sys.exit(execute(sys.argv[1:], None, daemon=True))

@@ -20,7 +20,6 @@ HASHED_TAP_PREFIX = "vmn"
 DEFAULT_NETWORK = "default"
 DEFAULT_BRIDGE = "vmnet0"
 ALIAS_PREFIX = "ua-vmnet-"  # user alias of the libvirt <interface> vmnet renders
-MAX_XML_BYTES = 4 << 20  # libvirt's own limit for domain XML is 10 MiB; ours are small
 _ALIAS_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 

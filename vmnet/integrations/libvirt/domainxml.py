@@ -19,8 +19,9 @@ found (and replaced) later.
 
 from __future__ import annotations
 
+from vmnet.consts import MAX_XML_BYTES
 from vmnet.errors import InputError
-from vmnet.model.names import ALIAS_PREFIX, MAX_XML_BYTES, alias_for
+from vmnet.model.names import ALIAS_PREFIX, alias_for
 from vmnet.model.value import Value
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true

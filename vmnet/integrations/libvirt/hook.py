@@ -23,12 +23,10 @@ vmnet.engine.ops are imported only when there is work.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from vmnet.consts import DEFAULT_STATE_DIR, HOOK_LOCK_TIMEOUT
+from vmnet.consts import DEFAULT_STATE_DIR, HOOK_LOCK_TIMEOUT, MAX_XML_BYTES
 from vmnet.errors import InputError, VmnetError
-from vmnet.model.names import MAX_XML_BYTES
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -79,6 +77,19 @@ def parse_args(argv: Sequence[str]) -> Call:
     return Call(state_dir=opts.get("state-dir") or DEFAULT_STATE_DIR,
                 config=opts.get("config") or None, lock_timeout=timeout,
                 domain=pos[0], op=pos[1], subop=pos[2])
+
+
+def _route(argv: Sequence[str]) -> tuple[str, tuple[str, str]]:
+    """The state directory and (op, subop) of a call, read without validating anything
+    (parse_args does, wherever the call is handled): all the client needs."""
+    state_dir = DEFAULT_STATE_DIR
+    pos: list[str] = []
+    for arg in argv:
+        if arg.startswith("--state-dir=") and not pos:
+            state_dir = arg[len("--state-dir="):] or DEFAULT_STATE_DIR
+        elif not (arg.startswith("--") and "=" in arg and not pos):
+            pos.append(arg)
+    return state_dir, (pos[1], pos[2]) if len(pos) >= 3 else ("", "")
 
 
 def read_bounded(stream: IO[bytes], limit: int = MAX_XML_BYTES) -> bytes:
@@ -150,6 +161,8 @@ def domain_records(state_dir: str, domain_uuid: str) -> list[str]:
     from vmnet.state.store import StateStore
 
     store = StateStore(state_dir, current_inode(), current_cookie())
+    import os
+
     if not os.path.isdir(store.dir):
         return []
     return sorted(name for name, rec in store.vms().items() if rec.domain_uuid == domain_uuid)
@@ -218,25 +231,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     state directory (the XML and this process's network namespace go with the request)."""
     # Nothing may reach stdout, whatever a library prints: libvirt may read
     # it as replacement XML.
+    import posix  # (built in; os costs a millisecond for os.environ)
+
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.close(devnull)
+        devnull = posix.open("/dev/null", posix.O_WRONLY)
+        posix.dup2(devnull, 1)
+        posix.close(devnull)
     except OSError:
         pass
     args = sys.argv[1:] if argv is None else list(argv)
     stdin = sys.stdin.buffer
     try:
-        call = parse_args(args)
-        if (call.op, call.subop) in (PREPARE, RELEASE):
+        state_dir, op = _route(args)
+        if op in (PREPARE, RELEASE):
             data = read_bounded(stdin)
             from vmnet.daemon.client import call as ask
-            from vmnet.daemon.client import print_reply
+            from vmnet.daemon.client import environ, print_reply
 
-            got = ask(call.state_dir, "hook", args, os.environ, stdin=data)
+            got = ask(state_dir, "hook", args, environ(), stdin=data)
             if got is not None:
                 for fd in got[1]:
-                    os.close(fd)
+                    posix.close(fd)
                 return print_reply(got[0])
             import io
 

@@ -33,7 +33,6 @@ from vmnet.model.value import Value
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import NoReturn
 
     from vmnet.config import Config
     from vmnet.engine.context import Context
@@ -201,25 +200,6 @@ def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
             store.cleanup_dir()
 
 
-def _main(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
-          argv: list[str]) -> int:
-    """The script's process: through vmnetd when one serves the state directory."""
-    env = os.environ
-    try:
-        from vmnet.daemon.client import call, print_reply
-
-        got = call(env.get("VMNET_STATE_DIR") or DEFAULT_STATE_DIR,
-                   "ifup" if prog == IFUP else "ifdown", argv, env)
-    except VmnetError as e:
-        sys.stderr.write(f"{prog}: error: {e.one_line()}\n")
-        return e.exit_code
-    if got is not None:
-        for fd in got[1]:
-            os.close(fd)
-        return print_reply(got[0])
-    return serve(prog, action, argv, env)
-
-
 def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
           argv: list[str], env: Mapping[str, str]) -> int:
     """Run the script's action here (in-process, or in vmnetd for a root QEMU)."""
@@ -250,14 +230,17 @@ def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object]
     return 0
 
 
-def main_ifup(argv: list[str] | None = None) -> NoReturn:
-    """Entry point of `vmnet-qemu-ifup IFNAME` (and scripts/qemu-ifup)."""
-    sys.exit(_main(IFUP, ifup, sys.argv[1:] if argv is None else argv))
+def main_ifup(argv: list[str] | None = None) -> None:
+    """(Kept for old launchers: vmnet.integrations.qemu.scripts is the door.)"""
+    from vmnet.integrations.qemu.scripts import main_ifup as door
+
+    door(argv)
 
 
-def main_ifdown(argv: list[str] | None = None) -> NoReturn:
-    """Entry point of `vmnet-qemu-ifdown IFNAME` (and scripts/qemu-ifdown)."""
-    sys.exit(_main(IFDOWN, ifdown, sys.argv[1:] if argv is None else argv))
+def main_ifdown(argv: list[str] | None = None) -> None:
+    from vmnet.integrations.qemu.scripts import main_ifdown as door
+
+    door(argv)
 
 
 def script_paths() -> tuple[str, str]:

@@ -1,0 +1,50 @@
+"""Process entry points of the QEMU ifup/ifdown scripts (`vmnet-qemu-ifup IFNAME`).
+
+QEMU waits for the script before it starts the guest, so this door is light:
+it asks vmnetd first (vmnet.daemon.client needs neither os nor the model) and
+imports vmnet.integrations.qemu.ifup, which does the work in-process, only
+when no daemon serves the state directory.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from vmnet.consts import DEFAULT_STATE_DIR, STATE_DIR_ENV
+from vmnet.errors import VmnetError
+
+IFUP = "vmnet-qemu-ifup"
+IFDOWN = "vmnet-qemu-ifdown"
+
+
+def _main(prog: str, argv: list[str]) -> int:
+    from vmnet.daemon.client import call, environ, print_reply
+
+    env = environ()
+    try:
+        got = call(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR,
+                   "ifup" if prog == IFUP else "ifdown", argv, env)
+    except VmnetError as e:
+        sys.stderr.write(f"{prog}: error: {e.one_line()}\n")
+        return e.exit_code
+    if got is not None:
+        import posix
+
+        for fd in got[1]:
+            posix.close(fd)
+        return print_reply(got[0])
+    import os
+
+    from vmnet.integrations.qemu import ifup
+
+    return ifup.serve(prog, ifup.ifup if prog == IFUP else ifup.ifdown, argv, os.environ)
+
+
+def main_ifup(argv: list[str] | None = None) -> None:
+    """`vmnet-qemu-ifup IFNAME` (and scripts/qemu-ifup)."""
+    sys.exit(_main(IFUP, sys.argv[1:] if argv is None else argv))
+
+
+def main_ifdown(argv: list[str] | None = None) -> None:
+    """`vmnet-qemu-ifdown IFNAME` (and scripts/qemu-ifdown)."""
+    sys.exit(_main(IFDOWN, sys.argv[1:] if argv is None else argv))
