@@ -358,18 +358,26 @@ class Vmnetd:
             os.kill(self.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def served(self) -> dict[str, int]:
-        """Requests its log says it served (rc 0), per door; and the tracebacks it logged."""
-        out = {"vmnet": 0, "ifup": 0, "hook": 0, "Traceback": 0}
+    def served(self) -> tuple[dict[str, int], dict[str, list[float]]]:
+        """Requests its log says it served (rc 0), per door, and the tracebacks it logged;
+        the time it took for each (s) by what it was: its lines read `vmnetd: pid P uid U:
+        DOOR ARGV -> rc RC (T ms)`."""
+        count = {"vmnet": 0, "ifup": 0, "hook": 0, "Traceback": 0}
+        took: dict[str, list[float]] = {}
         with open(self.log) as f:
             for line in f:
                 if line.startswith("Traceback"):
-                    out["Traceback"] += 1
-                elif line.startswith("vmnetd: pid ") and line.rstrip().endswith(" ms)") \
-                        and "-> rc 0 " in line:
-                    door = line.split(": ", 2)[2].split(" ", 1)[0]
-                    out[door] = out.get(door, 0) + 1
-        return out
+                    count["Traceback"] += 1
+                    continue
+                head, sep, tail = line.rstrip().rpartition(" -> rc 0 (")
+                if not line.startswith("vmnetd: pid ") or not sep or not tail.endswith(" ms)"):
+                    continue
+                door, _, argv = head.split(": ", 2)[2].partition(" ")
+                count[door] = count.get(door, 0) + 1
+                what = door if door != "vmnet" else " ".join(
+                    w.rstrip("0123456789") for w in argv.split(" ")[-2:])
+                took.setdefault(what, []).append(float(tail[:-4]) / 1e3)
+        return count, took
 
 
 @contextmanager
@@ -434,8 +442,9 @@ def load_worker(ns: str, state: str, cfg: str, clients: int, total: int,
                 s.close()  # type: ignore[union-attr]
                 for fd in fds:
                     os.close(fd)
-                if reply.get("rc") != 0:
-                    fails.append(f"{name}: rc {reply.get('rc')}: {reply.get('err')!s:.200}")
+                rc, why = reply.get("rc"), reply.get("err")
+                if rc != 0:
+                    fails.append(f"{name}: rc {rc!r}: {why!s}"[:300].rstrip())
                 more()
 
     # 1. `clients` at once: every connection open before the first request is sent
@@ -472,6 +481,11 @@ def load_worker(ns: str, state: str, cfg: str, clients: int, total: int,
     json.dump({"concurrent": conc, "throughput": thr}, sys.stdout)
 
 
+# which of vmnetd's log lines (Vmnetd.served) each start command is
+DAEMON_DOOR = {"vmnet up VM": "up dh", "qemu ifup script": "ifup",
+               "libvirt hook (prepare begin)": "hook"}
+
+
 class DaemonResult:
     """What the vmnetd part measured."""
 
@@ -486,6 +500,7 @@ class DaemonResult:
         self.total = 0
         self.down_all = 0.0
         self.served: dict[str, int] = {}
+        self.service: dict[str, list[float]] = {}  # vmnetd's own time per request (s)
 
     def ups_s(self) -> float:
         return (self.total - len(self.thr_fails)) / self.thr_wall if self.thr_wall else 0.0
@@ -517,8 +532,8 @@ def daemon_paths(runs: int, clients: int, total: int, inflight: int, tmp: str,
         xmls = []
         for i in range(runs + 1):  # the domains' XML, rendered before anything is timed
             path = os.path.join(tmp, f"dd{i}.xml")
-            with open(path, "wb") as f:
-                f.write(domain_xml(tmp, state, f"dd{i}", f"dk{i}", start_cfg))
+            with open(path, "wb") as fx:
+                fx.write(domain_xml(tmp, state, f"dd{i}", f"dk{i}", start_cfg))
             xmls.append(path)
         for i in range(runs + 1):
             subprocess.run(["ip", "-n", ns, "tuntap", "add", "dev", f"dq{i}", "mode", "tap"],
@@ -568,7 +583,7 @@ def daemon_paths(runs: int, clients: int, total: int, inflight: int, tmp: str,
             left = [n for n in links(ns) if n.startswith(("dh", "dk"))
                     or (n.startswith("vm") and n[2:3].isdigit())]  # (QEMU's dq taps stay)
             assert not left, f"vmnet down --all left {len(left)} taps: {left[:5]}"
-        res.served = d.served()
+        res.served, res.service = d.served()
     return res
 
 
@@ -671,7 +686,9 @@ def main() -> None:
               "interleaved runs, each under `ip netns exec`):")
         print(f"  {'bare python3 -IS -c pass':<32} {dm.bare * 1e3:7.1f} ms")
         for name, t in dm.starts.items():
-            print(f"  {name:<32} {t * 1e3:7.1f} ms: bare + {(t - dm.bare) * 1e3:5.1f} ms")
+            own = statistics.median(dm.service.get(DAEMON_DOOR[name]) or [float("nan")])
+            print(f"  {name:<32} {t * 1e3:7.1f} ms: bare + {(t - dm.bare) * 1e3:5.1f} ms "
+                  f"(vmnetd's own {own * 1e3:.1f} ms, the rest the client process)")
         n_ok = len(dm.conc_lat) - len(dm.conc_fails)
         print(f"  {a.daemon_clients} concurrent clients (one load process): {n_ok} of "
               f"{a.daemon_clients} served rc 0; latency p50 {percentile(dm.conc_lat, 50) * 1e3:.1f}"
@@ -681,7 +698,9 @@ def main() -> None:
         print(f"  {dm.total} single-VM ups, {a.daemon_inflight} in flight, a connection each: "
               f"{dm.ups_s():.0f} ups/s ({dm.thr_wall:.2f} s; latency p50 "
               f"{percentile(dm.thr_lat, 50) * 1e3:.1f} ms, p99 "
-              f"{percentile(dm.thr_lat, 99) * 1e3:.1f} ms; {len(dm.thr_fails)} failed)")
+              f"{percentile(dm.thr_lat, 99) * 1e3:.1f} ms; {len(dm.thr_fails)} failed; "
+              f"vmnetd's own per up: median "
+              f"{statistics.median(dm.service.get('up vm') or [float('nan')]) * 1e3:.2f} ms)")
         print(f"  then down --all of {a.daemon_clients + dm.total + 2 * (a.daemon_runs + 1)} VMs "
               f"through it: {dm.down_all * 1e3:.0f} ms; its log: "
               + ", ".join(f"{v} {k}" for k, v in dm.served.items()))
