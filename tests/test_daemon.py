@@ -250,7 +250,7 @@ door = sys.argv[1]
 sys.argv = [door, *sys.argv[2:]]
 try:
     if door == "vmnet":
-        from vmnet.cli.main import main
+        from vmnet.daemon.client import main
         main()
     elif door == "ifup":
         from vmnet.integrations.qemu.scripts import main_ifup
@@ -261,7 +261,8 @@ try:
 except SystemExit as e:
     code = e.code
 heavy = ("os", "typing", "re", "json", "vmnet.model", "vmnet.config", "vmnet.engine.ops",
-         "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args")
+         "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args", "vmnet.cli.main",
+         "vmnet.errors", "vmnet.integrations.qemu.ifup")
 sys.stderr.write(f"EXIT {{code}} HEAVY {{sorted(m for m in heavy if m in sys.modules)}}\\n")
 """
 

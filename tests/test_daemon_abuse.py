@@ -712,7 +712,7 @@ def test_flood_from_one_user_does_not_starve_another(lab: Lab) -> None:
 
 # -- a bug the wire has: requests from a non-UTF-8 working directory ---------------------
 @pytest.mark.xfail(strict=True, reason=(
-    "vmnet.daemon.client.request sends os.getcwd(), which wire.encode writes with "
+    "vmnet.daemon.client.request sends getcwd(), which wire.encode writes with "
     "'surrogateescape' as its raw bytes; wire.decode refuses them ('a string is not "
     "UTF-8'), so a user in a directory whose name is not UTF-8 cannot `vmnet up` at all"))
 def test_user_in_a_non_utf8_directory_is_served(lab: Lab) -> None:

@@ -198,12 +198,15 @@ def test_doors_only_root_may_use(site: Site) -> None:
             "from vmnet.daemon import client\n"
             "reply, fds = client.call(sys.argv[1], sys.argv[2], sys.argv[3:], {})\n"
             "sys.stderr.write(reply['err']); sys.exit(reply['rc'])\n")
-    for door, args in (("ifup", ["avm-0"]), ("ifdown", ["avm-0"]),
-                       ("hook", ["d1", "prepare", "begin", "-"])):
-        r = subprocess.run(["setpriv", "--reuid", str(UA), "--regid", str(UA),
-                            "--clear-groups", sys.executable, "-c", code, site.state_dir, door,
-                            *args], capture_output=True, text=True, timeout=30)
-        assert r.returncode == 4 and "root only" in r.stderr, (door, r.stderr)
+    no_admin = ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin"]
+    for who in (["setpriv", "--reuid", str(UA), "--regid", str(UA), "--clear-groups"],
+                no_admin):  # a user, and a root that dropped CAP_NET_ADMIN
+        for door, args, says in (("ifup", ["avm-0"], "needs CAP_NET_ADMIN"),
+                                 ("ifdown", ["avm-0"], "needs CAP_NET_ADMIN"),
+                                 ("hook", ["d1", "prepare", "begin", "-"], "root only")):
+            r = subprocess.run([*who, sys.executable, "-c", code, site.state_dir, door,
+                                *args], capture_output=True, text=True, timeout=30)
+            assert r.returncode == 4 and says in r.stderr, (who, door, r.stderr)
 
 
 def test_config_changes_are_picked_up(site: Site) -> None:

@@ -67,6 +67,10 @@ class KernelError(VmnetError):
     """The kernel refused an operation."""
 
 
+class DaemonLost(VmnetError):
+    """vmnetd took a request and went away before it replied (vmnet.daemon.client)."""
+
+
 def kernel_error(op: str, ifname: str | None, err: int, detail: str = "") -> VmnetError:
     """Map an errno from a kernel call to the most helpful error class."""
     name = _errno.errorcode.get(err, str(err))

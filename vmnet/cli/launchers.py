@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 COMMANDS = {
-    "vmnet": ("vmnet.cli.main", "main"),
+    "vmnet": ("vmnet.daemon.client", "main"),
     "vmnet-qemu-ifup": ("vmnet.integrations.qemu.scripts", "main_ifup"),
     "vmnet-qemu-ifdown": ("vmnet.integrations.qemu.scripts", "main_ifdown"),
     "vmnet-libvirt-hook": ("vmnet.integrations.libvirt.hook", "main"),

@@ -146,25 +146,16 @@ def run(argv: list[str], env: Mapping[str, str], policy: Policy | None = None) -
     return 0 if rc is None else int(rc)
 
 
-def execute(argv: list[str], env: Mapping[str, str] | None, policy: Policy | None = None,
-            *, daemon: bool = False) -> int:
-    """Run one command line, errors as their one line on stderr; the exit status.
-
-    `env` None: this process's (os.environ).  With `daemon`, the command line
-    first goes to a vmnetd serving its state directory, if one listens
-    (vmnet.daemon.client, which needs no os module); else it runs here."""
+def execute(argv: list[str], env: Mapping[str, str] | None,
+            policy: Policy | None = None) -> int:
+    """Run one command line here, errors as their one line on stderr; the exit status.
+    `env` None: this process's (os.environ)."""
     try:
-        rc: int | None = None
-        if daemon:
-            from vmnet.daemon.client import environ, vmnet_main
+        if env is None:
+            import os
 
-            rc = vmnet_main(argv, environ() if env is None else env)
-        if rc is None:
-            if env is None:
-                import os
-
-                env = os.environ
-            rc = run(argv, env, policy)
+            env = os.environ
+        rc = run(argv, env, policy)
         sys.stdout.flush()
     except VmnetError as e:
         try:  # noqa: SIM105 - contextlib costs an import on every command
@@ -181,5 +172,7 @@ def execute(argv: list[str], env: Mapping[str, str] | None, policy: Policy | Non
 
 
 def main() -> None:
-    """Process entry point of `vmnet` (installed launcher, `python -m vmnet`)."""
-    sys.exit(execute(sys.argv[1:], None, daemon=True))
+    """`vmnet`'s process entry point: vmnetd first (vmnet.daemon.client.main)."""
+    from vmnet.daemon.client import main as door
+
+    door()

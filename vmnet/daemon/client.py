@@ -4,7 +4,7 @@ hook, `vmnet run`, vmnet-bridge-helper) asks the daemon first.
 `connect` answers None only when no daemon takes the connection (no socket, or
 nobody listening on it): the door then runs the operation in-process, as root
 must.  Once a request is sent it is never sent again and never run in-process
-too: a daemon that dies before replying gives one clear line (DaemonLost), and
+too: a daemon that dies before replying gives one clear line (errors.DaemonLost), and
 `vmnet status` tells what was done.
 
 Import-light: _socket, posix and sys, all built in (socket.py would import enum and
@@ -19,7 +19,6 @@ import sys
 
 from vmnet.consts import DEFAULT_STATE_DIR, STATE_DIR_ENV
 from vmnet.daemon import wire
-from vmnet.errors import VmnetError
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -33,8 +32,12 @@ MAX_FDS = 253  # fds one message may carry (the kernel's SCM_MAX_FD): taps' and 
 _ABSENT = (FileNotFoundError, ConnectionRefusedError, NotADirectoryError)
 
 
-class DaemonLost(VmnetError):
-    """vmnetd took the request and went away before it replied."""
+def _lost(message: str, hint: str | None = None) -> Exception:
+    """vmnet.errors.DaemonLost (imported only when it happens: the client path imports
+    no more than it must)."""
+    from vmnet.errors import DaemonLost
+
+    return DaemonLost(message, hint=hint)
 
 
 def environ() -> dict[str, str]:
@@ -88,7 +91,7 @@ def receive(s: _socket.socket, *, what: str = "request") -> tuple[dict[str, Plai
         if not data:
             for fd in fds:
                 posix.close(fd)
-            raise DaemonLost(
+            raise _lost(
                 f"vmnetd closed the connection before it answered this {what} (was it "
                 "stopped or killed?); it may or may not have been carried out",
                 hint="`vmnet status` shows what is up; run the command again once vmnetd "
@@ -101,7 +104,7 @@ def receive(s: _socket.socket, *, what: str = "request") -> tuple[dict[str, Plai
                 continue
             value = wire.decode(buf[4:need])
             if not isinstance(value, dict):
-                raise DaemonLost("vmnetd sent a reply that is not a table")
+                raise _lost("vmnetd sent a reply that is not a table")
             return value, fds
 
 
@@ -148,15 +151,40 @@ def request(door: str, argv: Sequence[str], env: Mapping[str, str], *,
         cwd = posix.getcwd()
     except OSError:
         cwd = "/"
-    sent_env: dict[str, Plain] = dict(env) if posix.geteuid() == 0 else {}
+    sent_env: dict[str, Plain] = dict(env) if as_root() else {}
     args: list[Plain] = list(argv)
     return {"v": wire.VERSION, "door": door, "argv": args, "env": sent_env, "cwd": cwd,
             "stdin": stdin, "extra": extra or {}}
 
 
+_ROOT: bool | None = None
+_CAP_NET_ADMIN = 12  # (vmnet.kernel.netns.CAP_NET_ADMIN; that module imports os)
+
+
+def as_root() -> bool:
+    """Whether the daemon will take us for root: uid 0 with CAP_NET_ADMIN (as
+    vmnet.daemon.policy.Peer.root; read here without importing os)."""
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = False
+        if posix.geteuid() == 0:
+            try:
+                fd = posix.open("/proc/self/status", posix.O_RDONLY | posix.O_CLOEXEC)
+                try:
+                    data = posix.read(fd, 8192)
+                finally:
+                    posix.close(fd)
+                i = data.index(b"CapEff:")
+                caps = int(data[i + 7:data.index(b"\n", i)].strip(), 16)
+                _ROOT = bool(caps >> _CAP_NET_ADMIN & 1)
+            except (OSError, ValueError):
+                _ROOT = True  # cannot tell: the daemon decides
+    return _ROOT
+
+
 def own_netns() -> list[int]:
     """Root sends its network namespace: the daemon works there for the request."""
-    if posix.geteuid() != 0:
+    if not as_root():
         return []
     try:
         return [posix.open("/proc/self/ns/net", posix.O_RDONLY | posix.O_CLOEXEC)]
@@ -176,10 +204,9 @@ def call(state_dir: str, door: str, argv: Sequence[str], env: Mapping[str, str],
         try:
             send(s, request(door, argv, env, stdin=stdin, extra=extra), fds)
         except (BrokenPipeError, ConnectionResetError):
-            raise DaemonLost("vmnetd closed the connection while the request was sent "
-                             "(it refused it, or went away)",
-                             hint="see vmnetd's log; `vmnet status` shows what is up") \
-                from None
+            raise _lost("vmnetd closed the connection while the request was sent (it "
+                        "refused it, or went away)",
+                        hint="see vmnetd's log; `vmnet status` shows what is up") from None
         finally:
             for fd in fds:
                 posix.close(fd)
@@ -239,3 +266,24 @@ def vmnet_main(argv: list[str], env: Mapping[str, str]) -> int | None:
     for fd in fds:
         posix.close(fd)
     return print_reply(reply)
+
+
+def main() -> None:
+    """Process entry point of `vmnet` (installed launcher, `python -m vmnet`): the command
+    line goes to vmnetd if one serves its state directory, else vmnet.cli.main runs it
+    here.  Only built-in modules and the wire are loaded on the way to the daemon."""
+    argv = sys.argv[1:]
+    try:
+        rc = vmnet_main(argv, environ())
+    except Exception as e:
+        from vmnet.errors import VmnetError
+
+        if not isinstance(e, VmnetError):
+            raise
+        sys.stderr.write(f"vmnet: error: {e.one_line()}\n")
+        sys.exit(e.exit_code)
+    if rc is None:
+        from vmnet.cli.main import execute
+
+        rc = execute(argv, None)
+    sys.exit(rc)

@@ -38,18 +38,22 @@ _CONFIG_HINT = "ask root to add it to {where}"
 
 
 class Peer(Value):
-    """The process at the other end of a connection (SO_PEERCRED at connect time)."""
+    """The process at the other end of a connection (SO_PEERCRED at connect time), and
+    whether it holds CAP_NET_ADMIN (read from /proc when it connected)."""
 
-    __slots__ = ("gid", "pid", "uid")
+    __slots__ = ("gid", "net_admin", "pid", "uid")
 
-    def __init__(self, pid: int, uid: int, gid: int) -> None:
+    def __init__(self, pid: int, uid: int, gid: int, net_admin: bool = True) -> None:
         self.pid = pid
         self.uid = uid
         self.gid = gid
+        self.net_admin = net_admin
 
     @property
     def root(self) -> bool:
-        return self.uid == 0
+        """Root as vmnet means it: uid 0 with CAP_NET_ADMIN (a root that dropped it, as
+        QEMU sandboxes do, may do through the daemon only what a user may)."""
+        return self.uid == 0 and self.net_admin
 
     def groups(self) -> set[int]:
         """Its primary and supplementary groups (from /proc while it runs, else the user

@@ -29,6 +29,7 @@ import time
 from vmnet.daemon import wire
 from vmnet.daemon.client import fds_from, rights
 from vmnet.daemon.policy import Peer
+from vmnet.kernel.netns import has_net_admin
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -66,9 +67,10 @@ def close_all(fds: list[int]) -> None:
 
 def peer_of(sock: socket.socket) -> Peer:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED)
-    return Peer(pid=int.from_bytes(raw[0:4], sys.byteorder),
-                uid=int.from_bytes(raw[4:8], sys.byteorder),
-                gid=int.from_bytes(raw[8:12], sys.byteorder))
+    pid = int.from_bytes(raw[0:4], sys.byteorder)
+    return Peer(pid=pid, uid=int.from_bytes(raw[4:8], sys.byteorder),
+                gid=int.from_bytes(raw[8:12], sys.byteorder),
+                net_admin=has_net_admin(pid, unknown=False))
 
 
 class Server:

@@ -14,16 +14,17 @@ NETNS_RUN_DIR = "/run/netns"
 CAP_NET_ADMIN = 12
 
 
-def has_net_admin() -> bool:
-    """CAP_NET_ADMIN in the effective set (True when it cannot be told: the kernel decides)."""
+def has_net_admin(pid: int | str = "self", unknown: bool = True) -> bool:
+    """CAP_NET_ADMIN in a process's effective set (`unknown` when it cannot be told: for
+    ourselves the kernel decides anyway)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("CapEff:"):
                     return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
-    return True
+    return unknown
 
 
 

@@ -26,13 +26,13 @@ from __future__ import annotations
 import sys
 
 from vmnet.consts import DEFAULT_STATE_DIR, HOOK_LOCK_TIMEOUT, MAX_XML_BYTES
-from vmnet.errors import InputError, VmnetError
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import IO
 
+    from vmnet.errors import VmnetError
     from vmnet.integrations.libvirt.domainxml import DomainInfo
 
 DEFAULT_LOCK_TIMEOUT = HOOK_LOCK_TIMEOUT
@@ -58,6 +58,8 @@ class Call:
 
 
 def parse_args(argv: Sequence[str]) -> Call:
+    from vmnet.errors import InputError
+
     opts: dict[str, str] = {}
     pos: list[str] = []
     for arg in argv:
@@ -103,6 +105,8 @@ def read_bounded(stream: IO[bytes], limit: int = MAX_XML_BYTES) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     if size > limit:
+        from vmnet.errors import InputError
+
         raise InputError(f"domain XML on stdin is larger than {limit >> 20} MiB; refused")
     return b"".join(chunks)
 
@@ -122,6 +126,7 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
     from vmnet.config import load_config, resolve_vm
     from vmnet.engine import ops
     from vmnet.engine.context import Context
+    from vmnet.errors import InputError, VmnetError
     from vmnet.integrations.libvirt.domainxml import stale_interfaces
 
     if not info.uuid:
@@ -175,6 +180,8 @@ def release(call: Call, name: str, uuid: str | None) -> list[str]:
     metadata are released too, and a domain that names another domain's VM
     (its prepare failed) cannot touch it.
     """
+    from vmnet.errors import VmnetError
+
     if not uuid:
         return []
     names = domain_records(call.state_dir, uuid)
@@ -256,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             import io
 
             stdin = io.BytesIO(data)
-    except VmnetError as e:
+    except Exception as e:
+        from vmnet.errors import VmnetError
+
+        if not isinstance(e, VmnetError):
+            raise
         _say(f"vmnet: error: {e.one_line()}")
         return 1
     return handle(args, stdin)
@@ -264,6 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def handle(args: Sequence[str], stdin: IO[bytes]) -> int:
     """The hook for one call, errors as their one line on stderr; the exit status."""
+    from vmnet.errors import VmnetError
+
     try:
         return run(args, stdin)
     except VmnetError as e:

@@ -201,8 +201,9 @@ def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
 
 
 def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
-          argv: list[str], env: Mapping[str, str]) -> int:
-    """Run the script's action here (in-process, or in vmnetd for a root QEMU)."""
+          argv: list[str], env: Mapping[str, str], privileged: bool | None = None) -> int:
+    """Run the script's action here (in-process, or in vmnetd for a root QEMU, which
+    says whether its peer holds CAP_NET_ADMIN: `privileged`)."""
     from vmnet.engine.context import Context
 
     try:
@@ -210,7 +211,7 @@ def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object]
             raise InputError(f"usage: {prog} IFNAME (QEMU passes exactly one argument, "
                              f"the interface name; got {len(argv)})")
         tap = validate.ifname(argv[0], "argument")
-        if not has_net_admin():
+        if not (has_net_admin() if privileged is None else privileged):
             raise PrivilegeError(
                 f"{tap}: changing a bridge port needs CAP_NET_ADMIN, which this QEMU lacks",
                 hint="start QEMU with `vmnet run VM -- qemu-system-...`, which passes it "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 from vmnet.consts import DEFAULT_STATE_DIR, STATE_DIR_ENV
-from vmnet.errors import VmnetError
 
 IFUP = "vmnet-qemu-ifup"
 IFDOWN = "vmnet-qemu-ifdown"
@@ -24,7 +23,11 @@ def _main(prog: str, argv: list[str]) -> int:
     try:
         got = call(env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR,
                    "ifup" if prog == IFUP else "ifdown", argv, env)
-    except VmnetError as e:
+    except Exception as e:
+        from vmnet.errors import VmnetError  # (only now: the door imports no more than it must)
+
+        if not isinstance(e, VmnetError):
+            raise
         sys.stderr.write(f"{prog}: error: {e.one_line()}\n")
         return e.exit_code
     if got is not None:
