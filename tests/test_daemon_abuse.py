@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,7 +80,12 @@ def drain(s, wait):
     return buf, how
 
 def send(s, data, nfds=0):
-    fds = [os.open("/proc/self/ns/net", os.O_RDONLY) for _ in range(nfds)]
+    """`data`, with NFDS fds: our namespace's, then pipes."""
+    fds = [os.open("/proc/self/ns/net", os.O_RDONLY)] if nfds else []
+    while len(fds) < nfds:
+        r, w = os.pipe()
+        os.close(w)
+        fds.append(r)
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
             b"".join(f.to_bytes(4, sys.byteorder) for f in fds))] if fds else []
     try:
@@ -256,24 +262,48 @@ class Lab:
         self.sock = os.path.join(sd, "vmnetd.sock")
         self.procs: list[subprocess.Popen[bytes]] = []
         self.evil = ["--state-dir", sd, "up", "evil", "--bridge", "vmlab0"]
-        self.baseline_fds = 0
+        self.baseline: Counter[str] = Counter()
 
     # -- what the kernel and the state directory show ---------------------------
     def snapshot(self) -> dict[str, Any]:
         return host_snapshot(self.ns, self.sd)
 
-    def daemon_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.daemon.pid}/fd"))
+    def held(self) -> Counter[str]:
+        """What the daemon's fds are: "unix" (its socket and its connections), "net" (a
+        namespace), "socket" (any other), else the fd's link ("pipe:[INODE]", a path...);
+        less the namespace fd and event socket its watcher holds while the namespace has
+        records (they come and go with the VMs)."""
+        pid = self.daemon.pid
+        with open(f"/proc/{pid}/net/unix") as f:
+            unix = {line.split()[6] for line in list(f)[1:]}
+        out: Counter[str] = Counter()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                what = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except FileNotFoundError:
+                continue
+            if what.startswith("socket:["):
+                what = "unix" if what[8:-1] in unix else "socket"
+            elif what.startswith("net:["):
+                what = "net"
+            out[what] += 1
+        watched = min(out["socket"], max(out["net"] - 1, 0))  # (its home namespace: 1)
+        out["socket"] -= watched
+        out["net"] -= watched
+        return +out
+
+    def connections(self) -> int:
+        """Client connections the daemon holds (its listening socket aside)."""
+        return self.held()["unix"] - 1
 
     def settled(self, within: float | None = None) -> None:
-        """The daemon is up and back to the fds it had at the start (every connection,
-        and every fd a peer sent, closed)."""
+        """The daemon is up and holds what it held at the start: every connection, and
+        every fd a peer sent, closed."""
         deadline = time.monotonic() + (within if within is not None else self.timeout + 3)
-        while self.daemon_fds() != self.baseline_fds and time.monotonic() < deadline:
+        while self.held() != self.baseline and time.monotonic() < deadline:
             time.sleep(0.05)
         assert self.daemon.proc.poll() is None, "vmnetd died"
-        assert self.daemon_fds() == self.baseline_fds, os.listdir(
-            f"/proc/{self.daemon.pid}/fd")
+        assert self.held() == self.baseline
 
     # -- clients ----------------------------------------------------------------
     def cli(self, *args: str, uid: int | None = None,
@@ -369,7 +399,7 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
             lab = Lab(ns, sd, cfg, d, timeout)
             try:
                 lab.probe()  # the lab works, and whatever a first request opens is open
-                lab.baseline_fds = lab.daemon_fds()
+                lab.baseline = lab.held()
                 yield lab
             finally:
                 lab.reap()
@@ -521,8 +551,9 @@ def test_wrong_protocol_version_is_refused(lab: Lab, version: Any) -> None:
 # -- fds ---------------------------------------------------------------------------
 @pytest.mark.parametrize("nfds", [1, 3, 8], ids=["one-fd", "three-fds", "eight-fds"])
 def test_fd_from_a_user_is_refused_and_closed(lab: Lab, nfds: int) -> None:
-    """A user's request with its namespace fd(s) (SCM_RIGHTS): refused before anything
-    runs, every fd closed (eight: more than the daemon takes, the rest cut off)."""
+    """A user's request with its namespace fd, and pipes (SCM_RIGHTS): refused before
+    anything runs, every fd closed (eight: more than the daemon takes, the rest cut
+    off)."""
     before = lab.snapshot()
     reply = refused(lab, UID_A, frame(request(lab.evil)), nfds=nfds)
     assert reply["rc"] == 4, reply
@@ -593,7 +624,7 @@ def test_root_that_never_reads_a_large_reply_is_dropped(lab: Lab) -> None:
                                  "--" + "x" * (3 << 20)])))
         t = time.monotonic()
         lab.probe()
-        assert lab.daemon_fds() == lab.baseline_fds + 1  # it still holds the connection
+        assert lab.connections() == 1  # it still holds the connection
         lab.settled()  # and then drops it
         assert time.monotonic() - t >= lab.timeout * 0.9
         s.settimeout(5)
@@ -619,14 +650,14 @@ def test_connections_over_per_user_are_refused(lab: Lab) -> None:
     extra = said(p)
     assert extra["how"] == "eof" and extra["took"] < 1.0, extra
     assert reply_of(bytes.fromhex(extra["extra"])) == {"rc": 2, "out": "", "err": TOO_MANY}
-    assert lab.daemon_fds() == lab.baseline_fds + server.PER_USER
+    assert lab.connections() == server.PER_USER
     lab.probe()
     b = lab.cli("status", uid=UID_B)
     assert b.returncode == 0, b.stderr
     a = lab.cli("status", uid=UID_A)  # refused, if not always in these words (see below)
     assert a.returncode != 0 and a.stdout == "", a
     assert a.stderr in (TOO_MANY, LOST), a
-    assert lab.daemon_fds() == lab.baseline_fds + server.PER_USER  # all held throughout
+    assert lab.connections() == server.PER_USER  # all held throughout
     assert p.stdin is not None
     p.stdin.write(b"go\n")
     got = finish(p)
@@ -663,7 +694,8 @@ sys.exit(execute(["--state-dir", sys.argv[1], "status"], {}, daemon=True))
     "connection while the request was sent' (rc 1) instead - about half the time with "
     "the real CLI, always when the client is slower than the daemon's accept"))
 def test_a_refused_user_reads_why_even_when_its_request_went_out_late(lab: Lab) -> None:
-    p = lab.peer(UID_A, "hold", server.PER_USER, data=b"")
+    p = lab.peer(UID_A, "hold", server.PER_USER,
+                 data=frame(request(["--state-dir", lab.sd, "status"])))
     assert said(p)["how"] == "eof"
     try:
         r = subprocess.run(["ip", "netns", "exec", lab.ns.name, *setpriv(UID_A),

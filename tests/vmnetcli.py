@@ -85,7 +85,7 @@ def host_snapshot(ns: Netns, state_dir: str) -> dict[str, Any]:
             p = os.path.join(root, n)
             # parsed-config/: the config file's parse (vmnet.config.cache), kept while
             # VMs come and go, like a .pyc.
-            if n in ("lock", "vmnetd.sock") or \
+            if n in ("lock", "vmnetd.sock", "watch.json") or \
                     os.path.relpath(root, state_dir) == "parsed-config":
                 continue
             if os.path.islink(p):  # the state index: VM names as symlink targets

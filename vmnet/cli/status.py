@@ -42,6 +42,21 @@ def _collect(g: Globals, only: str | None
     return rows, extra, bridges
 
 
+def _watcher(g: Globals) -> list[dict[str, object]]:
+    """What vmnetd's watcher did in this namespace lately (its watch.json), newest last."""
+    import json
+
+    from vmnet.kernel.netns import current_inode
+
+    path = os.path.join(g.state_dir, f"ns-{current_inode()}", "watch.json")
+    try:
+        with open(path) as f:
+            history = json.load(f).get("history", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+
+
 def status(g: Globals, values: Values) -> None:
     """Per NIC: tap, bridge, owner, MAC, MTU, queues, holder, counters, agreement."""
     from vmnet.errors import NotFoundError
@@ -53,9 +68,10 @@ def status(g: Globals, values: Values) -> None:
     if name is not None and not rows:
         raise NotFoundError(f"vmnet has no record of VM {name!r}",
                             hint="`vmnet list` shows the VMs vmnet knows")
+    history = _watcher(g) if g.peer is None else []
     if values.get("as_json"):
         emit_json({"vms": [r.to_json() for r in rows], "unrecorded_taps": extra,
-                   "bridges": bridges})
+                   "bridges": bridges, "watcher": history})
         return
     from vmnet.config.users import owner_text
 
@@ -73,6 +89,12 @@ def status(g: Globals, values: Values) -> None:
     _print_table(table)
     for t in extra:
         out(f"unrecorded vmnet tap: {t} (no record explains it; `vmnet down` its VM)")
+    import time
+
+    for h in history[-5:]:
+        at = h.get("at")
+        when = time.strftime("%H:%M:%S", time.localtime(at)) if isinstance(at, float) else "?"
+        out(f"watcher {when}: {h.get('text')}")
     for b in bridges:
         carried = b["host_traffic"]
         if isinstance(carried, list) and carried:

@@ -55,6 +55,7 @@ class Session:
 
 class Doors:
     def __init__(self, state_dir: str, config: str | None, verbose: bool = False) -> None:
+        self.adopt: Callable[[], None] | None = None  # the watcher's, in each request's ns
         self.verbose = verbose  # one log line per request
         self.state_dir = state_dir
         self.config = config
@@ -118,8 +119,17 @@ class Doors:
         finally:
             sys.stdout, sys.stderr = saved
             log.set_verbose(False)
+            if self.adopt is not None:
+                self._adopt()
             self._home()
         return {"rc": rc, "out": out.getvalue(), "err": err.getvalue(), **extra}, fds, session
+
+    def _adopt(self) -> None:
+        assert self.adopt is not None
+        try:
+            self.adopt()
+        except Exception:  # the watcher must never fail a request
+            sys.stderr.write(traceback.format_exc())
 
     def _home(self) -> None:
         if netns.current_inode() != self.home_inode:

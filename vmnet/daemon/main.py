@@ -173,6 +173,7 @@ def detach(log_path: str) -> None:
 def serve(o: Options) -> None:
     from vmnet.daemon.doors import Doors
     from vmnet.daemon.server import Server
+    from vmnet.daemon.watch import Watcher
 
     if os.geteuid() != 0:
         raise PrivilegeError("vmnetd runs as root: it creates taps for its users",
@@ -194,9 +195,14 @@ def serve(o: Options) -> None:
         detach(os.path.join(o.state_dir, "vmnetd.log"))
     sys.stderr.write(f"{PROG}: serving {o.state_dir} (pid {os.getpid()})\n")
     sys.stderr.flush()
+    doors = Doors(o.state_dir, o.config, verbose=o.verbose)
+    server = Server(listener, doors, idle=o.client_timeout)
+    watcher = Watcher(o.state_dir, o.config, doors.home, server.register, server.unregister)
+    server.watch(watcher)
+    doors.adopt = watcher.adopt
+    watcher.discover()
     try:
-        Server(listener, Doors(o.state_dir, o.config, verbose=o.verbose),
-               idle=o.client_timeout).serve()
+        server.serve()
     finally:
         path = os.path.join(o.state_dir, SOCKET_NAME)
         try:

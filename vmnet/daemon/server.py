@@ -34,6 +34,7 @@ from vmnet.kernel.netns import has_net_admin
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from vmnet.daemon.doors import Doors, Session
+    from vmnet.daemon.watch import Watched, Watcher
     from vmnet.daemon.wire import Plain
 
 IDLE = 10.0  # seconds a connection may take to send its request or read its reply
@@ -75,6 +76,7 @@ def peer_of(sock: socket.socket) -> Peer:
 
 class Server:
     def __init__(self, listener: socket.socket, doors: Doors, idle: float = IDLE) -> None:
+        self.watcher: Watcher | None = None
         self.idle = idle
         self.listener = listener
         self.doors = doors
@@ -89,9 +91,13 @@ class Server:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         while not self.stopping:
-            for key, events in self.sel.select(timeout=1.0):
+            for key, events in self.sel.select(timeout=self._timeout()):
                 if key.data is None:
                     self._accept()
+                    continue
+                if not isinstance(key.data, Conn):
+                    assert self.watcher is not None
+                    self.watcher.on_events(key.data)
                     continue
                 conn: Conn = key.data
                 if events & selectors.EVENT_READ and conn.sock.fileno() >= 0:
@@ -99,8 +105,29 @@ class Server:
                 if events & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
                     self._flush(conn)
             self._expire()
+            if self.watcher is not None:
+                self.watcher.tick()
         for conn in list(self.conns.values()):
             self._close(conn)
+        if self.watcher is not None:
+            self.watcher.close()
+
+    def watch(self, watcher: Watcher) -> None:
+        """Serve `watcher` too: its event sockets in this loop, its work between requests."""
+        self.watcher = watcher
+
+    def register(self, w: Watched) -> None:
+        self.sel.register(w.events.fileno(), selectors.EVENT_READ, w)
+
+    def unregister(self, w: Watched) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(w.events.fileno())
+
+    def _timeout(self) -> float:
+        due = self.watcher.next_due() if self.watcher is not None else None
+        if due is None:
+            return 1.0
+        return min(1.0, max(0.0, due - time.monotonic()))
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True

@@ -49,7 +49,8 @@ def as_config(cfg: Config, rec: VmRecord, bridges: BridgeRecords) -> Config:
     spec = VmSpec(user=None if owner is None else str(owner),
                   group=None if group is None else str(group), nics=tuple(nics))
     return Config(cfg.path, networks, {**cfg.vms, rec.vm: spec}, cfg.default_network,
-                  cfg.digest, cfg.mac_scheme)
+                  cfg.digest, cfg.mac_scheme, cfg.access, cfg.user_max_nics,
+                  cfg.user_max_queues)
 
 
 def desired(cfg: Config, name: str, ov: Overrides, rec: VmRecord | None,

@@ -14,6 +14,7 @@ import os
 from vmnet import log
 from vmnet.engine.apply import Transaction
 from vmnet.engine.context import Context
+from vmnet.engine.holders import tap_holders
 from vmnet.engine.observe import HostView
 from vmnet.engine.plan import (
     BridgeRecords,
@@ -355,8 +356,8 @@ def gc_reason(rec: VmRecord, view: HostView, domain_alive: Callable[[str], bool 
                 else "finished: its `down` died mid-way")
     if not any(view.link(n.tap) is not None for n in rec.nics):
         return "its interfaces are gone"
-    if rec.mode == "run" and rec.holder is not None and not rec.holder.alive():
-        return f"its QEMU (pid {rec.holder.pid}) is gone"
+    if rec.mode in ("run", "hook") and rec.holder is not None and not rec.holder.alive():
+        return f"its QEMU (pid {rec.holder.pid}) is gone"  # (a hook's: recorded at `started`)
     if rec.mode == "hook" and rec.domain_uuid and domain_alive(rec.domain_uuid) is False:
         return f"its libvirt domain {rec.domain_uuid} is gone"
     return None
@@ -390,6 +391,16 @@ def gc(ctx: Context, *, dry_run: bool = False,
         records = store.vms()
         for name, rec in sorted(records.items()):
             reason = gc_reason(rec, view, alive, name in in_flight)
+            if reason is not None:
+                # Carrier off is not proof enough: a process that holds a tap fd is asked
+                # for in /proc before its tap goes (the watcher reaps on carrier loss).
+                live = {n.tap for n in rec.nics if view.link(n.tap) is not None}
+                holders = tap_holders(live) if live else {}
+                if holders:
+                    tap = sorted(holders)[0]
+                    report.skipped.append(f"{name}: in use ({tap} held by "
+                                          f"{', '.join(holders[tap])})")
+                    continue
             if reason is None:
                 held = held_taps(rec, view)
                 if held:

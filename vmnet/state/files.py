@@ -73,6 +73,8 @@ def proc_start_time(pid: int) -> int | None:
     # Field 2 (comm) may contain spaces and parentheses: split after the last ')'.
     rest = data[data.rfind(b")") + 2:].split()
     try:
+        if rest[0] in (b"Z", b"X"):
+            return None  # dead, not yet reaped by its parent: it holds nothing any more
         return int(rest[19])
     except (IndexError, ValueError):
         return None

@@ -628,6 +628,7 @@ class StateStore:
         for sub in _SUBDIRS:
             _rmtree_quietly(os.path.join(self.dir, sub))
         self._remove(os.path.join(self.dir, "cookie"))
+        self._remove(os.path.join(self.dir, "watch.json"))  # vmnetd's watcher's notes
         self._stamped = False
         try:
             os.unlink(os.path.join(self.dir, "lock"))

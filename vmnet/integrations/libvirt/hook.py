@@ -39,6 +39,7 @@ DEFAULT_LOCK_TIMEOUT = HOOK_LOCK_TIMEOUT
 # (op, subop) pairs with work; libvirt 9.0 also calls start/started/stopped,
 # reconnect, migrate, restore, attach: none of them concerns the taps.
 PREPARE = ("prepare", "begin")
+STARTED = ("started", "begin")  # QEMU runs: it becomes the holder of the domain's VMs
 RELEASE = ("release", "end")
 
 
@@ -173,6 +174,40 @@ def domain_records(state_dir: str, domain_uuid: str) -> list[str]:
     return sorted(name for name, rec in store.vms().items() if rec.domain_uuid == domain_uuid)
 
 
+def started(call: Call, data: bytes) -> list[str]:
+    """The domain's QEMU runs: record it as the holder of the domain's VMs, so that when
+    it dies they are reaped (vmnetd's watcher, `vmnet gc`) even with libvirtd down.
+    Never fails the domain's start: anything wrong here is left for `release`."""
+    from vmnet.errors import VmnetError
+
+    try:
+        from vmnet.integrations.libvirt.domainxml import domain_uuid, parse_domain
+
+        uuid = domain_uuid(parse_domain(data, "domain XML on stdin"))
+        if not uuid or not domain_records(call.state_dir, uuid):
+            return []
+        from vmnet.engine.context import Context
+        from vmnet.integrations.libvirt.probe import qemu_with_uuid
+        from vmnet.state.records import Proc
+
+        pid = qemu_with_uuid(uuid)
+        holder = None if pid is None else Proc.of(pid)
+        if holder is None:
+            return []
+        store = Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout).store()
+        done = []
+        with store.locked(call.lock_timeout):
+            for name in domain_records(call.state_dir, uuid):
+                rec = store.get_vm(name)
+                if rec is not None and rec.domain_uuid == uuid and rec.holder != holder:
+                    rec.holder = holder
+                    store.put_vm(rec, index=False)
+                    done.append(name)
+        return done
+    except VmnetError:
+        return []
+
+
 def release(call: Call, name: str, uuid: str | None) -> list[str]:
     """Tear down this domain's VMs: only records carrying its UUID.
 
@@ -211,11 +246,14 @@ def release(call: Call, name: str, uuid: str | None) -> list[str]:
 def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
     """The hook's logic; raises VmnetError for anything a person should read."""
     call = parse_args(argv)
-    if (call.op, call.subop) not in (PREPARE, RELEASE):
+    if (call.op, call.subop) not in (PREPARE, STARTED, RELEASE):
         _drain(stdin)
         return 0
     data = read_bounded(stdin)
     what = "domain XML on stdin"
+    if (call.op, call.subop) == STARTED:
+        started(call, data)
+        return 0
     if (call.op, call.subop) == PREPARE:
         from vmnet.integrations.libvirt.domainxml import read_domain
 
@@ -250,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stdin = sys.stdin.buffer
     try:
         state_dir, op = _route(args)
-        if op in (PREPARE, RELEASE):
+        if op in (PREPARE, STARTED, RELEASE):
             data = read_bounded(stdin)
             from vmnet.daemon.client import call as ask
             from vmnet.daemon.client import environ, print_reply

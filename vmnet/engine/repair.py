@@ -1,0 +1,91 @@
+"""Putting vmnet's taps back on a bridge that was deleted and re-created under them.
+
+A network restart, an `ifreload` or an admin's `ip link del` + `add` leaves every VM
+tap that was on the bridge without a master, the guests running with no network.
+The repair is the re-up rule (vmnet.engine.desired): each VM on that bridge is
+brought up again exactly as recorded, through ops.up_resolved, so its taps are
+re-attached with the MTU and MAC vmnet set, and nothing else changes.
+
+The bridge is vmnet's only if it carries vmnet's mark; an unmarked re-created bridge
+is the admin's from then on: its record says so (never deleted by `down` or `gc`).
+The uplink goes back only if it passes the host-traffic check now; if not, the taps
+are re-attached without it and the reason is reported.
+
+A tap someone detached from a bridge that stayed is not forced back: that is drift,
+shown by `status`, and only re-created bridges are repaired (vmnetd's watcher tells
+them by their new ifindex).
+"""
+
+from __future__ import annotations
+
+from vmnet.config import Config, Overrides
+from vmnet.engine import ops
+from vmnet.engine.context import Context
+from vmnet.engine.desired import desired
+from vmnet.engine.plan import BridgeRecords
+from vmnet.errors import ConflictError
+from vmnet.model import Network, Nic, Vm
+from vmnet.model.value import Value
+from vmnet.state.records import VmRecord
+
+
+class Repair(Value):
+    """What one repair did: the VMs brought back, as `ip` commands, and what it left."""
+
+    __slots__ = ("bridge", "commands", "notes", "vms")
+
+    def __init__(self, bridge: str, vms: list[str], commands: list[str],
+                 notes: list[str]) -> None:
+        self.bridge = bridge
+        self.vms = vms
+        self.commands = commands
+        self.notes = notes
+
+
+def _without_uplinks(vm: Vm) -> Vm:
+    nics = tuple(Nic(n.index, Network(n.network.name, n.network.bridge, None, n.network.mtu,
+                                      n.network.stp, n.network.forward_delay,
+                                      n.network.address),
+                     n.tap, n.mac, n.queues, n.mtu, n.vnet_hdr, n.model) for n in vm.nics)
+    return Vm(vm.name, vm.uid, vm.gid, nics, vm.user)
+
+
+def reattach(ctx: Context, cfg: Config, bridge: str) -> Repair:
+    """Bring every VM recorded on `bridge` up again as recorded (see the module)."""
+    store = ctx.store()
+    k = ctx.kernel()
+    names = sorted(name for name, rec in store.vms().items()
+                   if any(n.bridge == bridge for n in rec.nics) and rec.phase == "ready")
+    out = Repair(bridge, [], [], [])
+    live = k.link(bridge)
+    if not names or live is None or live.kind != "bridge":
+        return out
+    with store.locked(ctx.lock_timeout):
+        brec = store.get_bridge(bridge)
+        mark = Network(bridge, bridge).mark
+        if brec is not None and brec.created and live.alias != mark:
+            store.put_bridge(brec.with_(created=False))
+            out.notes.append(f"bridge {bridge} was re-created without vmnet's mark: it is "
+                             "the admin's now (vmnet will never delete it)")
+    strip = False
+
+    def resolve(name: str, rec: VmRecord | None) -> Vm:
+        vm = desired(cfg, name, Overrides(), rec, BridgeRecords(store), env={})
+        return _without_uplinks(vm) if strip else vm
+
+    try:
+        results = ops.up_resolved(ctx, names, resolve)
+    except ConflictError as e:
+        uplinks = {n.uplink for n in cfg.networks.values() if n.bridge == bridge} | {
+            b.uplink for b in [store.get_bridge(bridge)] if b is not None}
+        if e.ifname is None or e.ifname not in uplinks:
+            raise
+        strip = True
+        out.notes.append(f"uplink {e.ifname} not re-attached to {bridge}: {e.one_line()}")
+        results = ops.up_resolved(ctx, names, resolve)
+    for res in results:
+        cmds = [s.ip(ctx.netns) for s in res.plan.steps]
+        if cmds:
+            out.vms.append(res.vm.name)
+            out.commands += cmds
+    return out
