@@ -254,3 +254,34 @@ def test_a_restarted_daemon_converges(ns: Netns, state_dir: str, cfg: str,
         d.kill()
         if run is not None and run.poll() is None:
             run.kill()
+
+
+def test_an_uplink_that_now_carries_traffic_stays_off_and_status_says_why(
+        ns: Netns, state_dir: str, tmp_path: Path) -> None:
+    ns.ip("link", "add", "up0", "type", "veth", "peer", "name", "up0p")
+    cfg = tmp_path / "uplink.toml"
+    cfg.write_text('[networks.u]\nbridge = "vmu0"\nuplink = "up0"\n[defaults]\nnetwork = "u"\n')
+    with vmnetd(state_dir, config=str(cfg)):
+        vmnet(ns, state_dir, "up", "u1", config=str(cfg), check=True)
+        assert ns.link("up0")["master"] == "vmu0"  # type: ignore[index]
+        ns.ip("link", "del", "vmu0")
+        ns.ip("addr", "add", "192.0.2.7/24", "dev", "up0")  # the host uses it now
+        ns.ip("link", "add", "vmu0", "type", "bridge")
+        within(lambda: ns.link("u1-0").get("master") == "vmu0", WITHIN,  # type: ignore[union-attr]
+               "tap re-attached")
+        assert ns.link("up0").get("master") is None  # type: ignore[union-attr]
+        text = vmnet(ns, state_dir, "status", config=str(cfg), check=True).stdout
+        assert "uplink up0 not re-attached to vmu0" in text and "host's traffic" in text
+        vmnet(ns, state_dir, "down", "u1", config=str(cfg), check=True)
+
+
+def test_a_tap_someone_detached_is_not_forced_back(ns: Netns, state_dir: str,
+                                                   cfg: str) -> None:
+    with vmnetd(state_dir, config=cfg):
+        vmnet(ns, state_dir, "up", "d1", config=cfg, check=True)
+        ns.ip("link", "set", "d1-0", "nomaster")
+        time.sleep(1.0)
+        assert ns.link("d1-0").get("master") is None  # type: ignore[union-attr]
+        st = status_json(ns, state_dir, "d1")["vms"][0]["nics"][0]
+        assert st["state"] != "ok", st  # drift, shown
+        vmnet(ns, state_dir, "down", "d1", config=cfg, check=True)
