@@ -269,13 +269,13 @@ class Lab:
         return host_snapshot(self.ns, self.sd)
 
     def held(self) -> Counter[str]:
-        """What the daemon's fds are: "unix" (its socket and its connections), "net" (a
-        namespace), "socket" (any other), else the fd's link ("pipe:[INODE]", a path...);
-        less the namespace fd and event socket its watcher holds while the namespace has
-        records (they come and go with the VMs)."""
+        """What the daemon's fds are: "socket" (its listening socket, its connections),
+        "net" (a namespace), else the fd's link ("pipe:[INODE]", a path...); less the
+        namespace fd and netlink socket its watcher holds while the namespace has records
+        (they come and go with the VMs)."""
         pid = self.daemon.pid
-        with open(f"/proc/{pid}/net/unix") as f:
-            unix = {line.split()[6] for line in list(f)[1:]}
+        with open(f"/proc/{pid}/net/netlink") as f:
+            netlink = {line.split()[-1] for line in list(f)[1:]}
         out: Counter[str] = Counter()
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
@@ -283,18 +283,18 @@ class Lab:
             except FileNotFoundError:
                 continue
             if what.startswith("socket:["):
-                what = "unix" if what[8:-1] in unix else "socket"
+                what = "netlink" if what[8:-1] in netlink else "socket"
             elif what.startswith("net:["):
                 what = "net"
             out[what] += 1
-        watched = min(out["socket"], max(out["net"] - 1, 0))  # (its home namespace: 1)
-        out["socket"] -= watched
+        watched = min(out["netlink"], max(out["net"] - 1, 0))  # (its home namespace: 1)
+        out["netlink"] -= watched
         out["net"] -= watched
         return +out
 
     def connections(self) -> int:
         """Client connections the daemon holds (its listening socket aside)."""
-        return self.held()["unix"] - 1
+        return self.held()["socket"] - 1
 
     def settled(self, within: float | None = None) -> None:
         """The daemon is up and holds what it held at the start: every connection, and

@@ -285,3 +285,23 @@ def test_a_tap_someone_detached_is_not_forced_back(ns: Netns, state_dir: str,
         st = status_json(ns, state_dir, "d1")["vms"][0]["nics"][0]
         assert st["state"] != "ok", st  # drift, shown
         vmnet(ns, state_dir, "down", "d1", config=cfg, check=True)
+
+
+def test_a_bridge_recreated_with_vmnets_mark_gets_its_settings_back(
+        ns: Netns, state_dir: str, cfg: str) -> None:
+    with vmnetd(state_dir, config=cfg):
+        vmnet(ns, state_dir, "up", "m1", config=cfg, check=True)
+        ns.ip("link", "del", "vmw0")
+        ns.ip("link", "add", "vmw0", "type", "bridge")  # down, no address, but vmnet's mark
+        ns.ip("link", "set", "vmw0", "alias", "vmnet:bridge:vmw0")
+
+        def restored() -> bool:
+            lk = ns.link("vmw0") or {}
+            addrs = [(a["ifname"], i["local"]) for a in ns.addrs()
+                     for i in a.get("addr_info", [])]
+            return ns.link("m1-0").get("master") == "vmw0" and "UP" in lk.get(  # type: ignore[union-attr]
+                "flags", []) and ("vmw0", f"{NET}.1") in addrs
+
+        within(restored, WITHIN, "re-attach with the bridge's settings")
+        vmnet(ns, state_dir, "down", "m1", config=cfg, check=True)
+        assert "vmw0" not in ns.links()  # still vmnet's: released with its last VM

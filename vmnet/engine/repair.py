@@ -6,8 +6,10 @@ The repair is the re-up rule (vmnet.engine.desired): each VM on that bridge is
 brought up again exactly as recorded, through ops.up_resolved, so its taps are
 re-attached with the MTU and MAC vmnet set, and nothing else changes.
 
-The bridge is vmnet's only if it carries vmnet's mark; an unmarked re-created bridge
-is the admin's from then on: its record says so (never deleted by `down` or `gc`).
+The bridge is vmnet's only if it carries vmnet's mark; then its address and up state
+come back too (the settings a step can check; MTU, STP and forward delay are the
+re-creator's).  An unmarked re-created bridge is the admin's from then on: its record
+says so (never deleted by `down` or `gc`).
 The uplink goes back only if it passes the host-traffic check now; if not, the taps
 are re-attached without it and the reason is reported.
 
@@ -20,11 +22,14 @@ from __future__ import annotations
 
 from vmnet.config import Config, Overrides
 from vmnet.engine import ops
+from vmnet.engine.apply import Transaction
 from vmnet.engine.context import Context
 from vmnet.engine.desired import desired
+from vmnet.engine.observe import HostView
 from vmnet.engine.plan import BridgeRecords
+from vmnet.engine.steps import AddAddress, SetUp, Step
 from vmnet.errors import ConflictError
-from vmnet.model import Network, Nic, Vm
+from vmnet.model import Network, Nic, Vm, bridge_mark
 from vmnet.model.value import Value
 from vmnet.state.records import VmRecord
 
@@ -62,11 +67,21 @@ def reattach(ctx: Context, cfg: Config, bridge: str) -> Repair:
         return out
     with store.locked(ctx.lock_timeout):
         brec = store.get_bridge(bridge)
-        mark = Network(bridge, bridge).mark
-        if brec is not None and brec.created and live.alias != mark:
+        if brec is not None and brec.created and live.alias != bridge_mark(bridge):
             store.put_bridge(brec.with_(created=False))
             out.notes.append(f"bridge {bridge} was re-created without vmnet's mark: it is "
                              "the admin's now (vmnet will never delete it)")
+        elif brec is not None and brec.created:
+            # vmnet's (its mark): its settings come back too, those a step can check
+            want: list[Step] = [AddAddress(bridge, brec.address)] if brec.address else []
+            want.append(SetUp(bridge))
+            view = HostView(k)
+            todo = [st for st in want if st.check(view) is not None]
+            if todo:
+                Transaction(k, store, ctx.netns).run(todo)
+                out.commands += [st.ip(ctx.netns) for st in todo]
+                out.notes.append(f"bridge {bridge} carries vmnet's mark: its settings "
+                                 "restored")
     strip = False
 
     def resolve(name: str, rec: VmRecord | None) -> Vm:
