@@ -468,26 +468,30 @@ def _body(value: Any) -> bytes:
                  id="stray-byte"),
     pytest.param(lambda ok: ok[:-4] + b"\xff\xff\xff\xff",  # extra: 4G pairs
                  "bad request: a length runs past the message", id="length-past-end"),
-    pytest.param(lambda ok: ok.replace(b"evil", b"ev\xffl"),
-                 "bad request: a string is not UTF-8", id="not-utf8"),
     pytest.param(lambda ok: b"d" + (2).to_bytes(4, "big") + 2 * (_body("v") + _body(1)),
                  "bad request: key 'v' given twice", id="duplicate-key"),
     pytest.param(lambda ok: b"l\x00\x00\x00\x01" * 7 + b"n",
                  "bad request: message nested too deeply", id="too-deep"),
     pytest.param(lambda ok: _body(["up", "evil"]), "bad request: a request is a table",
                  id="not-a-table"),
-    pytest.param(lambda ok: b"", "bad request: message cut short", id="empty-body",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "server.Server._read: a head announcing 0 bytes sets need = 4, and "
-                     "`if conn.need > 4 and ...` never hands the empty body to decode; "
-                     "the connection sits until --client-timeout and is closed without "
-                     "the 'bad request' line every other malformed frame gets"))),
+    pytest.param(lambda ok: b"", "bad request: message cut short", id="empty-body"),
 ])
 def test_malformed_frame_is_refused(lab: Lab, make: Any, message: str) -> None:
     before = lab.snapshot()
     body = make(_body(request(lab.evil)))
     reply = refused(lab, UID_A, head(len(body)) + body)
     assert reply == {"rc": 2, "out": "", "err": f"vmnetd: error: {message}\n"}
+    unchanged_and_serving(lab, before)
+
+
+def test_a_name_that_is_not_utf8_is_refused_by_name(lab: Lab) -> None:
+    """Bytes that are not UTF-8 travel (as Python's surrogate escapes): the VM name is
+    then refused for what it is, in the CLI's own words."""
+    before = lab.snapshot()
+    body = _body(request(lab.evil)).replace(b"evil", b"ev\xffl")
+    reply = refused(lab, UID_A, head(len(body)) + body)
+    assert reply["rc"] == 2 and str(reply["err"]).startswith(
+        "vmnet: error: VM name: 'ev\\udcffl' contains"), reply
     unchanged_and_serving(lab, before)
 
 
@@ -674,7 +678,6 @@ LOST = ("vmnet: error: vmnetd closed the connection while the request was sent (
 # the daemon has refused the connection by the time the request goes out.
 LATE_CLIENT = r'''
 import sys, time
-from vmnet.cli.main import execute
 from vmnet.daemon import client
 connect = client.connect
 def late(state_dir):
@@ -682,17 +685,12 @@ def late(state_dir):
     time.sleep(0.3)  # the daemon accepts, refuses and closes meanwhile
     return s
 client.connect = late
-sys.exit(execute(["--state-dir", sys.argv[1], "status"], {}, daemon=True))
+sys.argv = ["vmnet", "--state-dir", sys.argv[1], "status"]
+client.main()
 '''
 
 
 @pytest.mark.parametrize("lab", [5.0], indirect=True, ids=["client-timeout-5s"])
-@pytest.mark.xfail(strict=True, reason=(
-    "vmnet/daemon/client.py call(): when send() gets BrokenPipeError/ConnectionResetError "
-    "it raises DaemonLost at once, never reading the refusal the daemon already wrote "
-    "('too many connections ... try again', rc 2); the user gets 'vmnetd closed the "
-    "connection while the request was sent' (rc 1) instead - about half the time with "
-    "the real CLI, always when the client is slower than the daemon's accept"))
 def test_a_refused_user_reads_why_even_when_its_request_went_out_late(lab: Lab) -> None:
     p = lab.peer(UID_A, "hold", server.PER_USER,
                  data=frame(request(["--state-dir", lab.sd, "status"])))
@@ -742,11 +740,7 @@ def test_flood_from_one_user_does_not_starve_another(lab: Lab) -> None:
     unchanged_and_serving(lab, before)
 
 
-# -- a bug the wire has: requests from a non-UTF-8 working directory ---------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "vmnet.daemon.client.request sends getcwd(), which wire.encode writes with "
-    "'surrogateescape' as its raw bytes; wire.decode refuses them ('a string is not "
-    "UTF-8'), so a user in a directory whose name is not UTF-8 cannot `vmnet up` at all"))
+# -- a working directory whose name is not UTF-8 ----------------------------------------
 def test_user_in_a_non_utf8_directory_is_served(lab: Lab) -> None:
     top = tempfile.mkdtemp(dir="/tmp", prefix="vmnetd-abuse-cwd-")
     try:

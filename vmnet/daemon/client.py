@@ -204,6 +204,11 @@ def call(state_dir: str, door: str, argv: Sequence[str], env: Mapping[str, str],
         try:
             send(s, request(door, argv, env, stdin=stdin, extra=extra), fds)
         except (BrokenPipeError, ConnectionResetError):
+            # It may have refused us before reading (too many connections): say why.
+            try:
+                return receive(s)
+            except Exception:
+                pass
             raise _lost("vmnetd closed the connection while the request was sent (it "
                         "refused it, or went away)",
                         hint="see vmnetd's log; `vmnet status` shows what is up") from None

@@ -54,7 +54,7 @@ class Conn:
         self.sock = sock
         self.peer = peer
         self.buf = b""
-        self.need = 4  # bytes wanted: the frame head, then head + body
+        self.need: int | None = None  # head + body, once the frame's head is in
         self.fds: list[int] = []
         self.out = b""
         self.deadline = time.monotonic() + idle
@@ -159,7 +159,9 @@ class Server:
             # (a `vmnet run` keeps its connection while QEMU runs: user_max_nics bounds those)
             mine = sum(1 for c in self.conns.values()
                        if c.peer.uid == peer.uid and c.session is None)
-            if len(self.conns) >= MAX_CONNECTIONS or (not peer.root and mine >= PER_USER):
+            users = sum(1 for c in self.conns.values() if not c.peer.root)
+            # (root is never shut out by users' connections: only by the fd limit)
+            if not peer.root and (users >= MAX_CONNECTIONS or mine >= PER_USER):
                 self._refuse(conn, f"too many connections (vmnetd serves {PER_USER} at once "
                                    f"per user, {MAX_CONNECTIONS} in all); try again")
                 continue
@@ -204,15 +206,15 @@ class Server:
             self._close(conn)
             return
         conn.buf += data
-        if len(conn.buf) >= 4 and conn.need == 4:
+        if conn.need is None and len(conn.buf) >= 4:
             try:
                 conn.need = 4 + wire.frame_length(conn.buf[:4], limit)
             except wire.WireError as e:
                 self._refuse(conn, f"bad request: {e}")
                 return
-        if conn.need > 4 and len(conn.buf) >= conn.need:
+        if conn.need is not None and len(conn.buf) >= conn.need:
             body, conn.buf = conn.buf[4:conn.need], conn.buf[conn.need:]
-            conn.need = 4
+            conn.need = None
             fds, conn.fds = conn.fds, []
             self._handle(conn, body, fds)
 

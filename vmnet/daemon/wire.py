@@ -5,7 +5,9 @@ one tag byte and its body:
 
     n            None          t / f      True / False
     i + 8 bytes  an int (big-endian, signed)
-    s + 4 + N    a str (UTF-8, N bytes)      b + 4 + N    bytes
+    s + 4 + N    a str (UTF-8, N bytes; bytes that are not UTF-8 travel as Python's
+                 surrogate escapes, as argv and paths hold them)
+                                             b + 4 + N    bytes
     l + 4 + K    a list of K values          d + 4 + K    K (str key, value) pairs
 
 The client is a few milliseconds of Python on every VM start, so this module
@@ -34,9 +36,14 @@ class WireError(ValueError):
 
 
 def encode(value: Plain) -> bytes:
-    """`value` as one frame (length included)."""
+    """`value` as one frame (length included); WireError for what cannot go."""
     parts: list[bytes] = []
-    _enc(value, parts, 0)
+    try:
+        _enc(value, parts, 0)
+    except OverflowError:
+        raise WireError("an int is outside 64 bits") from None
+    except UnicodeEncodeError:
+        raise WireError("a string holds a lone surrogate") from None
     body = b"".join(parts)
     if len(body) > MAX_FRAME:
         raise WireError(f"message of {len(body)} bytes is over the {MAX_FRAME} limit")
@@ -127,11 +134,9 @@ class _Reader:
         if tag == b"i":
             return int.from_bytes(self.take(_INT), "big", signed=True)
         if tag == b"s":
-            raw = self.take(self.count())
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise WireError("a string is not UTF-8") from None
+            # As encoded: UTF-8, bytes that are not as surrogate escapes (the way Python
+            # gives argv, the environment and paths), so any path goes through.
+            return self.take(self.count()).decode("utf-8", "surrogateescape")
         if tag == b"b":
             return self.take(self.count())
         if tag == b"l":
@@ -180,7 +185,7 @@ def request(value: Plain) -> Request:
     unknown = sorted(set(value) - {"v", "door", "argv", "env", "cwd", "stdin", "extra"})
     if unknown:
         raise WireError(f"unknown request field {unknown[0]!r}")
-    if value.get("v") != VERSION:
+    if type(value.get("v")) is not int or value.get("v") != VERSION:
         raise WireError(f"request version {value.get('v')!r}; this vmnetd speaks {VERSION} "
                         "(client and daemon from different vmnet installs?)")
     door = value.get("door")

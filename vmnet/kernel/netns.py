@@ -57,10 +57,13 @@ def enter(name: str) -> None:
     path = os.path.join(NETNS_RUN_DIR, name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise NotFoundError(f"network namespace {name!r} does not exist",
                             hint=f"`ip netns list` shows the namespaces; {path} is missing") \
             from None
+    except OSError as e:  # e.g. a name too long for a path
+        raise NotFoundError(f"network namespace {name[:40]!r}: {e.strerror}",
+                            hint="`ip netns list` shows the namespaces") from None
     try:
         enter_fd(fd, f"network namespace {name!r}")
     finally:
