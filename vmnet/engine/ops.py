@@ -179,8 +179,12 @@ def up_resolved(ctx: Context, names: list[str],
         fresh: list[int] = []  # positions in recs of the records this call writes
         for p in plans:
             prev = prevs[p.vm.name]
+            # (a dead holder is not carried over: a domain prepared again before its new
+            # QEMU starts must not look like one whose QEMU died)
+            kept = prev.holder if prev is not None and prev.holder is not None and \
+                prev.holder.alive() else None
             rec = VmRecord(vm=p.vm.name, mode=mode, phase="applying", writer=me, nics=p.nics,
-                           holder=holder or (prev.holder if prev else None),
+                           holder=holder or kept,
                            domain_uuid=domain_uuid or (prev.domain_uuid if prev else None))
             if prev is not None and prev.mode != "up" and mode == "up":
                 rec.mode = prev.mode

@@ -59,8 +59,12 @@ def reattach(ctx: Context, cfg: Config, bridge: str) -> Repair:
     """Bring every VM recorded on `bridge` up again as recorded (see the module)."""
     store = ctx.store()
     k = ctx.kernel()
+    # Only VMs alive and whole: every tap there (a repair re-attaches, it never creates),
+    # and a run or hook VM's QEMU still running (a dead one is gc's to reap).
     names = sorted(name for name, rec in store.vms().items()
-                   if any(n.bridge == bridge for n in rec.nics) and rec.phase == "ready")
+                   if any(n.bridge == bridge for n in rec.nics) and rec.phase == "ready"
+                   and all(k.link(n.tap) is not None for n in rec.nics)
+                   and (rec.holder is None or rec.holder.alive()))
     out = Repair(bridge, [], [], [])
     live = k.link(bridge)
     if not names or live is None or live.kind != "bridge":
