@@ -241,6 +241,16 @@ class Libvirtd:
         _stop(self._libvirtd)
         self._start_libvirtd()
 
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """libvirtd stopped (running domains survive) for the block; started again after."""
+        assert self._libvirtd is not None
+        _stop(self._libvirtd)
+        try:
+            yield
+        finally:
+            self._start_libvirtd()
+
     # -- set-up and tear-down ---------------------------------------------
 
     def _prepare(self, hooks: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -391,3 +392,26 @@ def test_attach_rolls_back_when_libvirt_refuses(test_driver_ns: tuple[Netns, Pat
     assert "attaching vm1-0 failed" in res.stderr and "not supported" in res.stderr
     assert {n for n in ns.links() if n != "lo"} == set()
     assert not list((tmp / "state").glob("ns-*/vms/*.json"))
+
+
+def test_a_domain_whose_qemu_died_while_libvirtd_was_stopped_is_reaped(lab: Lab) -> None:
+    """vmnetd's watcher: the hook recorded the domain's QEMU at `started`; libvirtd is
+    stopped, QEMU dies (no release hook can run): its VM is reaped within 2 s."""
+    from tests.daemon import vmnetd
+
+    with vmnetd(lab.state, config=lab.cfg):
+        start(lab, lab.render("vm1", "d9"), "d9")
+        with console(lab.console_path("d9"), "d9") as con:
+            con.wait_for("VMNET-READY", 90)
+        rec = lab.records()["vm1"]
+        assert rec["mode"] == "hook" and rec["holder"] is not None  # the `started` hook's
+        qemu = int(rec["holder"]["pid"])
+        assert b"-uuid" in Path(f"/proc/{qemu}/cmdline").read_bytes().split(b"\0")
+        with lab.d.stopped():
+            os.kill(qemu, signal.SIGKILL)
+            t = time.monotonic()
+            while lab.records() or "vm1-0" in lab.links():
+                assert time.monotonic() - t < 2.0, "not reaped within 2 s"
+                time.sleep(0.01)
+            TIMINGS["reaped with libvirtd stopped"] = time.monotonic() - t
+        lab.d.virsh("undefine", "d9", check=False)
