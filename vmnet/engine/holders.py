@@ -5,14 +5,24 @@ from __future__ import annotations
 import os
 
 
-def tap_holders(names: set[str]) -> dict[str, list[str]]:
-    """Map tap name -> ['pid 123 (qemu-system-x86)', ...] for taps in `names`."""
+def tap_holders(names: set[str], netns: int | None = None) -> dict[str, list[str]]:
+    """Map tap name -> ['pid 123 (qemu-system-x86)', ...] for taps in `names`.
+
+    fdinfo names a tap, not its namespace: with `netns` (an inode), only processes in
+    that network namespace count, so a tap of the same name elsewhere is not taken
+    for ours (a holder in another namespace is then missed: its carrier still tells)."""
     out: dict[str, list[str]] = {}
     if not names:
         return out
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
+        if netns is not None:
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino != netns:
+                    continue
+            except OSError:
+                continue
         fdinfo = f"/proc/{pid}/fdinfo"
         try:
             fds = os.listdir(fdinfo)
