@@ -305,3 +305,30 @@ def test_a_bridge_recreated_with_vmnets_mark_gets_its_settings_back(
         within(restored, WITHIN, "re-attach with the bridge's settings")
         vmnet(ns, state_dir, "down", "m1", config=cfg, check=True)
         assert "vmw0" not in ns.links()  # still vmnet's: released with its last VM
+
+
+def test_a_deleted_namespace_is_let_go(state_dir: str, cfg: str) -> None:
+    """Watching holds a namespace's fd: once nobody else can reach it (deleted, no process
+    in it), the watcher lets it go, or its links would live on with the daemon."""
+    import uuid as uuidmod
+
+    name = f"vmwg-{uuidmod.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    inode = os.stat(f"/run/netns/{name}").st_ino
+    try:
+        argv = [sys.executable, "-m", "vmnet.daemon.main", "--foreground", "--state-dir",
+                state_dir, "--config", cfg, "--sweep", "0.3"]
+        with vmnetd(state_dir, config=cfg, argv=argv) as d:
+            ns = Netns(name)
+            vmnet(ns, state_dir, "up", "g1", config=cfg, check=True)
+
+            def holds() -> bool:
+                fd_dir = f"/proc/{d.pid}/fd"
+                return any(os.readlink(f"{fd_dir}/{f}") == f"net:[{inode}]"
+                           for f in os.listdir(fd_dir))
+
+            assert holds()
+            subprocess.run(["ip", "netns", "del", name], check=True)
+            within(lambda: not holds(), 3.0, "namespace let go")
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

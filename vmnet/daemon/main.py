@@ -9,7 +9,8 @@ process (vmnet.daemon.server).  One vmnetd per state directory (a lock);
 without --foreground it detaches once the socket listens and logs to
 STATE_DIR/vmnetd.log.  SIGTERM stops it after the request at hand.  A client
 gets --client-timeout seconds (default 10) to send its request and to take its
-reply; -v logs one line per request.
+reply; the watcher sweeps each namespace every --sweep seconds (default 30); -v logs
+one line per request.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ import sys
 from vmnet.consts import DEFAULT_STATE_DIR
 from vmnet.daemon.client import SOCKET_NAME, connect
 from vmnet.daemon.server import IDLE
+from vmnet.daemon.watch import SWEEP
 from vmnet.errors import ConflictError, InputError, PrivilegeError, StateError, VmnetError
 from vmnet.model.validate import duration
 
 PROG = "vmnetd"
 USAGE = (f"usage: {PROG} [--foreground] [--state-dir DIR] [--config PATH] "
-         "[--client-timeout SECONDS] [-v]")
+         "[--client-timeout SECONDS] [--sweep SECONDS] [-v]")
 LISTEN_FDS_START = 3
 BACKLOG = 512
 # What a request needs, imported once at start: the daemon's requests run warm.
@@ -45,7 +47,7 @@ WARM = ("vmnet.cli.main", "vmnet.cli.commands", "vmnet.cli.status", "vmnet.cli.t
 
 
 class Options:
-    __slots__ = ("client_timeout", "config", "foreground", "state_dir", "verbose")
+    __slots__ = ("client_timeout", "config", "foreground", "state_dir", "sweep", "verbose")
 
     def __init__(self) -> None:
         self.foreground = False
@@ -53,6 +55,7 @@ class Options:
         self.config: str | None = os.environ.get("VMNET_CONFIG") or None
         self.verbose = False
         self.client_timeout = IDLE
+        self.sweep = SWEEP
 
 
 def parse(argv: list[str]) -> Options:
@@ -64,7 +67,7 @@ def parse(argv: list[str]) -> Options:
             o.foreground = True
         elif a in ("-v", "--verbose"):
             o.verbose = True
-        elif key in ("--state-dir", "--config", "--client-timeout"):
+        elif key in ("--state-dir", "--config", "--client-timeout", "--sweep"):
             if not eq:
                 val = next(it, "")
             if not val:
@@ -73,6 +76,8 @@ def parse(argv: list[str]) -> Options:
                 o.state_dir = os.path.abspath(val)
             elif key == "--config":
                 o.config = os.path.abspath(val)
+            elif key == "--sweep":
+                o.sweep = duration(val, key, 0.1, 3600.0)
             else:
                 o.client_timeout = duration(val, key, 0.1, 3600.0)
         else:
@@ -197,7 +202,8 @@ def serve(o: Options) -> None:
     sys.stderr.flush()
     doors = Doors(o.state_dir, o.config, verbose=o.verbose)
     server = Server(listener, doors, idle=o.client_timeout)
-    watcher = Watcher(o.state_dir, o.config, doors.home, server.register, server.unregister)
+    watcher = Watcher(o.state_dir, o.config, doors.home, server.register, server.unregister,
+                      sweep=o.sweep)
     server.watch(watcher)
     doors.adopt = watcher.adopt
     watcher.discover()

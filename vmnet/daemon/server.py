@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 
 from vmnet.daemon import wire
 from vmnet.daemon.client import fds_from, rights
@@ -33,6 +34,8 @@ from vmnet.kernel.netns import has_net_admin
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from vmnet.daemon.doors import Doors, Session
     from vmnet.daemon.watch import Watched, Watcher
     from vmnet.daemon.wire import Plain
@@ -96,8 +99,7 @@ class Server:
                     self._accept()
                     continue
                 if not isinstance(key.data, Conn):
-                    assert self.watcher is not None
-                    self.watcher.on_events(key.data)
+                    self._guarded(self._watcher().on_events, key.data)
                     continue
                 conn: Conn = key.data
                 if events & selectors.EVENT_READ and conn.sock.fileno() >= 0:
@@ -106,11 +108,23 @@ class Server:
                     self._flush(conn)
             self._expire()
             if self.watcher is not None:
-                self.watcher.tick()
+                self._guarded(self._watcher().tick)
         for conn in list(self.conns.values()):
             self._close(conn)
         if self.watcher is not None:
             self.watcher.close()
+
+    def _watcher(self) -> Watcher:
+        assert self.watcher is not None
+        return self.watcher
+
+    @staticmethod
+    def _guarded(work: Callable[..., None], *args: object) -> None:
+        """The watcher's work: a failure is logged, never the end of the daemon."""
+        try:
+            work(*args)
+        except Exception:
+            sys.stderr.write("vmnetd: watcher failed (carrying on):\n" + traceback.format_exc())
 
     def watch(self, watcher: Watcher) -> None:
         """Serve `watcher` too: its event sockets in this loop, its work between requests."""

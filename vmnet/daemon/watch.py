@@ -64,7 +64,8 @@ class Watched:
 class Watcher:
     def __init__(self, state_dir: str, config: str | None, home_fd: int,
                  register: Callable[[Watched], None],
-                 unregister: Callable[[Watched], None]) -> None:
+                 unregister: Callable[[Watched], None], sweep: float = SWEEP) -> None:
+        self.sweep = sweep
         self.state_dir = state_dir
         self.config = config
         self.home_fd = home_fd
@@ -90,6 +91,7 @@ class Watcher:
             os.close(ns_fd)
             return
         w = Watched(inode, ns_fd, events)
+        w.sweep_at = time.monotonic() + self.sweep
         self.watched[inode] = w
         self.register(w)
         self._resync(w)
@@ -214,9 +216,16 @@ class Watcher:
         now = time.monotonic()
         for w in list(self.watched.values()):
             if now >= w.sweep_at:
+                if not _reachable(w.inode):
+                    # Only our fds keep it alive (deleted, its processes gone): let it go,
+                    # or its links would live on with us.
+                    sys.stderr.write(f"vmnetd: watcher: namespace {w.inode} is gone; "
+                                     "no longer watched\n")
+                    self._drop(w)
+                    continue
                 w.reap = True
                 w.due = now
-                w.sweep_at = now + SWEEP
+                w.sweep_at = now + self.sweep
             if w.due is None or now < w.due:
                 continue
             w.due = None
@@ -299,6 +308,21 @@ class Watcher:
             write_file(os.path.join(d, STATE_FILE), json.dumps(data, indent=1).encode())
         except Exception as e:  # a full disk must not stop the watcher
             sys.stderr.write(f"vmnetd: watcher: cannot write {d}/{STATE_FILE}: {e}\n")
+
+
+def _reachable(inode: int) -> bool:
+    """Whether anyone but us can still reach the namespace: a name in /run/netns, or a
+    process in it (our own fds on it show in /proc/self/fd, not in /proc/*/ns/net)."""
+    me = str(os.getpid())
+    paths = [os.path.join(netns.NETNS_RUN_DIR, n) for n in _listdir(netns.NETNS_RUN_DIR)]
+    paths += [f"/proc/{p}/ns/net" for p in _listdir("/proc") if p.isdigit() and p != me]
+    for path in paths:
+        try:
+            if os.stat(path).st_ino == inode:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _listdir(path: str) -> list[str]:
