@@ -309,19 +309,11 @@ def launcher_python() -> str:
 
 
 def wait_listening(sock: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"vmnetd exited with {proc.returncode}")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(sock)
-            return
-        except OSError:
-            time.sleep(0.02)
-        finally:
-            s.close()
-    raise RuntimeError(f"vmnetd did not listen on {sock} within {timeout} s")
+    from vmnet.daemon.client import wait_listening as listening
+
+    if not listening(os.path.dirname(sock), timeout, lambda: proc.poll() is None):
+        raise RuntimeError(f"vmnetd did not listen on {sock} within {timeout} s "
+                           f"(exit status {proc.poll()})")
 
 
 class Vmnetd:

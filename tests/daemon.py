@@ -12,30 +12,23 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 from tests.nsutil import Netns
 from tests.vmnetcli import empty_config
+from vmnet.daemon.client import wait_listening as wait_listening_on
 
 
 def wait_listening(path: str, proc: subprocess.Popen[str] | None, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"vmnetd exited with {proc.returncode}: "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            return
-        except OSError:
-            time.sleep(0.02)
-        finally:
-            s.close()
+    """vmnetd listens on `path` (its state directory's socket), or fail saying why."""
+    if wait_listening_on(os.path.dirname(path), timeout,
+                         None if proc is None else lambda: proc.poll() is None):
+        return
+    if proc is not None and proc.poll() is not None:
+        raise AssertionError(f"vmnetd exited with {proc.returncode}: "
+                             f"{proc.stderr.read() if proc.stderr else ''}")
     raise AssertionError(f"vmnetd did not listen on {path} within {timeout} s")
 
 

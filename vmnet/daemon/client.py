@@ -22,7 +22,7 @@ from vmnet.daemon import wire
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from vmnet.daemon.wire import Plain
 
@@ -66,6 +66,28 @@ def connect(state_dir: str) -> _socket.socket | None:
         s.close()
         raise
     return s
+
+
+def wait_listening(state_dir: str, timeout: float,
+                   alive: Callable[[], bool] | None = None) -> bool:
+    """True once a daemon takes connections on `state_dir`'s socket; False after
+    `timeout` seconds, or as soon as `alive()` says the daemon being waited for died
+    (for whoever starts one: scripts, the bench, the tests)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            return False
+        try:
+            s = connect(state_dir)
+        except OSError:
+            s = None
+        if s is not None:
+            s.close()
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def send(s: _socket.socket, value: Plain, fds: Sequence[int] = ()) -> None:
