@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests import figures
 from tests.guest import GuestBuildError, GuestConsole, GuestImage, ensure_guest, ping_from_ns
 from tests.libvirtd import Libvirtd, VirshError, libvirtd
 from tests.nsutil import Netns, netns
@@ -413,5 +414,7 @@ def test_a_domain_whose_qemu_died_while_libvirtd_was_stopped_is_reaped(lab: Lab)
             while lab.records() or "vm1-0" in lab.links():
                 assert time.monotonic() - t < 2.0, "not reaped within 2 s"
                 time.sleep(0.01)
-            TIMINGS["reaped with libvirtd stopped"] = time.monotonic() - t
+            took = time.monotonic() - t
+            TIMINGS["reaped with libvirtd stopped"] = took
+            figures.report("watcher", "reap, libvirtd stopped", ms=round(took * 1e3))
         lab.d.virsh("undefine", "d9", check=False)
