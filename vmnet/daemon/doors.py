@@ -112,6 +112,8 @@ class Doors:
         except VmnetError as e:
             err.write(f"vmnet: error: {e.one_line()}\n")
             rc = e.exit_code
+        except SystemExit as e:  # a door that exits: its status, never the daemon's end
+            rc = e.code if isinstance(e.code, int) else 1
         except Exception as e:  # a bug: one line to the client, the trace to our log
             err.write(f"vmnet: internal error in vmnetd: {type(e).__name__}: {e}\n")
             saved[1].write(traceback.format_exc())
