@@ -305,3 +305,25 @@ def test_help_and_version_exit_zero(args: list[str]) -> None:
     r = subprocess.run([sys.executable, "-m", "vmnet", *args], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0 and r.stdout and not r.stderr, r.stderr
+
+
+def test_a_hung_daemon_is_one_line_not_a_hang(tmp_path: Path) -> None:
+    """A socket that takes connections and never answers (a hung vmnetd): the client gives
+    up after its timeout with one line, instead of hanging every command."""
+    from vmnet.daemon import client
+    from vmnet.errors import DaemonLost
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "vmnetd.sock"))
+    listener.listen(4)  # accepted by the kernel's backlog, never by anyone
+    try:
+        s = client.connect(str(tmp_path))
+        assert s is not None
+        client.send(s, client.request("vmnet", ["status"], {}))
+        t = time.monotonic()
+        with pytest.raises(DaemonLost, match=r"said nothing for 0\.5 s"):
+            client.receive(s, timeout=0.5)
+        assert time.monotonic() - t < 3
+        s.close()
+    finally:
+        listener.close()

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from vmnet.daemon.wire import Plain
 
 SOCKET_NAME = "vmnetd.sock"
+REPLY_TIMEOUT = 900.0  # seconds a client waits for a word from vmnetd (a bulk run is slow)
 MAX_FDS = 253  # fds one message may carry (the kernel's SCM_MAX_FD): taps' and vhost queues
 # Connect failures that mean "no daemon here": the door runs in-process.
 _ABSENT = (FileNotFoundError, ConnectionRefusedError, NotADirectoryError)
@@ -97,18 +98,28 @@ def send(s: _socket.socket, value: Plain, fds: Sequence[int] = ()) -> None:
         s.sendall(data[sent:])
 
 
-def receive(s: _socket.socket, *, what: str = "request") -> tuple[dict[str, Plain], list[int]]:
-    """One reply and the fds that came with it; DaemonLost on EOF before it is whole."""
+def receive(s: _socket.socket, *, what: str = "request",
+            timeout: float = REPLY_TIMEOUT) -> tuple[dict[str, Plain], list[int]]:
+    """One reply and the fds that came with it; DaemonLost on EOF before it is whole, or
+    when a hung daemon says nothing for `timeout` seconds."""
     fds: list[int] = []
     buf = b""
     need = 4
     head = True
     space = _socket.CMSG_SPACE(MAX_FDS * 4)
+    s.settimeout(timeout)
     while True:
         try:
             data, anc, _flags, _addr = s.recvmsg(65536, space)
         except ConnectionResetError:
             data, anc = b"", []
+        except TimeoutError:
+            for fd in fds:
+                posix.close(fd)
+            raise _lost(f"vmnetd took the {what} and said nothing for {timeout:g} s (is it "
+                        "hung?); it may or may not have been carried out",
+                        hint="`vmnet status` shows what is up; stop vmnetd to work "
+                             "without it") from None
         fds += fds_from(anc)
         if not data:
             for fd in fds:
