@@ -616,6 +616,7 @@ def test_user_that_never_reads_its_reply_holds_nothing(lab: Lab) -> None:
     unchanged_and_serving(lab, before)
 
 
+@pytest.mark.parametrize("lab", [4.0], indirect=True, ids=["client-timeout-4s"])
 def test_root_that_never_reads_a_large_reply_is_dropped(lab: Lab) -> None:
     """Root may send 8 MiB, so a reply can outgrow the socket's buffer (an unknown option
     of 3 MiB is echoed back): the daemon keeps the rest for IDLE seconds, serves others
