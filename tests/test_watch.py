@@ -332,3 +332,22 @@ def test_a_deleted_namespace_is_let_go(state_dir: str, cfg: str) -> None:
             within(lambda: not holds(), 3.0, "namespace let go")
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_a_bridge_missing_when_the_daemon_starts_is_repaired_when_it_comes_back(
+        ns: Netns, state_dir: str, cfg: str) -> None:
+    d = Vmnetd(state_dir, config=cfg)
+    try:
+        vmnet(ns, state_dir, "up", "b1", config=cfg, check=True)
+        time.sleep(0.2)  # the watcher stored the bridge's ifindex
+    finally:
+        d.kill(signal.SIGKILL)
+    ns.ip("link", "del", "vmw0")
+    os.unlink(os.path.join(state_dir, "vmnetd.sock"))
+    with vmnetd(state_dir, config=cfg):
+        time.sleep(0.3)  # it found the namespace; the bridge is not there
+        ns.ip("link", "add", "vmw0", "type", "bridge")
+        LATENCY["reattach"].append(within(
+            lambda: ns.link("b1-0").get("master") == "vmw0",  # type: ignore[union-attr]
+            WITHIN, "re-attach to a bridge that came back"))
+        vmnet(ns, state_dir, "down", "b1", config=cfg, check=True)

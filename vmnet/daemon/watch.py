@@ -156,9 +156,11 @@ class Watcher:
         used = self._bridges_in_records(w)
         for name in used:
             lk = links.get(name)
-            if lk is None or lk.kind != "bridge":
-                continue
             before = saved.get(name)
+            if lk is None or lk.kind != "bridge":
+                # gone now: when it comes back, whatever its ifindex, it is re-created
+                w.bridges[name] = -1 if before is None else before
+                continue
             if before is not None and before != lk.index:
                 w.repair.add(name)  # re-created while nobody watched
             w.bridges[name] = lk.index
