@@ -16,9 +16,15 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import pytest
+
 from tests.nsutil import Netns
 from tests.vmnetcli import empty_config
 from vmnet.daemon.client import wait_listening as wait_listening_on
+
+# vmnetd runs as root; tests that start one (or switch uids with setpriv) need root too.
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root: vmnetd, namespaces and setpriv")
 
 
 def wait_listening(path: str, proc: subprocess.Popen[str] | None, timeout: float = 15) -> None:

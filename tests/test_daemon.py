@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 import vmnet
-from tests.daemon import Vmnetd, vmnetd, wait_listening
+from tests.daemon import Vmnetd, needs_root, vmnetd, wait_listening
 from tests.nsutil import Netns
 from tests.vmnetcli import empty_config, host_snapshot
 from tests.vmnetcli import vmnet as cli
@@ -124,6 +124,7 @@ def test_socket_activation_without_systemd(ns: Netns, state_dir: str) -> None:
     assert os.stat(path).st_ino == inode
 
 
+@needs_root
 def test_a_second_daemon_on_the_same_state_dir_is_refused(state_dir: str) -> None:
     with vmnetd(state_dir):
         r = subprocess.run([sys.executable, "-m", "vmnet.daemon.main", "--foreground",
@@ -133,6 +134,7 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(state_dir: str) -> Non
         assert r.stderr.startswith(f"vmnetd: error: another vmnetd already serves {state_dir}")
 
 
+@needs_root
 def test_vmnetd_without_root_says_so(state_dir: str) -> None:
     r = subprocess.run(["setpriv", "--reuid", "4321", "--regid", "4321", "--clear-groups",
                         sys.executable, "-m", "vmnet.daemon.main", "--foreground",

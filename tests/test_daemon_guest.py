@@ -45,6 +45,10 @@ def as_user(uid: int, argv: list[str]) -> list[str]:
 
 @pytest.fixture
 def site() -> Iterator[tuple[Netns, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: namespaces, vmnetd, setpriv and a private mount namespace")
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 missing (install with scripts/install-deps --test)")
     state = tempfile.mkdtemp(prefix="vmnet-guest-state-", dir="/tmp")
     os.chmod(state, 0o711)
     cfgdir = tempfile.mkdtemp(prefix="vmnet-guest-cfg-")

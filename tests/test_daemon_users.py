@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemon import vmnetd
+from tests.daemon import needs_root, vmnetd
 from tests.nsutil import Netns, netns
 from tests.vmnetcli import vmnet
 
@@ -219,6 +219,7 @@ def test_config_changes_are_picked_up(site: Site) -> None:
     refused(site.user(UA, "up", "c2", "--bridge", "vmnew0"), 4, "vmnew0")
 
 
+@needs_root
 def test_without_a_daemon_a_user_is_told_it_needs_root(tmp_path: Path) -> None:
     state = tempfile.mkdtemp(prefix="vmnet-users-", dir="/tmp")
     os.chmod(state, 0o711)

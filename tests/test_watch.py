@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import figures
-from tests.daemon import Vmnetd, vmnetd
+from tests.daemon import Vmnetd, needs_root, vmnetd
 from tests.guest import Guest, GuestImage, guest_argv, ping_from_ns
 from tests.nsutil import Netns
 from tests.tapholder import hold_tap
@@ -307,6 +307,7 @@ def test_a_bridge_recreated_with_vmnets_mark_gets_its_settings_back(
         assert "vmw0" not in ns.links()  # still vmnet's: released with its last VM
 
 
+@needs_root
 def test_a_deleted_namespace_is_let_go(state_dir: str, cfg: str) -> None:
     """Watching holds a namespace's fd: once nobody else can reach it (deleted, no process
     in it), the watcher lets it go, or its links would live on with the daemon."""

@@ -182,15 +182,25 @@ def _configured(g: Globals) -> set[str]:
         return set()
 
 
-def run(g: Globals, values: Values) -> int:
-    """`vmnet run VM [OPTIONS] -- QEMU ARGS...`: QEMU's exit status."""
-    from vmnet.integrations.qemu import run as engine
+def qemu_command(values: Values) -> list[str]:
+    """The QEMU command after `--` of `vmnet run` (here and in vmnetd's run door),
+    refused when it is missing or daemonizes."""
+    from vmnet.integrations.qemu.run import check_qemu_argv
 
     argv = values.get("passthrough")
     qemu = [str(a) for a in argv] if isinstance(argv, list) else []
     if not qemu:
         raise InputError("no QEMU command after `--`",
                          hint="vmnet run VM [OPTIONS] -- qemu-system-x86_64 ARGS...")
+    check_qemu_argv(qemu)
+    return qemu
+
+
+def run(g: Globals, values: Values) -> int:
+    """`vmnet run VM [OPTIONS] -- QEMU ARGS...`: QEMU's exit status."""
+    from vmnet.integrations.qemu import run as engine
+
+    qemu = qemu_command(values)
     model = recorded_vm(g, str(values["vm"]), values)
     ctx = g.context()
     try:

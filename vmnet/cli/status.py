@@ -43,18 +43,11 @@ def _collect(g: Globals, only: str | None
 
 
 def _watcher(g: Globals) -> list[dict[str, object]]:
-    """What vmnetd's watcher did in this namespace lately (its watch.json), newest last."""
-    import json
-
+    """What vmnetd's watcher did in this namespace lately, newest last."""
+    from vmnet.daemon.watch import notes
     from vmnet.kernel.netns import current_inode
 
-    path = os.path.join(g.state_dir, f"ns-{current_inode()}", "watch.json")
-    try:
-        with open(path) as f:
-            history = json.load(f).get("history", [])
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+    return notes(os.path.join(g.state_dir, f"ns-{current_inode()}"))[1]
 
 
 def status(g: Globals, values: Values) -> None:

@@ -189,12 +189,7 @@ class Doors:
         if g.netns:
             netns.enter(g.netns)
         values = parsed.values
-        argv = values.get("passthrough")
-        qemu = [str(a) for a in argv] if isinstance(argv, list) else []
-        if not qemu:
-            raise InputError("no QEMU command after `--`",
-                             hint="vmnet run VM [OPTIONS] -- qemu-system-x86_64 ARGS...")
-        qrun.check_qemu_argv(qemu)
+        qemu = commands.qemu_command(values)
         vm = commands.recorded_vm(g, str(values["vm"]), values)
         count = sum(n.queues for n in vm.nics) * (2 if os.path.exists(qrun.VHOST_PATH) else 1)
         if count > MAX_FDS:
@@ -294,11 +289,6 @@ class Doors:
 
 def _child_of(pid: int, peer: Peer) -> bool:
     """QEMU must be the peer's own child (root's: any process of root's choosing)."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-        return False
-    uid = int(fields.get("Uid", "-1 ").split()[0])
-    ppid = int(fields.get("PPid", "0").strip() or 0)
-    return peer.root or (ppid == peer.pid and uid == peer.uid)
+    from vmnet.state.files import proc_parent, proc_uid
+
+    return peer.root or (proc_parent(pid) == peer.pid and proc_uid(pid) == peer.uid)

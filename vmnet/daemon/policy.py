@@ -58,13 +58,11 @@ class Peer(Value):
     def groups(self) -> set[int]:
         """Its primary and supplementary groups (from /proc while it runs, else the user
         database)."""
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("Groups:"):
-                        return {self.gid, *(int(g) for g in line.split()[1:])}
-        except (OSError, ValueError):
-            pass
+        from vmnet.state.files import proc_status
+
+        groups = proc_status(self.pid).get("Groups")
+        if groups is not None:
+            return {self.gid, *(int(g) for g in groups)}
         found = lookup_user(str(self.uid))
         if found is not None and found[1] != str(self.uid):
             return set(os.getgrouplist(found[1], self.gid))

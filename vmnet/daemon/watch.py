@@ -292,14 +292,8 @@ class Watcher:
 
     # -- watch.json ---------------------------------------------------------------------
     def _load(self, w: Watched) -> dict[str, int]:
-        try:
-            with open(os.path.join(self._records_dir(w.inode), STATE_FILE)) as f:
-                data = json.load(f)
-            bridges = data.get("bridges", {})
-            w.history = [h for h in data.get("history", []) if isinstance(h, dict)][-KEEP:]
-            return {str(k): int(v) for k, v in bridges.items()}
-        except (OSError, ValueError, AttributeError, TypeError):
-            return {}
+        bridges, w.history = notes(self._records_dir(w.inode))
+        return bridges
 
     def _save(self, w: Watched) -> None:
         d = self._records_dir(w.inode)
@@ -310,6 +304,19 @@ class Watcher:
             write_file(os.path.join(d, STATE_FILE), json.dumps(data, indent=1).encode())
         except Exception as e:  # a full disk must not stop the watcher
             sys.stderr.write(f"vmnetd: watcher: cannot write {d}/{STATE_FILE}: {e}\n")
+
+
+def notes(records_dir: str) -> tuple[dict[str, int], list[dict[str, object]]]:
+    """A namespace's watch.json (the one reader: the watcher, `vmnet status`): the
+    ifindex of each bridge last seen, and the actions, newest last; nothing if unusable."""
+    try:
+        with open(os.path.join(records_dir, STATE_FILE)) as f:
+            data = json.load(f)
+        bridges = {str(k): int(v) for k, v in data.get("bridges", {}).items()}
+        history = [h for h in data.get("history", []) if isinstance(h, dict)][-KEEP:]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}, []
+    return bridges, history
 
 
 def _reachable(inode: int) -> bool:

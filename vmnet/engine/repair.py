@@ -29,7 +29,7 @@ from vmnet.engine.observe import HostView
 from vmnet.engine.plan import BridgeRecords
 from vmnet.engine.steps import AddAddress, SetUp, Step
 from vmnet.errors import ConflictError
-from vmnet.model import Network, Nic, Vm, bridge_mark
+from vmnet.model import Nic, Vm, bridge_mark
 from vmnet.model.value import Value
 from vmnet.state.records import VmRecord
 
@@ -48,11 +48,9 @@ class Repair(Value):
 
 
 def _without_uplinks(vm: Vm) -> Vm:
-    nics = tuple(Nic(n.index, Network(n.network.name, n.network.bridge, None, n.network.mtu,
-                                      n.network.stp, n.network.forward_delay,
-                                      n.network.address),
-                     n.tap, n.mac, n.queues, n.mtu, n.vnet_hdr, n.model) for n in vm.nics)
-    return Vm(vm.name, vm.uid, vm.gid, nics, vm.user)
+    nics = tuple(Nic(**{**n.as_dict(), "network": n.network.with_uplink(None)})  # type: ignore[arg-type]
+                 for n in vm.nics)
+    return Vm(**{**vm.as_dict(), "nics": nics})  # type: ignore[arg-type]
 
 
 def reattach(ctx: Context, cfg: Config, bridge: str) -> Repair:

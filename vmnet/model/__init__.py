@@ -53,7 +53,7 @@ class Network(Value):
         if self.address is not None:
             v.cidr(self.address, f"{what} address")
 
-    def with_uplink(self, uplink: str) -> Network:
+    def with_uplink(self, uplink: str | None) -> Network:
         return Network(self.name, self.bridge, uplink, self.mtu, self.stp, self.forward_delay,
                        self.address)
 

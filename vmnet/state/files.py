@@ -64,6 +64,27 @@ def loads(data: bytes) -> object:
     return obj
 
 
+def proc_status(pid: int) -> dict[str, list[str]]:
+    """/proc/PID/status as fields and their words ({} if the process is gone): the one
+    reader of who a process is (Uid, Gid, Groups, PPid) for vmnetd and its helper."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return {k: v.split() for k, _, v in (line.partition(":") for line in f)}
+    except OSError:
+        return {}
+
+
+def proc_uid(pid: int) -> int | None:
+    """A process's real uid, None if it is gone."""
+    uid = proc_status(pid).get("Uid")
+    return int(uid[0]) if uid else None
+
+
+def proc_parent(pid: int) -> int | None:
+    ppid = proc_status(pid).get("PPid")
+    return int(ppid[0]) if ppid else None
+
+
 def proc_start_time(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

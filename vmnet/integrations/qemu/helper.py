@@ -69,15 +69,10 @@ def parse(argv: Sequence[str]) -> HelperArgs:
 def _qemu_of(pid: int, uid: int) -> int:
     """The process the tap is for: the helper's parent (QEMU) when it is the same user's,
     else the helper itself."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        ppid = int(fields["PPid"].strip())
-        with open(f"/proc/{ppid}/status") as f:
-            puid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-    except (OSError, KeyError, ValueError, StopIteration):
-        return pid
-    return ppid if ppid > 1 and puid == uid else pid
+    from vmnet.state.files import proc_parent, proc_uid
+
+    ppid = proc_parent(pid)
+    return ppid if ppid is not None and ppid > 1 and proc_uid(ppid) == uid else pid
 
 
 def open_tap(policy: Policy, argv: Sequence[str], state_dir: str, config: str | None) -> int:
