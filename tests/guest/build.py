@@ -2,13 +2,16 @@
 
 The guest is Debian's cloud kernel (downloaded with ``apt-get download`` and
 unpacked with ``dpkg-deb -x``; never installed) plus an initramfs holding a
-static busybox, the virtio-net modules and ``init.sh`` from this directory.
+static busybox, the virtio-net modules, ``init.sh`` (as ``/init``) and
+``udhcpc.sh`` (as ``/bin/vmnet-udhcpc``, udhcpc's event script) from this
+directory.
 
 The result is cached under ``$VMNET_GUEST_CACHE`` (default
 ``~/.cache/vmnet-test-guest``) in a directory named after the kernel package,
 its version and a hash of everything that goes into the initramfs, so editing
-``init.sh`` rebuilds.  Concurrent callers (several pytest processes) are
-serialised with a lock file and every build is published by an atomic rename.
+``init.sh`` or ``udhcpc.sh`` rebuilds.  Concurrent callers (several pytest
+processes) are serialised with a lock file and every build is published by an
+atomic rename.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ __all__ = ["MODULES", "GuestBuildError", "GuestImage", "cache_dir", "ensure_gues
 
 META_PACKAGE = "linux-image-cloud-amd64"
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
+# udhcpc's event script (init.sh runs "udhcpc -s /bin/vmnet-udhcpc" for vmnet.dhcp=1).
+UDHCPC_SCRIPT = Path(__file__).with_name("udhcpc.sh")
 # Load order matters: the .deb has no modules.dep and busybox insmod
 # resolves nothing by itself.
 MODULES: tuple[str, ...] = (
@@ -119,7 +124,10 @@ def _content_hash() -> str:
     h = hashlib.sha256()
     h.update(f"format={FORMAT}\n".encode())
     h.update(("modules=" + ",".join(MODULES) + "\n").encode())
-    h.update(INIT_SCRIPT.read_bytes())
+    for script in (INIT_SCRIPT, UDHCPC_SCRIPT):
+        data = script.read_bytes()
+        h.update(f"{script.name}={len(data)}\n".encode())
+        h.update(data)
     return h.hexdigest()[:12]
 
 
@@ -210,13 +218,15 @@ def _build(package: str, busybox: Path, work: Path, out: Path) -> None:
     shutil.copyfile(kernels[0], out / "vmlinuz")
 
     root = work / "initramfs"
-    for d in ("bin", "dev", "proc", "sys", "tmp", "www", "lib/modules"):
+    for d in ("bin", "dev", "etc", "proc", "sys", "tmp", "www", "lib/modules"):
         (root / d).mkdir(parents=True)
     shutil.copyfile(busybox, root / "bin" / "busybox")
     (root / "bin" / "busybox").chmod(0o755)
     (root / "bin" / "sh").symlink_to("busybox")
     shutil.copyfile(INIT_SCRIPT, root / "init")
     (root / "init").chmod(0o755)
+    shutil.copyfile(UDHCPC_SCRIPT, root / "bin" / "vmnet-udhcpc")
+    (root / "bin" / "vmnet-udhcpc").chmod(0o755)
     with contextlib.suppress(PermissionError):
         # The kernel gives init /dev/console as stdio when it exists in the
         # initramfs; init.sh re-opens it after mounting devtmpfs anyway.

@@ -9,15 +9,34 @@
 #                          the first success (and again after any recovery),
 #                          "VMNET-PING-LOST IP" when a working peer stops
 #                          answering
+#   vmnet.dhcp=1           eth0 gets its address by DHCP (busybox udhcpc with
+#                          /bin/vmnet-udhcpc, from udhcpc.sh): address, MTU,
+#                          default route, /etc/resolv.conf.  The vmnet.ip
+#                          addresses then go to the other NICs (eth1, ...)
+#   vmnet.hostname=NAME    with vmnet.dhcp=1: send NAME as the DHCP host name
+#   vmnet.resolve=N[,N...] once the boot NICs are up, look each name up
+#                          (busybox nslookup, /etc/resolv.conf), retrying
+#                          for up to ~10 s
+#   vmnet.fetch=URL        GET URL (busybox wget) every second; print
+#                          "VMNET-FETCH-OK URL LINE" (LINE: the body's first
+#                          line) on the first success and again after any
+#                          recovery, "VMNET-FETCH-LOST URL" when it stops
+#                          working; retried every ~0.5 s while failing
 # Console protocol (serial ttyS0):
+#   VMNET-LEASE ip=A/P router=R dns=D[,D] mtu=M domain=X  eth0's lease (dhcp;
+#                                                         missing: none)
 #   VMNET-NIC name=ethN mac=MAC rxq=N txq=N ip=A/P|none   one per NIC
 #   VMNET-READY                                           after the boot NICs
+#   VMNET-RESOLVED NAME IP | VMNET-UNRESOLVED NAME        one per resolve name
+#   VMNET-FETCH-OK URL LINE | VMNET-FETCH-LOST URL        fetch state changes
 #   VMNET-NIC-GONE name=ethN                              a NIC disappeared
 #   VMNET-ERROR ...                                       something failed
+#                                                         ("VMNET-ERROR dhcp":
+#                                                         no lease)
 
 PATH=/bin
 export PATH
-/bin/busybox mkdir -p /proc /sys /dev /tmp /www
+/bin/busybox mkdir -p /proc /sys /dev /tmp /www /etc
 /bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t sysfs sysfs /sys
 /bin/busybox mount -t devtmpfs devtmpfs /dev
@@ -31,13 +50,22 @@ done </lib/modules/vmnet.order
 
 IPS=""
 PEER=""
+DHCP=""
+DHCP_NAME=""
+RESOLVE=""
+FETCH=""
 for tok in $(cat /proc/cmdline); do
     case "$tok" in
         vmnet.ip=*) IPS="${tok#vmnet.ip=}" ;;
         vmnet.ping=*) PEER="${tok#vmnet.ping=}" ;;
+        vmnet.dhcp=1) DHCP=1 ;;
+        vmnet.hostname=*) DHCP_NAME="${tok#vmnet.hostname=}" ;;
+        vmnet.resolve=*) RESOLVE="${tok#vmnet.resolve=}" ;;
+        vmnet.fetch=*) FETCH="${tok#vmnet.fetch=}" ;;
     esac
 done
 IPS=$(echo "$IPS" | tr ',' ' ')
+RESOLVE=$(echo "$RESOLVE" | tr ',' ' ')
 NEXT_IP=1
 
 # The n-th (1-based) word of $IPS, or nothing.
@@ -55,13 +83,38 @@ count() {
     echo "$n"
 }
 
+# eth0's address by DHCP; /bin/vmnet-udhcpc prints VMNET-LEASE and records
+# the address in /tmp/vmnet-lease.eth0.  udhcpc's own chatter is dropped.
+# "-O mtu": udhcpc does not ask for the MTU option by default, and dnsmasq
+# only sends the options a client asks for.
+dhcp_up() {
+    dev="$1"
+    rm -f "/tmp/vmnet-lease.$dev"
+    if [ -n "$DHCP_NAME" ]; then
+        set -- -x "hostname:$DHCP_NAME"
+    else
+        set --
+    fi
+    if udhcpc -i "$dev" "$@" -O mtu -q -n -t 10 -T 1 -s /bin/vmnet-udhcpc \
+            >/dev/null 2>&1 && [ -s "/tmp/vmnet-lease.$dev" ]; then
+        cat "/tmp/vmnet-lease.$dev"
+    else
+        echo "VMNET-ERROR dhcp"
+    fi
+}
+
 nic_up() {
     dev="$1"
     ip link set "$dev" up || echo "VMNET-ERROR link up $dev"
-    addr=$(nth_ip)
-    if [ -n "$addr" ]; then
-        NEXT_IP=$((NEXT_IP + 1))
-        ip addr add "$addr" dev "$dev" || echo "VMNET-ERROR addr $addr $dev"
+    if [ "$DHCP" = 1 ] && [ "$dev" = eth0 ]; then
+        addr=$(dhcp_up "$dev")
+        case "$addr" in VMNET-ERROR*) echo "$addr"; addr="" ;; esac
+    else
+        addr=$(nth_ip)
+        if [ -n "$addr" ]; then
+            NEXT_IP=$((NEXT_IP + 1))
+            ip addr add "$addr" dev "$dev" || echo "VMNET-ERROR addr $addr $dev"
+        fi
     fi
     mac=$(cat "/sys/class/net/$dev/address")
     rxq=$(count /sys/class/net/"$dev"/queues/rx-*)
@@ -83,6 +136,7 @@ ip link set lo up
 # (extra addresses are meant for NICs hot-plugged later).
 set -- $IPS
 want=$#
+[ "$DHCP" != 1 ] || want=$((want + 1))  # eth0 takes no vmnet.ip address
 i=0
 while [ "$(eth_names | wc -l)" -lt "$want" ] && [ "$i" -lt 10 ]; do
     usleep 100000
@@ -114,6 +168,51 @@ if [ -n "$PEER" ]; then
             fi
         done
     ) &
+fi
+
+if [ -n "$FETCH" ]; then
+    (
+        ok=0
+        while :; do
+            # No "wget -T": busybox-static 1.35's wget segfaults with it once
+            # it connects, so busybox timeout bounds each try (2 s) instead.
+            if body=$(timeout 2 wget -q -O - "$FETCH"); then
+                [ "$ok" = 1 ] || echo "VMNET-FETCH-OK $FETCH $(printf "%s\n" "$body" | head -n 1)"
+                ok=1
+                sleep 1
+            else
+                [ "$ok" = 0 ] || echo "VMNET-FETCH-LOST $FETCH"
+                ok=0
+                usleep 500000
+            fi
+        done
+    ) 2>/dev/null &  # no wget chatter, no "Terminated" when timeout kills it
+fi
+
+if [ -n "$RESOLVE" ]; then
+    (
+        for name in $RESOLVE; do
+            read -r up _ </proc/uptime
+            until=$((${up%.*} + 10))
+            found=""
+            while :; do
+                # nslookup's exit status is no use: it also asks for AAAA and
+                # fails when that part fails.  The first address after
+                # "Name:" is the answer (the server's own comes before).
+                found=$(timeout 2 nslookup "$name" \
+                    | awk '/^Name:/ { n = 1; next } n && /^Address/ { print $NF; exit }')
+                [ -z "$found" ] || break
+                read -r up _ </proc/uptime
+                [ "${up%.*}" -lt "$until" ] || break
+                usleep 500000
+            done
+            if [ -n "$found" ]; then
+                echo "VMNET-RESOLVED $name $found"
+            else
+                echo "VMNET-UNRESOLVED $name"
+            fi
+        done
+    ) 2>/dev/null &  # no nslookup chatter, no "Terminated" when timeout kills it
 fi
 
 echo "VMNET-READY"

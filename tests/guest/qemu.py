@@ -7,6 +7,12 @@ console, which QEMU sends to its stdout (``-serial stdio``):
     VMNET-READY
     VMNET-PING-OK 10.77.0.3          (only with ping=...)
     VMNET-NIC-GONE name=eth1         (hot-unplug)
+    VMNET-LEASE ip=10.98.0.50/24 router=10.98.0.1 dns=10.98.0.1 mtu=1400 domain=vmnet
+                                     (dhcp=True; before eth0's VMNET-NIC line)
+    VMNET-RESOLVED db 10.98.0.60     (resolve=[...]; or VMNET-UNRESOLVED db)
+    VMNET-FETCH-OK http://198.51.100.2/ 198.51.100.1
+                                     (fetch=URL; the body's first line; and
+                                     VMNET-FETCH-LOST URL when it stops working)
 
 Two ways to use it:
 
@@ -32,6 +38,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self, TypedDict
@@ -45,6 +52,7 @@ __all__ = [
     "GuestDied",
     "GuestError",
     "GuestTimeout",
+    "Lease",
     "NicInfo",
     "Qmp",
     "QmpError",
@@ -60,6 +68,7 @@ QEMU = "qemu-system-x86_64"
 READY = r"VMNET-READY"
 _NIC_RE = re.compile(r"VMNET-NIC name=(\S+)((?: \w+=\S*)*)")
 _GONE_RE = re.compile(r"VMNET-NIC-GONE name=(\S+)")
+_LEASE_RE = re.compile(r"VMNET-LEASE((?: \w+=\S*)+)")
 
 
 class GuestError(RuntimeError):
@@ -82,6 +91,42 @@ class NicInfo(TypedDict):
     ip: str | None
 
 
+@dataclass(frozen=True)
+class Lease:
+    """eth0's DHCP lease, from the guest's ``VMNET-LEASE`` line (``none`` -> None / ())."""
+
+    ip: str  # ADDR/PREFIX
+    router: str | None
+    dns: tuple[str, ...]
+    mtu: int | None
+    domain: str | None
+
+    @classmethod
+    def parse(cls, line: str) -> Lease:
+        """Parse a line holding ``VMNET-LEASE ip=A/P router=R dns=D[,D] mtu=M domain=X``."""
+        m = _LEASE_RE.search(line)
+        if not m:
+            raise ValueError(f"no VMNET-LEASE in {line!r}")
+        fields = dict(kv.split("=", 1) for kv in m.group(1).split())
+
+        def get(key: str) -> str | None:
+            value = fields.get(key, "none")
+            return None if value in ("", "none") else value
+
+        ip = get("ip")
+        if ip is None:
+            raise ValueError(f"VMNET-LEASE without an address: {line!r}")
+        dns = get("dns")
+        mtu = get("mtu")
+        return cls(
+            ip=ip,
+            router=get("router"),
+            dns=tuple(dns.split(",")) if dns else (),
+            mtu=int(mtu) if mtu else None,
+            domain=get("domain"),
+        )
+
+
 def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
@@ -101,19 +146,41 @@ def guest_argv(
     memory: int = 128,
     extra: Sequence[str] = (),
     image: GuestImage | None = None,
+    dhcp: bool = False,
+    hostname: str | None = None,
+    resolve: Sequence[str] = (),
+    fetch: str | None = None,
 ) -> list[str]:
     """The full QEMU command line (starting with ``qemu-system-x86_64``).
 
     ``ip`` is ``ADDR/PREFIX[,ADDR/PREFIX...]`` for eth0, eth1, ...; ``ping``
-    makes the guest ping that address until it answers.  ``netargs`` and then
-    ``extra`` are appended verbatim.
+    makes the guest ping that address until it answers.  ``dhcp`` gives eth0
+    its address by DHCP instead (sending ``hostname`` as its name, when given;
+    ``ip`` then lists the addresses of eth1, ...).  ``resolve`` names are
+    looked up once the NICs are up (``Guest.resolved``); ``fetch`` is a URL
+    the guest GETs until it works (``VMNET-FETCH-OK URL FIRST-LINE``).
+    ``netargs`` and then ``extra`` are appended verbatim.
     """
+    if hostname is not None and not dhcp:
+        raise ValueError("hostname= is the DHCP host name: it needs dhcp=True")
+    if isinstance(resolve, str):
+        raise TypeError("resolve= takes a sequence of names, not one string")
     image = image or ensure_guest()
     append = ["console=ttyS0", "quiet", "panic=-1"]
     if ip:
         append.append(_kernel_word("vmnet.ip", ip))
     if ping:
         append.append(_kernel_word("vmnet.ping", ping))
+    if dhcp:
+        append.append("vmnet.dhcp=1")
+    if hostname is not None:
+        append.append(_kernel_word("vmnet.hostname", hostname))
+    if resolve:
+        if any(not name or "," in name for name in resolve):
+            raise ValueError(f"resolve={list(resolve)!r}: names must be non-empty, without ','")
+        append.append(_kernel_word("vmnet.resolve", ",".join(resolve)))
+    if fetch is not None:
+        append.append(_kernel_word("vmnet.fetch", fetch))
     return [
         QEMU,
         "-accel", "tcg",
@@ -245,6 +312,19 @@ class GuestConsole:
         self.wait_for(rf"VMNET-NIC name={re.escape(name)} ", timeout, since=since)
         return next(n for n in self.nics() if n["name"] == name)
 
+    def lease(self, timeout: float = 60.0, *, since: int = 0) -> Lease:
+        """Wait for a complete ``VMNET-LEASE`` line after ``since``; parse it."""
+        m = self.wait_for(_LEASE_RE, timeout, since=since)
+        return Lease.parse(m.group(0))
+
+    def resolved(self, name: str, timeout: float = 60.0, *, since: int = 0) -> str | None:
+        """The address the guest found for ``name`` (``VMNET-RESOLVED``), or None
+        (``VMNET-UNRESOLVED``: the guest gave up).  Waits up to ``timeout`` s for either."""
+        n = re.escape(name)
+        m = self.wait_for(rf"(?m)VMNET-(?:RESOLVED {n} (\S+)|UNRESOLVED {n})[ \t]*$",
+                          timeout, since=since)
+        return m.group(1)
+
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
@@ -301,6 +381,14 @@ class Guest:
     def wait_nic(self, name: str, timeout: float = 60.0, *, since: int = 0) -> NicInfo:
         return self.console.wait_nic(name, timeout, since=since)
 
+    def lease(self, timeout: float = 60.0, *, since: int = 0) -> Lease:
+        """eth0's DHCP lease (the guest was booted with ``dhcp=True``)."""
+        return self.console.lease(timeout, since=since)
+
+    def resolved(self, name: str, timeout: float = 60.0, *, since: int = 0) -> str | None:
+        """What the guest's ``resolve=`` lookup of ``name`` gave: an address or None."""
+        return self.console.resolved(name, timeout, since=since)
+
     def stop(self, grace: float = 5.0) -> int:
         """SIGTERM, then SIGKILL after ``grace`` seconds; wait.  Returns the exit status."""
         if self.proc.poll() is None:
@@ -338,7 +426,7 @@ def boot_guest(
     ns_name: str,
     netargs: list[str],
     *,
-    ip: str,
+    ip: str = "",
     ping: str | None = None,
     smp: int = 1,
     extra: Sequence[str] = (),
@@ -346,6 +434,10 @@ def boot_guest(
     timeout: float = 90,
     argv_prefix: list[str] | None = None,
     name: str = "guest",
+    dhcp: bool = False,
+    hostname: str | None = None,
+    resolve: Sequence[str] = (),
+    fetch: str | None = None,
 ) -> Guest:
     """Start the guest in namespace ``ns_name`` and wait for VMNET-READY.
 
@@ -353,9 +445,13 @@ def boot_guest(
     execs, so without a prefix ``Guest.pid`` is QEMU's own pid (with a prefix
     it is the prefix's, and ``stop()`` signals that process only).  ``pass_fds``
     are inherited by QEMU (for ``-netdev tap,fd=N``).  On any failure QEMU is
-    killed and the error (with the console output) propagates.
+    killed and the error (with the console output) propagates.  ``dhcp``,
+    ``hostname``, ``resolve`` and ``fetch``: see ``guest_argv``.  With
+    ``dhcp`` the guest is ready after its lease (or after udhcpc gave up:
+    ``VMNET-ERROR dhcp``, about 10 s).
     """
-    argv = guest_argv(netargs, ip=ip, ping=ping, smp=smp, extra=extra)
+    argv = guest_argv(netargs, ip=ip, ping=ping, smp=smp, extra=extra, dhcp=dhcp,
+                      hostname=hostname, resolve=resolve, fetch=fetch)
     cmd = ["ip", "netns", "exec", ns_name, *(argv_prefix or []), *argv]
     proc = subprocess.Popen(
         cmd,
