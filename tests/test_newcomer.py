@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 
 from tests.nsutil import Netns
-from tests.vmnetcli import cli, vmnet
+from tests.vmnetcli import cli, empty_config, vmnet
 
 
 @pytest.mark.kernel
 def test_global_flags_work_after_the_command(ns: Netns, tmp_path: Path) -> None:
     state = str(tmp_path / "s")
     r = subprocess.run(["ip", "netns", "exec", ns.name, *cli_argv(), "up", "vm1",
-                        "--state-dir", state, "--config", "/dev/null"],
+                        "--state-dir", state, "--config", empty_config()],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = cli(["status", "--json", "--netns", ns.name, "--state-dir", state, "--config",
-             "/dev/null"])
+             empty_config()])
     assert r.exit_code == 0 and json.loads(r.stdout)["vms"][0]["vm"] == "vm1"
 
 
@@ -67,10 +67,10 @@ def test_the_example_config_parses_and_covers_every_setting() -> None:
 
     text = cli(["config", "example"]).stdout
     cfg = parse_config(text, "example")
-    assert set(cfg.networks) == {"default", "lan"} and set(cfg.vms) == {"web"}
+    assert set(cfg.networks) == {"default", "bare", "lan", "lab"} and set(cfg.vms) == {"web"}
     keys = {line.split("=")[0].strip() for line in text.splitlines()
             if "=" in line and not line.lstrip().startswith("#")}
-    assert (_NETWORK_KEYS | _VM_KEYS - {"nics"} | _NIC_KEYS | {"network"}) <= keys
+    assert (_NETWORK_KEYS | _VM_KEYS - {"nics"} | _NIC_KEYS | {"network", "data_dir"}) <= keys
 
 
 @pytest.mark.kernel

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmnet.config import Config, Overrides, builtin_network, resolve_vm
+from vmnet.config import Config, Overrides, resolve_vm
 from vmnet.engine.observe import HostView
 from vmnet.engine.plan import (
     BridgeRecords,
@@ -19,9 +19,11 @@ from vmnet.engine.plan import (
 from vmnet.engine.steps import AttachTap, AttachUplink, CreateBridge, CreateTap, DeleteLinks
 from vmnet.errors import ConflictError
 from vmnet.kernel.base import LinkInfo, Snapshot, TunInfo
+from vmnet.model import Network
 from vmnet.state.store import BridgeRecord, Proc, VmRecord
 
-CFG = Config(path=None, networks={"default": builtin_network()}, vms={})
+CFG = Config(path=None, networks={"default": Network(name="default", bridge="vmnet0")},
+             vms={})
 
 
 def vm(name: str = "vm1", **kw: object):  # type: ignore[no-untyped-def]

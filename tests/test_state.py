@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.vmnetcli import empty_config
 from vmnet.errors import StateError
 from vmnet.state.records import NicRecord, Proc, UnknownFormat, VmRecord, vm_from_json
 from vmnet.state.store import StateStore
@@ -177,7 +178,7 @@ def test_down_and_gc_work_on_a_full_state_directory(tmp_path: Path) -> None:
     script = f"""
 set -e
 mount -n -t tmpfs -o size=128k,mode=700 x {mnt}
-V="{sys.executable} -m vmnet --state-dir {mnt} --config /dev/null --netns {ns}"
+V="{sys.executable} -m vmnet --state-dir {mnt} --config {empty_config()} --netns {ns}"
 $V up vm1 >/dev/null
 $V up vm2 >/dev/null
 dd if=/dev/zero of={mnt}/filler bs=4k 2>/dev/null || true
@@ -193,6 +194,9 @@ ip -n {ns} -o link show | grep -c vm3-0 || true
         r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True,
                            text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     finally:
+        for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
+                                  text=True).stdout.split():
+            os.kill(int(pid), 9)
         subprocess.run(["ip", "netns", "del", ns], check=False)
     assert r.returncode == 0, r.stderr
     out = r.stdout.splitlines()

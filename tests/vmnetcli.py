@@ -15,11 +15,18 @@ from tests.nsutil import Netns
 _EMPTY_CONFIG: str | None = None
 
 
+# The tests of taps, bridges, records and doors run on vmnet0 as a plain bridge (the
+# built-in default before it became NAT); the nat/isolated tests give their own config.
+BRIDGE_DEFAULT = '[networks.default]\nbridge = "vmnet0"\n'
+
+
 def empty_config() -> str:
-    """An empty config file, so tests never read the host's /etc/vmnet/vmnet.toml."""
+    """The tests' config file (so they never read the host's /etc/vmnet/vmnet.toml): the
+    `default` network is the plain bridge vmnet0."""
     global _EMPTY_CONFIG
     if _EMPTY_CONFIG is None:
         fd, path = tempfile.mkstemp(prefix="vmnet-test-", suffix=".toml")
+        os.write(fd, BRIDGE_DEFAULT.encode())
         os.close(fd)
         os.chmod(path, 0o644)  # readable by the non-root uids some tests run as
         atexit.register(os.unlink, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 DEFAULT_STATE_DIR = "/run/vmnet"
 DEFAULT_CONFIG = "/etc/vmnet/vmnet.toml"
+DEFAULT_DATA_DIR = "/var/lib/vmnet"  # what survives a reboot: subnets chosen for networks
 DEFAULT_LOCK_TIMEOUT = 30.0  # seconds a command waits for another in the same namespace
 HOOK_LOCK_TIMEOUT = 10.0  # the libvirt hook: libvirtd waits for it without a timeout
 STATE_DIR_ENV = "VMNET_STATE_DIR"

@@ -98,12 +98,18 @@ def up(g: Globals, values: Values) -> None:
             for s in res.plan.steps:
                 out(s.ip(g.netns))
             continue
+        for note in res.plan.notes:
+            err(f"vmnet: {note}")
         if res.changes:
             out(f"{vm.name}: changed {'; '.join(res.changes)}")
         elif res.plan.noop:
             out(f"{vm.name}: already up")
         for line in qemu.up_lines(vm):
             out(line)
+        for nrec in res.record.nics if res.record is not None else ():
+            if nrec.ip is not None:
+                out(f"{vm.name}: NIC {nrec.index} address {nrec.ip} on network "
+                    f"{nrec.network} (by DHCP from {nrec.bridge}; `vmnet ip {vm.name}`)")
 
 
 def down(g: Globals, values: Values) -> None:
@@ -284,3 +290,24 @@ def _network_names(g: Globals) -> list[str]:
     except Exception:
         return []
     return sorted({n.bridge for n in cfg.networks.values()})
+
+
+def network_reload(g: Globals, values: Values) -> None:
+    """Bring a nat/isolated network that is up back to what vmnet made: its dnsmasq
+    restarted if it died, its rules re-applied if they are gone."""
+    from vmnet.engine import ops
+    from vmnet.errors import NotFoundError
+
+    cfg = g.load_config()
+    name = str(values.get("network"))
+    net = cfg.networks.get(name)
+    if net is None:
+        raise NotFoundError(f"no network {name!r}", hint="networks: " +
+                            ", ".join(sorted(cfg.networks)))
+    ctx = g.context()
+    try:
+        done = ops.reload_network(ctx, net)
+    finally:
+        ctx.close()
+    for line in done or [f"network {name}: as vmnet made it; nothing to do"]:
+        out(line)

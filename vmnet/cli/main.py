@@ -44,8 +44,9 @@ class Globals:
     def context(self) -> Context:
         from vmnet.engine.context import Context
 
-        return Context(state_dir=self.state_dir, lock_timeout=self.lock_timeout,
-                       netns=self.netns)
+        ctx = Context(state_dir=self.state_dir, lock_timeout=self.lock_timeout,
+                      netns=self.netns)
+        return ctx if self._config is None else ctx.use_config(self._config)
 
     def load_config(self) -> Config:
         from vmnet.config import load_config
@@ -88,11 +89,13 @@ def overrides(values: Mapping[str, object]) -> Overrides:
         return got if isinstance(got, int) else None
 
     macs = values.get("macs")
+    ips = values.get("ips")
     return Overrides(bridge=s("bridge"), uplink=s("uplink"), user=s("user"), group=s("group"),
                      nics=n("nics"), queues=n("queues"),
                      macs=tuple(str(m) for m in macs) if isinstance(macs, list) else (),
                      mtu=n("mtu"), vnet_hdr=False if values.get("no_vnet_hdr") else None,
-                     model=s("model"))
+                     model=s("model"), network=s("network"),
+                     ips=tuple(str(a) for a in ips) if isinstance(ips, list) else ())
 
 
 def setup(argv: list[str], env: Mapping[str, str], policy: Policy | None = None

@@ -34,9 +34,15 @@ def _collect(g: Globals, only: str | None
         held = {n.tap for r in records.values() for n in r.nics
                 if (lk := view.link(n.tap)) is not None and lk.carrier}
         holders = tap_holders(held)
-        rows = [vm_status(r, view, holders) for _, r in sorted(records.items())]
+        from vmnet.kinds import l3
+
+        site = ctx.site()
+        leases = l3.leases(site, {n.bridge for r in records.values() for n in r.nics
+                                  if n.ip is not None})
+        rows = [vm_status(r, view, holders, leases) for _, r in sorted(records.items())]
         extra = unrecorded_taps(view, store.vms()) if only is None and everyone else []
-        bridges = bridge_rows(view, store.bridges()) if only is None and everyone else []
+        bridges = bridge_rows(view, store.bridges(), site) if only is None and everyone \
+            else []
     finally:
         ctx.close()
     return rows, extra, bridges
@@ -69,17 +75,22 @@ def status(g: Globals, values: Values) -> None:
     from vmnet.config.users import owner_text
 
     header = ("VM", "NIC", "TAP", "BRIDGE", "OWNER", "MAC", "MTU", "Q", "VHDR", "HELD",
-              "RX", "TX", "STATE")
+              "RX", "TX", "STATE", "ADDRESS")
     table = [header]
     for r in rows:
         for n in r.nics:
             state = n.state + (" (stale record)" if r.stale else "")
+            addr = "-" if n.ip is None else n.ip + ("" if n.leased else " (not leased yet)")
             table.append((r.vm, str(n.index), n.tap, n.bridge,
                           owner_text(n.owner, n.group), n.mac,
                           str(n.mtu or "-"), str(n.queues), "on" if n.vnet_hdr else "off",
                           ",".join(n.holders) or ("yes" if n.held else "no"),
-                          str(n.rx_bytes), str(n.tx_bytes), f"{r.mode}/{state}"))
+                          str(n.rx_bytes), str(n.tx_bytes), f"{r.mode}/{state}", addr))
     _print_table(table)
+    for b in bridges:
+        if b.get("kind") in ("nat", "isolated"):
+            for line in network_lines(b):
+                out(line)
     for t in extra:
         out(f"unrecorded vmnet tap: {t} (no record explains it; `vmnet down` its VM)")
     import time
@@ -93,6 +104,24 @@ def status(g: Globals, values: Values) -> None:
         if isinstance(carried, list) and carried:
             out(f"bridge {b['bridge']}: carries the host's traffic vmnet did not add "
                 f"({', '.join(str(c) for c in carried[:4])}): `vmnet down` will keep it")
+
+
+def network_lines(b: Mapping[str, object]) -> list[str]:
+    """What status says of one nat/isolated network that is up."""
+    name = f"network {b['network']} ({b['kind']}, bridge {b['bridge']}, {b.get('subnet')})"
+    pid = b.get("dnsmasq_pid")
+    head = f"{name}: " + (f"dnsmasq pid {pid}" if pid else "dnsmasq NOT running")
+    if b.get("kind") == "nat":
+        head += f", out {b['outbound']}" if b.get("outbound") else ", no way out (no default " \
+                                                                   "route when it came up)"
+    lines = [head]
+    problems = b.get("problems")
+    if isinstance(problems, list) and problems:
+        lines.append(f"{name}: not as vmnet made it: {'; '.join(str(p) for p in problems)} "
+                     f"(`vmnet network reload {b['network']}` puts it back)")
+    for text in b.get("firewall") or []:  # type: ignore[attr-defined]
+        lines.append(f"{name}: warning: {text}")
+    return lines
 
 
 def list_(g: Globals, values: Values) -> None:
@@ -151,3 +180,95 @@ def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         out("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def ip(g: Globals, values: Values) -> None:
+    """Print a VM's address on its nat/isolated network; with --wait, once the guest has
+    taken it by DHCP (dnsmasq's lease file says so)."""
+    import time
+
+    from vmnet.errors import InputError, NotFoundError
+    from vmnet.kinds import dnsmasq
+    from vmnet.model import validate
+
+    name = validate.vm_name(values.get("vm"))
+    index = values.get("nic") or 0
+    wait = values.get("wait")
+    ctx = g.context()
+    rec = ctx.store().get_vm(name)
+    if rec is None or (g.peer is not None and not g.peer.owns(rec)):
+        raise NotFoundError(f"vmnet has no record of VM {name!r}",
+                            hint=f"`vmnet up {name}` first (`vmnet list` shows the VMs)")
+    nic = next((n for n in rec.nics if n.index == index), None)
+    if nic is None:
+        raise NotFoundError(f"VM {name!r} has no NIC {index}",
+                            hint=f"it has NICs 0-{len(rec.nics) - 1}")
+    if nic.ip is None:
+        raise InputError(f"VM {name!r} NIC {index} is on network {nic.network!r}, a plain "
+                         "bridge: vmnet gives no address there",
+                         hint="put the NIC on a nat or isolated network (--network default)")
+    leased = None
+    if isinstance(wait, float):
+        paths = ctx.site().paths(nic.bridge)
+        deadline = time.monotonic() + wait
+        while True:
+            leased = dnsmasq.leases(paths).get(nic.mac) == nic.ip
+            if leased or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if not leased:
+            raise NotFoundError(f"VM {name!r} NIC {index} has not taken {nic.ip} by DHCP "
+                                f"within {wait:g} s", ifname=nic.tap,
+                                hint="is the guest up, asking DHCP on that NIC? "
+                                     "(`vmnet status` shows its dnsmasq)")
+    if values.get("as_json"):
+        emit_json({"vm": name, "nic": index, "ip": nic.ip, "network": nic.network,
+                   "mac": nic.mac, "leased": leased})
+        return
+    out(nic.ip)
+
+
+def network_list(g: Globals, values: Values) -> None:
+    """Each network of the config (and any other vmnet has up): kind, bridge, subnet,
+    whether it is up, its dnsmasq and foreign rules that drop its traffic."""
+    from vmnet.engine.observe import HostView
+    from vmnet.engine.status import bridge_rows
+
+    cfg = g.load_config()
+    ctx = g.context()
+    try:
+        store = ctx.store()
+        recs = store.bridges() if os.path.isdir(store.dir) else {}
+        rows = {str(r["bridge"]): r for r in bridge_rows(HostView(ctx.kernel()), recs,
+                                                         ctx.site())}
+    finally:
+        ctx.close()
+    nets = []
+    for net in cfg.networks.values():
+        row = rows.pop(net.bridge, None)
+        nets.append({"network": net.name, "kind": net.kind, "bridge": net.bridge,
+                     "up": row is not None and bool(row.get("present")),
+                     "subnet": (row or {}).get("subnet") or net.address, "state": row})
+    for row in rows.values():  # up, but no longer (or never) in this config
+        nets.append({"network": row["network"], "kind": row.get("kind"),
+                     "bridge": row["bridge"], "up": bool(row.get("present")),
+                     "subnet": row.get("subnet"), "state": row})
+    if values.get("as_json"):
+        emit_json({"networks": nets})
+        return
+    table = [("NETWORK", "KIND", "BRIDGE", "SUBNET", "UP", "DNSMASQ")]
+    for n in nets:
+        st = n["state"] if isinstance(n["state"], dict) else {}
+        pid = st.get("dnsmasq_pid")
+        table.append((str(n["network"]), str(n["kind"]), str(n["bridge"]),
+                      str(n["subnet"] or ("chosen at first up" if n["kind"] != "bridge"
+                                          else "-")),
+                      "yes" if n["up"] else "no",
+                      "-" if n["kind"] == "bridge" or not n["up"] else
+                      (f"pid {pid}" if pid else "NOT running")))
+    _print_table(table)
+    for n in nets:
+        st = n["state"] if isinstance(n["state"], dict) else {}
+        if st.get("kind") in ("nat", "isolated"):
+            for line in network_lines(st)[1:]:
+                out(line)

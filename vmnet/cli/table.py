@@ -46,6 +46,9 @@ GLOBALS = (
 )
 
 OVERRIDES = (
+    Opt("--network", kind="value", metavar="NAME", complete="network",
+        help="Network for every NIC: one of the config's, or a built-in (default: NAT; "
+             "bare: the bridge vmnet-bare alone)."),
     Opt("--bridge", kind="value", metavar="NAME", complete="network",
         help="Bridge for every NIC."),
     Opt("--uplink", kind="value", metavar="IFACE",
@@ -59,6 +62,9 @@ OVERRIDES = (
         help=f"Queues per NIC (1-{v.MAX_QUEUES}); more than 1 makes a multi_queue tap."),
     Opt("--mac", dest="macs", kind="multi", metavar="MAC",
         help="Guest MAC (repeat for NIC 1, 2, ...)."),
+    Opt("--ip", dest="ips", kind="multi", metavar="ADDRESS",
+        help="Fixed IPv4 address on a nat/isolated network (repeat for NIC 1, 2, ...); "
+             "default: one derived from the MAC, kept while the VM is up."),
     Opt("--mtu", kind="value", metavar="MTU", parse=_count(v.MIN_MTU, v.MAX_MTU),
         help="MTU of the taps."),
     Opt("--no-vnet-hdr", help="Open taps without IFF_VNET_HDR (vnet_hdr=off)."),
@@ -94,6 +100,21 @@ COMMANDS = (
             target="vmnet.cli.status:status"),
     Command("list", "One line per VM vmnet knows in this namespace.", opts=(_JSON,),
             target="vmnet.cli.status:list_"),
+    Command("ip", "Print VM's IPv4 address on its nat/isolated network (NIC 0 unless "
+            "--nic): ssh user@$(vmnet ip vm1).",
+            opts=(Opt("--wait", kind="value", metavar="SECONDS", parse=_seconds,
+                      help="Wait until the guest has taken the address by DHCP (0-3600)."),
+                  Opt("--nic", kind="value", metavar="N", parse=_count(0, v.MAX_NICS - 1),
+                      help="Which NIC (0, 1, ...)."), _JSON),
+            args=(_VM,), target="vmnet.cli.status:ip"),
+    Command("network", "vmnet's networks: bridge, nat and isolated."),
+    Command("network list", "Each network: kind, bridge, subnet, whether it is up, its "
+            "dnsmasq, and foreign firewall rules that drop its traffic.", opts=(_JSON,),
+            target="vmnet.cli.status:network_list"),
+    Command("network reload", "Bring a nat/isolated network that is up back to what it "
+            "should be: restart its dnsmasq if it died, re-apply its firewall table.",
+            args=(Arg("NETWORK", complete="network"),),
+            target="vmnet.cli.commands:network_reload"),
     Command("gc", "Finish or roll back interrupted work and clear stale records.",
             opts=(Opt("--dry-run", help="Say what would be cleared; change nothing."), _JSON),
             target="vmnet.cli.status:gc"),

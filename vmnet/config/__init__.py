@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 
 from vmnet.config.users import invoking_user, lookup_group, lookup_user
-from vmnet.consts import DEFAULT_CONFIG
+from vmnet.consts import DEFAULT_CONFIG, DEFAULT_DATA_DIR
 from vmnet.errors import ConfigError, InputError, NotFoundError
 from vmnet.model import (
+    BARE_BRIDGE,
+    BARE_NETWORK,
     DEFAULT_BRIDGE,
     DEFAULT_NETWORK,
     Network,
@@ -32,11 +34,12 @@ if TYPE_CHECKING:
 
 
 _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address",
-                 "allow_users", "allow_groups"}
+                 "allow_users", "allow_groups", "kind", "outbound", "domain", "upstream",
+                 "firewall_fix"}
 _VM_KEYS = {"user", "group", "nics"}
-_NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model"}
+_NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model", "ip"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
-_DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues"}
+_DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues", "data_dir"}
 # What one user without root may hold through vmnetd, unless [defaults] says otherwise.
 USER_MAX_NICS = 16
 USER_MAX_QUEUES = 4
@@ -45,11 +48,13 @@ USER_MAX_QUEUES = 4
 class NicSpec(Value):
     """One `[[vms.NAME.nics]]` table as written (None: not given)."""
 
-    __slots__ = ("mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
+    __slots__ = ("ip", "mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
 
     def __init__(self, network: str | None = None, mac: str | None = None,
                  queues: int | None = None, mtu: int | None = None, tap: str | None = None,
-                 vnet_hdr: bool | None = None, model: str | None = None) -> None:
+                 vnet_hdr: bool | None = None, model: str | None = None,
+                 ip: str | None = None) -> None:
+        self.ip = ip
         self.network = network
         self.mac = mac
         self.queues = queues
@@ -86,13 +91,16 @@ class Config(Value):
     """A parsed, validated config file (or the built-in defaults when there is none)."""
 
     __slots__ = ("path", "networks", "vms", "default_network", "digest", "mac_scheme",
-                 "access", "user_max_nics", "user_max_queues")
+                 "access", "user_max_nics", "user_max_queues", "data_dir", "firewall_fix")
 
     def __init__(self, path: str | None, networks: dict[str, Network], vms: dict[str, VmSpec],
                  default_network: str = DEFAULT_NETWORK, digest: str | None = None,
                  mac_scheme: str = "qemu", access: dict[str, Access] | None = None,
                  user_max_nics: int = USER_MAX_NICS,
-                 user_max_queues: int = USER_MAX_QUEUES) -> None:
+                 user_max_queues: int = USER_MAX_QUEUES, data_dir: str = DEFAULT_DATA_DIR,
+                 firewall_fix: tuple[str, ...] = ()) -> None:
+        self.data_dir = data_dir  # what vmnet keeps across reboots (chosen subnets)
+        self.firewall_fix = firewall_fix  # networks whose foreign firewall drops vmnet fixes
         self.path = path
         self.networks = networks
         self.vms = vms
@@ -110,19 +118,26 @@ class Config(Value):
                 tuple((name, s.user, s.group, tuple(n.as_dict() for n in s.nics))
                       for name, s in self.vms.items()), self.mac_scheme,
                 tuple((name, a.users, a.groups) for name, a in self.access.items()),
-                self.user_max_nics, self.user_max_queues)
+                self.user_max_nics, self.user_max_queues, self.data_dir, self.firewall_fix)
 
     @classmethod
     def from_plain(cls, data: Any, digest: str | None) -> Config:
         (path, default_network, networks, vms, mac_scheme, access, max_nics,
-         max_queues) = data
+         max_queues, data_dir, firewall_fix) = data
         return cls(path=path, default_network=default_network, digest=digest,
                    mac_scheme=mac_scheme,
                    networks={n["name"]: Network(**n) for n in networks},
                    vms={name: VmSpec(user, group, tuple(NicSpec(**n) for n in nics))
                         for name, user, group, nics in vms},
                    access={name: Access(tuple(u), tuple(g)) for name, u, g in access},
-                   user_max_nics=max_nics, user_max_queues=max_queues)
+                   user_max_nics=max_nics, user_max_queues=max_queues, data_dir=data_dir,
+                   firewall_fix=tuple(firewall_fix))
+
+    def with_vm(self, name: str, spec: VmSpec, networks: dict[str, Network]) -> Config:
+        """This config with VM `name` specified as `spec`, over `networks`."""
+        return Config(self.path, networks, {**self.vms, name: spec}, self.default_network,
+                      self.digest, self.mac_scheme, self.access, self.user_max_nics,
+                      self.user_max_queues, self.data_dir, self.firewall_fix)
 
 
 class Overrides(Value):
@@ -131,9 +146,11 @@ class Overrides(Value):
     __slots__ = (
         "bridge",
         "group",
+        "ips",
         "macs",
         "model",
         "mtu",
+        "network",
         "nics",
         "queues",
         "uplink",
@@ -144,7 +161,10 @@ class Overrides(Value):
     def __init__(self, bridge: str | None = None, uplink: str | None = None,
                  user: str | None = None, group: str | None = None, nics: int | None = None,
                  queues: int | None = None, macs: tuple[str, ...] = (), mtu: int | None = None,
-                 vnet_hdr: bool | None = None, model: str | None = None) -> None:
+                 vnet_hdr: bool | None = None, model: str | None = None,
+                 network: str | None = None, ips: tuple[str, ...] = ()) -> None:
+        self.network = network
+        self.ips = ips
         self.bridge = bridge
         self.uplink = uplink
         self.user = user
@@ -165,7 +185,15 @@ _NO_OVERRIDES = Overrides()
 
 
 def builtin_network() -> Network:
-    return Network(name=DEFAULT_NETWORK, bridge=DEFAULT_BRIDGE)
+    """The built-in default: NAT on vmnet0, its subnet chosen once (vmnet.engine.subnets)."""
+    return Network(name=DEFAULT_NETWORK, bridge=DEFAULT_BRIDGE, kind="nat")
+
+
+def builtin_networks() -> dict[str, Network]:
+    """The networks every config has unless it redefines them: `default` (NAT) and
+    `bare` (the bridge alone, vmnet's default before 0.5)."""
+    return {DEFAULT_NETWORK: builtin_network(),
+            BARE_NETWORK: Network(name=BARE_NETWORK, bridge=BARE_BRIDGE)}
 
 
 def _check_keys(table: Any, allowed: set[str], where: str) -> dict[str, Any]:
@@ -218,6 +246,10 @@ def _network(name: str, t: dict[str, Any], where: str) -> Network:
     _check_keys(t, _NETWORK_KEYS, where)
     if "bridge" not in t:
         raise ConfigError(f"{where}: 'bridge' is required")
+    upstream = t.get("upstream")
+    if upstream is not None and (not isinstance(upstream, list) or
+                                 not all(isinstance(x, str) for x in upstream)):
+        raise ConfigError(f"{where}.upstream: expected a list of IPv4 addresses")
     try:
         return Network(
             name=name,
@@ -227,6 +259,10 @@ def _network(name: str, t: dict[str, Any], where: str) -> Network:
             stp=bool(_typed(t.get("stp", False), bool, f"{where}.stp")),
             forward_delay=_typed(t.get("forward_delay", 0), int, f"{where}.forward_delay"),
             address=_typed(t.get("address"), str, f"{where}.address"),
+            kind=_typed(t.get("kind", "bridge"), str, f"{where}.kind"),
+            outbound=_typed(t.get("outbound"), str, f"{where}.outbound"),
+            domain=_typed(t.get("domain"), str, f"{where}.domain"),
+            upstream=None if upstream is None else tuple(upstream),
         )
     except InputError as e:
         raise ConfigError(f"{where}: {e.message}") from None
@@ -242,8 +278,11 @@ def _nic(t: Any, where: str) -> NicSpec:
         tap=_typed(t.get("tap"), str, f"{where}.tap"),
         vnet_hdr=_typed(t.get("vnet_hdr"), bool, f"{where}.vnet_hdr"),
         model=_typed(t.get("model"), str, f"{where}.model"),
+        ip=_typed(t.get("ip"), str, f"{where}.ip"),
     )
     try:
+        if spec.ip is not None:
+            spec.ip = v.ipv4(spec.ip, f"{where}.ip")
         if spec.mac is not None:
             v.mac(spec.mac, f"{where}.mac")
         if spec.queues is not None:
@@ -277,19 +316,30 @@ def parse_config(text: str, path: str | None = None) -> Config:
     except RecursionError:  # tomllib recurses into nested arrays and inline tables
         raise ConfigError(f"{src}: malformed TOML: values nested too deeply") from None
     _check_keys(data, _TOP_KEYS, src)
-    networks: dict[str, Network] = {DEFAULT_NETWORK: builtin_network()}
+    builtins = builtin_networks()
+    networks: dict[str, Network] = {}
     access: dict[str, Access] = {}
+    fixes: list[str] = []
     for name, t in _table(data.get("networks", {}), f"{src}: [networks]").items():
         networks[name] = _network(name, t, f"{src}: networks.{name}")
         got = _access(t, f"{src}: networks.{name}")
         if got is not None:
             access[name] = got
+        if _typed(t.get("firewall_fix", False), bool, f"{src}: networks.{name}.firewall_fix"):
+            if not networks[name].l3:
+                raise ConfigError(f"{src}: networks.{name}.firewall_fix: only for kind "
+                                  "\"nat\" or \"isolated\"")
+            fixes.append(name)
     bridges: dict[str, str] = {}
     for n in networks.values():
-        if n.bridge in bridges and bridges[n.bridge] != n.name and n.name != DEFAULT_NETWORK:
+        if n.bridge in bridges:
             raise ConfigError(f"{src}: networks {bridges[n.bridge]!r} and {n.name!r} "
                               f"use the same bridge {n.bridge!r}")
-        bridges.setdefault(n.bridge, n.name)
+        bridges[n.bridge] = n.name
+    # A built-in network the file does not redefine stays, unless the file uses its bridge.
+    networks = {**{k: b for k, b in builtins.items() if k not in networks and
+                   b.bridge not in bridges}, **networks}
+    _refuse_overlaps(networks, src)
     defaults = _check_keys(data.get("defaults", {}), _DEFAULTS_KEYS, f"{src}: [defaults]")
     mac_scheme = _typed(defaults.get("mac_scheme", "qemu"), str, f"{src}: defaults.mac_scheme")
     if mac_scheme not in MAC_SCHEMES:
@@ -297,6 +347,10 @@ def parse_config(text: str, path: str | None = None) -> Config:
                           f"{', '.join(MAC_SCHEMES)}",
                           hint="\"local\" gives 40 bits (for thousands of VMs); \"qemu\" is "
                                "the default")
+    data_dir = _typed(defaults.get("data_dir", DEFAULT_DATA_DIR), str,
+                      f"{src}: defaults.data_dir")
+    if not data_dir.startswith("/"):
+        raise ConfigError(f"{src}: defaults.data_dir: {data_dir!r} is not an absolute path")
     default_network = _typed(defaults.get("network", DEFAULT_NETWORK), str,
                              f"{src}: defaults.network")
     if default_network not in networks:
@@ -335,7 +389,25 @@ def parse_config(text: str, path: str | None = None) -> Config:
             raise ConfigError(f"{src}: defaults.{key}: {value} is not in 0-{hi}")
     return Config(path=path, networks=networks, vms=vms, default_network=default_network,
                   mac_scheme=mac_scheme, access=access, user_max_nics=limits[0],
-                  user_max_queues=limits[1])
+                  user_max_queues=limits[1], data_dir=data_dir, firewall_fix=tuple(fixes))
+
+
+def _refuse_overlaps(networks: dict[str, Network], src: str) -> None:
+    """Two nat/isolated networks whose subnets overlap would route each other's guests
+    to the wrong bridge."""
+    import ipaddress
+
+    seen: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+    for n in networks.values():
+        if not n.l3 or n.address is None:
+            continue
+        net = ipaddress.ip_interface(n.address).network
+        for other, onet in seen:
+            if net.overlaps(onet):
+                raise ConfigError(f"{src}: networks {other!r} ({onet}) and {n.name!r} ({net}) "
+                                  "have overlapping subnets",
+                                  hint="give each nat/isolated network a subnet of its own")
+        seen.append((n.name, net))
 
 
 def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
@@ -359,7 +431,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None,
             raise ConfigError(f"config file {target} does not exist",
                               hint="give an existing file with --config, or unset "
                                    "VMNET_CONFIG to use the built-in defaults") from None
-        return Config(path=None, networks={DEFAULT_NETWORK: builtin_network()}, vms={})
+        return Config(path=None, networks=builtin_networks(), vms={})
     except OSError as e:
         raise ConfigError(f"cannot read config file {target}: {e.strerror}") from None
     from vmnet.config import cache
@@ -404,6 +476,13 @@ def resolve_group(value: str, what: str = "--group") -> int:
 
 # -- resolution ----------------------------------------------------------
 def _network_for(cfg: Config, name: str | None, ov: Overrides) -> Network:
+    if ov.network is not None:
+        if ov.bridge is not None:
+            raise InputError("give --network or --bridge, not both")
+        if ov.network not in cfg.networks:
+            raise InputError(f"--network: no network {ov.network!r}",
+                                hint="networks: " + ", ".join(sorted(cfg.networks)))
+        name = ov.network
     if ov.bridge is not None:
         v.ifname(ov.bridge, "--bridge")
         net = next((n for n in cfg.networks.values() if n.bridge == ov.bridge), None)
@@ -417,6 +496,15 @@ def _network_for(cfg: Config, name: str | None, ov: Overrides) -> Network:
             raise InputError(f"--uplink: {ov.uplink!r} is the bridge itself")
         net = net.with_uplink(ov.uplink)
     return net
+
+
+def _nic_ip(flag: str | None, spec: str | None, net: Network, index: int,
+            where: str) -> str | None:
+    if (flag or spec) is not None and not net.l3:
+        what = f"--ip (#{index + 1})" if flag is not None else f"{where}.nics[{index}].ip"
+        raise InputError(f"{what}: NIC {index} is on network {net.name!r}, of kind "
+                         f"{net.kind}; fixed addresses are for nat and isolated networks")
+    return flag or spec
 
 
 def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
@@ -440,6 +528,10 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
     if len(ov.macs) > count:
         raise InputError(f"--mac given {len(ov.macs)} times for {count} NIC(s)",
                          hint=f"give --nics {len(ov.macs)} for one MAC per NIC")
+    if len(ov.ips) > count:
+        raise InputError(f"--ip given {len(ov.ips)} times for {count} NIC(s)",
+                         hint=f"give --nics {len(ov.ips)} for one address per NIC")
+    ips = tuple(v.ipv4(a, f"--ip (#{i + 1})") for i, a in enumerate(ov.ips))
 
     user_src = ov.user if ov.user is not None else spec.user
     group_src = ov.group if ov.group is not None else spec.group
@@ -470,5 +562,6 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
             vnet_hdr=ov.vnet_hdr if ov.vnet_hdr is not None else
             (nspec.vnet_hdr if nspec.vnet_hdr is not None else True),
             model=ov.model or nspec.model or "virtio-net-pci",
+            ip=_nic_ip(ips[i] if i < len(ips) else None, nspec.ip, net, i, f"vms.{name}"),
         ))
     return Vm(name=name, uid=uid, gid=gid, nics=tuple(nics), user=user)

@@ -28,7 +28,7 @@ TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as 
 if TYPE_CHECKING:
     from vmnet.config import Config
 
-VERSION = 5
+VERSION = 6
 SUBDIR = "parsed-config"
 KEEP = 8  # entries kept (the newest): a host's config changes rarely
 

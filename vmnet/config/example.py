@@ -6,8 +6,11 @@ EXAMPLE = """\
 # optional unless marked required; unknown keys are errors (a typo never passes).
 
 [defaults]
-network = "default"        # network for NICs that name none; "default" is built in
-                           # (bridge vmnet0, no uplink)
+network = "default"        # network for NICs that name none.  Built in (redefine them
+                           # here to change them): "default" = kind nat on bridge vmnet0,
+                           # its subnet chosen once (a free 10.77.N.0/24) and kept in
+                           # data_dir; "bare" = the bridge vmnet-bare alone (no address)
+data_dir = "/var/lib/vmnet"  # what survives reboots: the subnets chosen for networks
 mac_scheme = "qemu"        # MACs of NICs that name none: "qemu" = 52:54:00 + 24 bits of
                            # a hash (1 % chance of a collision at ~580 NICs); "local" =
                            # 02 + 40 bits (1 % at ~150,000); a collision is refused
@@ -15,6 +18,7 @@ user_max_nics = 16         # NICs one user without root may have through vmnetd,
 user_max_queues = 4        # queues per NIC for a user without root (1..256)
 
 [networks.lan]
+kind = "bridge"            # bridge (default): the bridge and its uplink, nothing else
 bridge = "br-lan"          # required; created (and later removed) by vmnet if missing
 uplink = "eth1"            # enslaved only if it carries none of the host's traffic
                            # (no address but IPv6 link-local, no route, no policy rule)
@@ -24,6 +28,19 @@ forward_delay = 0          # seconds; 0..30, and 2..30 when stp = true (the kern
 address = "10.10.0.1/24"   # host address on the bridge (only on bridges vmnet creates)
 allow_users = ["alice", 1001]  # users without root who may put NICs on it through
 allow_groups = ["kvm"]     # vmnetd (and its vmnet-bridge-helper); default: nobody but root
+
+[networks.lab]
+kind = "nat"               # nat: host address, DHCP + DNS (dnsmasq), IPv4 masquerade out;
+                           # isolated: the same without any forwarding (guests and host)
+bridge = "vmnet-lab"       # made by vmnet ([A-Za-z0-9_.-]: it goes into nftables rules)
+address = "10.20.0.1/24"   # host address and subnet (/29 or larger); default: chosen once
+outbound = "eth0"          # nat: masquerade out of this; default: the default route's
+domain = "lab"             # guests are VM.lab in DNS (default "vmnet")
+upstream = ["192.0.2.53"]  # nat: DNS servers dnsmasq forwards to; default: the host's
+                           # /etc/resolv.conf nameservers (dnsmasq itself reads no host file)
+firewall_fix = false       # true: insert a commented accept for this bridge into foreign
+                           # chains that would drop its traffic (Docker's DOCKER-USER,
+                           # a drop-policy forward or input chain); removed with the network
 
 [vms.web]
 user = "alice"             # tap owner: name or uid; default $SUDO_USER, else root
@@ -37,4 +54,9 @@ mtu = 9000                 # default: the network's, else the bridge's
 tap = "web-lan"            # default: <vm>-<n>, or vmn<hash>-<n> when that does not fit
 vnet_hdr = true            # default true: open the tap with IFF_VNET_HDR
 model = "virtio-net-pci"   # the QEMU device vmnet renders
+
+[[vms.web.nics]]
+network = "lab"
+ip = "10.20.0.10"          # nat/isolated: this NIC's fixed address (DHCP hands it out);
+                           # default: derived from the MAC, kept while the VM is up
 """

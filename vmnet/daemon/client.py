@@ -265,7 +265,7 @@ def print_reply(reply: Mapping[str, Plain]) -> int:
 
 
 # -- `vmnet`: which command lines the daemon serves -----------------------------------
-SERVED = frozenset({"up", "down", "status", "list", "gc", "qemu-args"})
+SERVED = frozenset({"up", "down", "status", "list", "gc", "qemu-args", "ip", "network"})
 _VALUED = frozenset({"--netns", "--state-dir", "--config", "--lock-timeout"})
 
 
@@ -297,6 +297,8 @@ def vmnet_main(argv: list[str], env: Mapping[str, str]) -> int | None:
         return run_through_daemon(argv, env)
     if word not in SERVED:
         return None
+    if word == "ip":
+        return _ip_waiting(argv, env)
     got = call(state_dir_of(argv, env), "vmnet", argv, env)
     if got is None:
         return None
@@ -304,6 +306,44 @@ def vmnet_main(argv: list[str], env: Mapping[str, str]) -> int | None:
     for fd in fds:
         posix.close(fd)
     return print_reply(reply)
+
+
+def _ip_waiting(argv: list[str], env: Mapping[str, str]) -> int | None:
+    """`vmnet ip VM --wait S` through vmnetd: the waiting is done here, asking the daemon
+    `--wait 0` (one look at the lease) every 50 ms, so no request holds its one thread."""
+    import time
+
+    wait, rest = None, list(argv)
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--wait" and i + 1 < len(argv):
+            wait, rest = argv[i + 1], [*argv[:i], "--wait", "0", *argv[i + 2:]]
+            break
+        if a.startswith("--wait="):
+            wait, rest = a[len("--wait="):], [*argv[:i], "--wait=0", *argv[i + 1:]]
+            break
+    try:
+        seconds = float(wait) if wait is not None and wait.replace(".", "", 1).isdigit() \
+            else None
+    except ValueError:
+        seconds = None
+    if seconds is None:  # no --wait (or one the daemon's parser will refuse): one request
+        rest = argv
+    deadline = time.monotonic() + (seconds or 0.0)
+    while True:
+        got = call(state_dir_of(argv, env), "vmnet", rest, env)
+        if got is None:
+            return None
+        reply, fds = got
+        for fd in fds:
+            posix.close(fd)
+        if reply.get("rc") == 0 or seconds is None or time.monotonic() >= deadline:
+            if reply.get("rc") != 0 and seconds is not None:
+                text = str(reply.get("err") or "")
+                reply = {**reply, "err": text.replace("within 0 s", f"within {wait} s")}
+            return print_reply(reply)
+        time.sleep(0.05)
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from vmnet.state.store import StateStore
 
 # `vmnet` commands a user without root may run through the daemon.
-USER_COMMANDS = frozenset({"up", "down", "status", "list", "qemu-args", "run"})
+USER_COMMANDS = frozenset({"up", "down", "status", "list", "qemu-args", "run", "ip"})
 _ROOT_FLAGS = (("uplink", "--uplink"),)
 _CONFIG_HINT = "ask root to add it to {where}"
 
@@ -97,7 +97,7 @@ class Policy:
         g.peer = self
         if command not in USER_COMMANDS:
             raise PrivilegeError(f"`vmnet {command}` is root's: vmnetd runs only up, down, "
-                                 "status, list, qemu-args and run for other users",
+                                 "status, list, ip, qemu-args and run for other users",
                                  hint="run it as root")
         if g.netns:
             raise PrivilegeError("--netns: only root may work in another network namespace",

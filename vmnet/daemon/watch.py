@@ -33,6 +33,10 @@ from vmnet.kernel import netns, rtnl
 from vmnet.kernel.events import OVERRUN, LinkEvents
 from vmnet.state.files import write_file
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from vmnet.engine.context import Context
+
 DEBOUNCE = 0.05  # seconds from an event to the work it sets off
 RETRY = 0.25  # seconds before trying again when the namespace's lock is busy
 SWEEP = 30.0  # seconds between gc sweeps of each namespace
@@ -278,9 +282,31 @@ class Watcher:
                 w.reap = False
                 for line in report.cleared if report else []:
                     self._note(w, "reap", f"reaped {line}", [])
+                self._services(w, ctx)
         finally:
             ctx.close()
             self._save(w)
+
+    def _services(self, w: Watched, ctx: Context) -> None:
+        """A nat/isolated network whose dnsmasq died gets it back (`network reload`)."""
+        from vmnet.config import load_config
+        from vmnet.engine import ops
+        from vmnet.errors import VmnetError
+        from vmnet.kinds import dnsmasq, l3
+
+        site = ctx.site()
+        for brec in ctx.store().bridges().values():
+            if brec.kind == "bridge" or dnsmasq.running(site.paths(brec.bridge)) is not None:
+                continue
+            try:
+                cfg = load_config(self.config, env={}, cache_dir=self.state_dir)
+                done = ops.reload_network(ctx.use_config(cfg), l3.network_of(brec, cfg))
+            except VmnetError as e:
+                self._note(w, "service", f"network {brec.network}: dnsmasq not restarted: "
+                           f"{e.one_line()}", [])
+                continue
+            if done:
+                self._note(w, "service", "; ".join(done), [])
 
     def _note(self, w: Watched, what: str, text: str, commands: list[str]) -> None:
         sys.stderr.write(f"vmnetd: watcher (ns {w.inode}): {text}\n")

@@ -44,13 +44,12 @@ def as_config(cfg: Config, rec: VmRecord, bridges: BridgeRecords) -> Config:
             net = net.with_uplink(b.uplink)
         networks[net.name] = net
         nics.append(NicSpec(network=net.name, mac=n.mac, queues=n.queues, mtu=n.mtu,
-                            tap=n.tap, vnet_hdr=n.vnet_hdr, model=n.model))
+                            tap=n.tap, vnet_hdr=n.vnet_hdr, model=n.model,
+                            ip=n.ip if net.l3 else None))
     owner, group = rec.nics[0].owner, rec.nics[0].group
     spec = VmSpec(user=None if owner is None else str(owner),
                   group=None if group is None else str(group), nics=tuple(nics))
-    return Config(cfg.path, networks, {**cfg.vms, rec.vm: spec}, cfg.default_network,
-                  cfg.digest, cfg.mac_scheme, cfg.access, cfg.user_max_nics,
-                  cfg.user_max_queues)
+    return cfg.with_vm(rec.vm, spec, networks)
 
 
 def desired(cfg: Config, name: str, ov: Overrides, rec: VmRecord | None,

@@ -37,7 +37,9 @@ TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from vmnet.model import Vm
+    from vmnet.engine.steps import Step
+    from vmnet.kernel.protocol import Kernel
+    from vmnet.model import Network, Vm
     from vmnet.state.records import Mode
     from vmnet.state.store import StateStore
 
@@ -65,7 +67,7 @@ class UpResult(Value):
         self.changes = changes or []  # what an `up` of a VM already up changed
 
 
-_SETTINGS = ("bridge", "mac", "mtu", "queues", "vnet_hdr", "model", "owner", "group")
+_SETTINGS = ("bridge", "mac", "mtu", "queues", "vnet_hdr", "model", "owner", "group", "ip")
 # Settings a running guest's QEMU holds (its fds, its device): changed only while idle.
 _FIXED_WHILE_HELD = ("mac", "queues", "vnet_hdr", "model")
 
@@ -145,80 +147,93 @@ def up_resolved(ctx: Context, names: list[str],
     store = ctx.store()
     k = ctx.kernel()
     with store.locked(ctx.lock_timeout):
-        prevs = {n: store.get_vm(n) for n in names}
-        vms = [resolve(n, prevs[n]) for n in names]
-        for vm in vms:
-            prev = prevs[vm.name]
-            if prev is not None and domain_uuid is not None and prev.domain_uuid not in (
-                    None, domain_uuid):
-                raise ConflictError(f"VM {vm.name!r} belongs to libvirt domain "
-                                    f"{prev.domain_uuid}, not {domain_uuid}",
-                                    hint="two domains must not name the same vmnet VM")
-        view = HostView(k, full=len(vms) >= BULK)
-        for vm in vms:
-            if prevs[vm.name] is not None:
-                _refuse_renamed(vm, view)
-        bridges = BridgeRecords(store)
-        plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges, force=force)
-        changes = {p.vm.name: setting_changes(prev, p.nics, view, force)
-                   for p in plans if (prev := prevs[p.vm.name]) is not None}
-
-        if refuse_held:
-            for vm in vms:
-                _refuse_held(vm, view)
-        if dry_run:
-            return [UpResult(p.vm, p, prevs[p.vm.name], changes.get(p.vm.name))
-                    for p in plans]
-        steps = [s for p in plans for s in p.steps]
-        if any(isinstance(s, CreateTap) for s in steps) and not os.path.exists(ctx.tun_path):
-            raise NotFoundError(f"{ctx.tun_path} does not exist",
-                                hint="load the tun module (modprobe tun) or create the node: "
-                                     "mknod /dev/net/tun c 10 200")
-        me = Proc.me()
-        recs: list[VmRecord] = []
-        fresh: list[int] = []  # positions in recs of the records this call writes
-        for p in plans:
-            prev = prevs[p.vm.name]
-            # (a dead holder is not carried over: a domain prepared again before its new
-            # QEMU starts must not look like one whose QEMU died)
-            kept = prev.holder if prev is not None and prev.holder is not None and \
-                prev.holder.alive() else None
-            rec = VmRecord(vm=p.vm.name, mode=mode, phase="applying", writer=me, nics=p.nics,
-                           holder=holder or kept,
-                           domain_uuid=domain_uuid or (prev.domain_uuid if prev else None))
-            if prev is not None and prev.mode != "up" and mode == "up":
-                rec.mode = prev.mode
-            if p.noop and prev is not None and prev.phase == "ready" and prev.nics == rec.nics \
-                    and (prev.mode, prev.holder, prev.domain_uuid) == (
-                        rec.mode, rec.holder, rec.domain_uuid):
-                recs.append(prev)
-                continue
-            fresh.append(len(recs))
-            recs.append(rec)
-        if not fresh and not steps:
-            return [UpResult(p.vm, p, rec, changes.get(p.vm.name))
-                    for p, rec in zip(plans, recs, strict=True)]
-        journal = store.begin([recs[i].vm for i in fresh], me)
         try:
-            with Transaction(k, store, ctx.netns) as txn:
-                for p in plans:
-                    for b in (*p.new_bridges, *p.changed_bridges):
-                        txn.put_bridge(b.with_(writer=me), store.get_bridge(b.bridge))
-                for i in fresh:
-                    txn.put_vm(recs[i], prevs[recs[i].vm])
-                txn.run(steps, progress)
-                for i in fresh:
-                    ready = recs[i].copy()
-                    ready.phase = "ready"
-                    txn.put_vm(ready, recs[i], index=False)  # same NICs: entries written
-                    recs[i] = ready
+            return _up_locked(ctx, store, k, names, resolve, mode=mode, dry_run=dry_run,
+                              holder=holder, domain_uuid=domain_uuid, refuse_held=refuse_held,
+                              progress=progress, force=force)
         except BaseException:
-            store.end(journal)
-            store.cleanup_dir()
+            store.cleanup_dir()  # a refusal leaves the state directory as it was, too
             raise
-        store.end(journal)
+
+
+def _up_locked(ctx: Context, store: StateStore, k: Kernel, names: list[str],
+               resolve: Callable[[str, VmRecord | None], Vm], *, mode: Mode,
+               dry_run: bool, holder: Proc | None, domain_uuid: str | None,
+               refuse_held: bool, progress: Progress, force: bool) -> list[UpResult]:
+    prevs = {n: store.get_vm(n) for n in names}
+    vms = [resolve(n, prevs[n]) for n in names]
+    for vm in vms:
+        prev = prevs[vm.name]
+        if prev is not None and domain_uuid is not None and prev.domain_uuid not in (
+                None, domain_uuid):
+            raise ConflictError(f"VM {vm.name!r} belongs to libvirt domain "
+                                f"{prev.domain_uuid}, not {domain_uuid}",
+                                hint="two domains must not name the same vmnet VM")
+    view = HostView(k, full=len(vms) >= BULK)
+    for vm in vms:
+        if prevs[vm.name] is not None:
+            _refuse_renamed(vm, view)
+    bridges = BridgeRecords(store)
+    plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges, force=force,
+                         site=ctx.site())
+    changes = {p.vm.name: setting_changes(prev, p.nics, view, force)
+               for p in plans if (prev := prevs[p.vm.name]) is not None}
+
+    if refuse_held:
+        for vm in vms:
+            _refuse_held(vm, view)
+    if dry_run:
+        return [UpResult(p.vm, p, prevs[p.vm.name], changes.get(p.vm.name))
+                for p in plans]
+    steps = [s for p in plans for s in p.steps]
+    if any(isinstance(s, CreateTap) for s in steps) and not os.path.exists(ctx.tun_path):
+        raise NotFoundError(f"{ctx.tun_path} does not exist",
+                            hint="load the tun module (modprobe tun) or create the node: "
+                                 "mknod /dev/net/tun c 10 200")
+    me = Proc.me()
+    recs: list[VmRecord] = []
+    fresh: list[int] = []  # positions in recs of the records this call writes
+    for p in plans:
+        prev = prevs[p.vm.name]
+        # (a dead holder is not carried over: a domain prepared again before its new
+        # QEMU starts must not look like one whose QEMU died)
+        kept = prev.holder if prev is not None and prev.holder is not None and \
+            prev.holder.alive() else None
+        rec = VmRecord(vm=p.vm.name, mode=mode, phase="applying", writer=me, nics=p.nics,
+                       holder=holder or kept,
+                       domain_uuid=domain_uuid or (prev.domain_uuid if prev else None))
+        if prev is not None and prev.mode != "up" and mode == "up":
+            rec.mode = prev.mode
+        if p.noop and prev is not None and prev.phase == "ready" and prev.nics == rec.nics \
+                and (prev.mode, prev.holder, prev.domain_uuid) == (
+                    rec.mode, rec.holder, rec.domain_uuid):
+            recs.append(prev)
+            continue
+        fresh.append(len(recs))
+        recs.append(rec)
+    if not fresh and not steps:
         return [UpResult(p.vm, p, rec, changes.get(p.vm.name))
                 for p, rec in zip(plans, recs, strict=True)]
+    journal = store.begin([recs[i].vm for i in fresh], me)
+    try:
+        with Transaction(k, store, ctx.netns) as txn:
+            for p in plans:
+                for b in (*p.new_bridges, *p.changed_bridges):
+                    txn.put_bridge(b.with_(writer=me), store.get_bridge(b.bridge))
+            for i in fresh:
+                txn.put_vm(recs[i], prevs[recs[i].vm])
+            txn.run(steps, progress)
+            for i in fresh:
+                ready = recs[i].copy()
+                ready.phase = "ready"
+                txn.put_vm(ready, recs[i], index=False)  # same NICs: entries written
+                recs[i] = ready
+    except BaseException:
+        store.end(journal)
+        raise
+    store.end(journal)
+    return [UpResult(p.vm, p, rec, changes.get(p.vm.name))
+            for p, rec in zip(plans, recs, strict=True)]
 
 
 def _refuse_renamed(vm: Vm, view: HostView) -> None:
@@ -241,6 +256,35 @@ def _refuse_held(vm: Vm, view: HostView) -> None:
                         for t in sorted(busy))
         raise BusyError(f"VM {vm.name!r} is in use: {who}", ifname=min(busy),
                         hint="another VM or process holds its taps")
+
+
+def reload_network(ctx: Context, net: Network) -> list[str]:
+    """Put a nat/isolated network that is up back as vmnet made it (a dead dnsmasq
+    restarted, a missing table re-applied): what it did, as lines."""
+    from vmnet.errors import InputError
+    from vmnet.kinds import l3
+
+    if not net.l3:
+        raise InputError(f"network {net.name!r} is a plain bridge: nothing to reload",
+                         hint="reload is for nat and isolated networks")
+    require_net_admin()
+    store = ctx.store()
+    k = ctx.kernel()
+    with store.locked(ctx.lock_timeout):
+        rec = store.get_bridge(net.bridge)
+        view = HostView(k)
+        if rec is None or rec.kind != net.kind or view.link(net.bridge) is None:
+            raise NotFoundError(f"network {net.name!r} is not up",
+                                hint=f"`vmnet up VM --network {net.name}` brings it up")
+        steps: list[Step] = []
+        notes: list[str] = []
+        made = l3.plan_network(net, view.link(net.bridge), rec, view, store.bridges(),
+                               ctx.site(), steps, notes, repair=True)
+        with Transaction(k, store, ctx.netns) as txn:
+            if made is not rec:
+                txn.put_bridge(made, rec)
+            txn.run(steps)
+        return notes
 
 
 class DownResult(Value):
@@ -291,7 +335,7 @@ def _teardown(ctx: Context, store: StateStore, view: HostView,
     holders = tap_holders(busy) if busy and not force else {}
     bridges = BridgeRecords(store)
     plan = plan_down_many(batch, view, users or BridgeUsers(store), bridges, force=force,
-                          holders=holders)
+                          holders=holders, site=ctx.site())
     had = any(r is not None for r in batch.values())
     name = ",".join(batch)
     if dry_run or (plan.noop and not had):
@@ -316,6 +360,8 @@ def _teardown(ctx: Context, store: StateStore, view: HostView,
         store.drop_vm(vm, rec)
     for b in plan.drop_bridges:
         store.drop_bridge(b)
+    for heir in plan.put_bridges:
+        store.put_bridge(heir)
     store.cleanup_dir()
     return DownResult(name, plan, had)
 
@@ -419,7 +465,7 @@ def gc(ctx: Context, *, dry_run: bool = False,
                 continue
             if dry_run:
                 plan = plan_down_many({name: rec}, view, BridgeUsers(records=records),
-                                      BridgeRecords(store), force=True)
+                                      BridgeRecords(store), force=True, site=ctx.site())
                 report.cleared.append(f"{name}: {reason}" + _what(plan, ctx.netns))
                 continue
             res = _teardown(ctx, store, view, {name: rec}, force=True,
@@ -440,7 +486,8 @@ def gc(ctx: Context, *, dry_run: bool = False,
                                       "format are here")
                 continue
             rel = plan_release_bridges({bridge}, [], view, BridgeUsers(records=records),
-                                       BridgeRecords(records={bridge: brec}), leaving=set())
+                                       BridgeRecords(store, records={bridge: brec}),
+                                       leaving=set(), site=ctx.site())
             done = "; ".join(s.ip(ctx.netns).replace("\n", "; ") for s in rel.steps)
             report.bridges.append(bridge + (f": {done}" if done else ": record cleared"))
             report.skipped += rel.skipped
@@ -449,6 +496,8 @@ def gc(ctx: Context, *, dry_run: bool = False,
             Transaction(k, store, ctx.netns).run(rel.steps)
             for b in rel.drop:
                 store.drop_bridge(b)
+            for heir in rel.put:
+                store.put_bridge(heir)
             view = HostView(k, full=True)
         if not dry_run:
             store.cleanup_dir()

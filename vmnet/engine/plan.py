@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from vmnet.engine.observe import HostView
+    from vmnet.kinds.l3 import Site
     from vmnet.state.store import StateStore
 
 
@@ -51,16 +52,28 @@ class Claims:
         self.exclude = set(exclude)
         self.taps: dict[str, str] = {}
         self.macs: dict[tuple[str, str], str] = {}
+        self.ips: dict[tuple[str, str], str] = {}
         for name, r in (records or {}).items():
             if name not in self.exclude:
                 for n in r.nics:
                     self.taps.setdefault(n.tap, name)
                     self.macs.setdefault((n.bridge, n.mac), name)
+                    if n.ip is not None:
+                        self.ips.setdefault((n.bridge, n.ip), name)
 
     def add(self, vm: str, nics: list[NicRecord]) -> None:
         for n in nics:
             self.taps[n.tap] = vm
             self.macs[(n.bridge, n.mac)] = vm
+            if n.ip is not None:
+                self.ips[(n.bridge, n.ip)] = vm
+
+    def ip_owner(self, bridge: str, ip: str) -> str | None:
+        owner = self.ips.get((bridge, ip))
+        if owner is None and self.store is not None:
+            owner = self.store.ip_owner(bridge, ip)
+            owner = None if owner in self.exclude else owner
+        return owner
 
     def tap_owner(self, tap: str) -> str | None:
         owner = self.taps.get(tap)
@@ -93,12 +106,25 @@ class BridgeRecords:
     def __setitem__(self, bridge: str, rec: BridgeRecord) -> None:
         self._recs[bridge] = rec
 
+    def all(self) -> dict[str, BridgeRecord]:
+        """Every bridge record of the namespace, with this plan's changes (reads them all:
+        only when a nat/isolated network comes or goes)."""
+        out = dict(self.store.bridges()) if self.store is not None else {}
+        for bridge, rec in self._recs.items():
+            if rec is None:
+                out.pop(bridge, None)
+            else:
+                out[bridge] = rec
+        return out
+
 
 class UpPlan(Value):
-    __slots__ = ("changed_bridges", "new_bridges", "nics", "steps", "vm")
+    __slots__ = ("changed_bridges", "new_bridges", "nics", "notes", "steps", "vm")
 
     def __init__(self, vm: Vm, steps: list[Step], nics: list[NicRecord],
-                 new_bridges: list[BridgeRecord], changed_bridges: list[BridgeRecord]) -> None:
+                 new_bridges: list[BridgeRecord], changed_bridges: list[BridgeRecord],
+                 notes: list[str] | None = None) -> None:
+        self.notes = notes or []  # what the person should know (a firewall that drops)
         self.vm = vm
         self.steps = steps
         self.nics = nics
@@ -111,10 +137,13 @@ class UpPlan(Value):
 
 
 class DownPlan(Value):
-    __slots__ = ("drop_bridges", "kept_bridges", "skipped", "steps", "taps", "vm")
+    __slots__ = ("drop_bridges", "kept_bridges", "put_bridges", "skipped", "steps", "taps",
+                 "vm")
 
     def __init__(self, vm: str, steps: list[Step], taps: list[str], drop_bridges: list[str],
-                 kept_bridges: list[str], skipped: list[str] | None = None) -> None:
+                 kept_bridges: list[str], skipped: list[str] | None = None,
+                 put_bridges: list[BridgeRecord] | None = None) -> None:
+        self.put_bridges = put_bridges or []  # records that take over a released network's
         self.vm = vm
         self.steps = steps
         self.taps = taps
@@ -129,13 +158,32 @@ class DownPlan(Value):
 
 def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
                   steps: list[Step], new: list[BridgeRecord],
-                  changed: list[BridgeRecord]) -> None:
+                  changed: list[BridgeRecord], site: Site | None, notes: list[str]) -> None:
     br = view.link(net.bridge)
     rec = bridges.get(net.bridge)
     if br is not None and br.kind != "bridge":
         raise ConflictError(f"bridge {net.bridge!r} exists but is a {br.kind or 'plain'} "
                             "interface, not a bridge", ifname=net.bridge,
                             hint="choose another --bridge name")
+    if net.l3:
+        from vmnet.kinds import l3
+
+        if site is None:
+            raise InputError(f"network {net.name!r} is of kind {net.kind}, which this "
+                             "operation cannot set up")
+        if br is not None and rec is not None and rec.kind == net.kind and rec.address:
+            all_records: dict[str, BridgeRecord] = {}  # an existing network: no table change
+        else:
+            all_records = bridges.all()
+        made = l3.plan_network(net, br, rec, view, all_records, site, steps, notes)
+        if made is not rec:
+            new.append(made)
+            bridges[net.bridge] = made
+        return
+    if rec is not None and rec.kind != "bridge":
+        raise ConflictError(f"bridge {net.bridge!r} is vmnet's {rec.kind} network "
+                            f"{rec.network!r}, not a plain bridge", ifname=net.bridge,
+                            hint=f"use network {rec.network!r} for this VM, or another bridge")
     if br is None:
         steps.append(CreateBridge(net.bridge, net.bridge_mac, net.mtu, net.stp,
                                   net.forward_delay, net.mark))
@@ -193,7 +241,7 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
 
 
 def plan_up(vm: Vm, view: HostView, claims: Claims,
-            bridges: BridgeRecords, *, force: bool = False) -> UpPlan:
+            bridges: BridgeRecords, *, force: bool = False, site: Site | None = None) -> UpPlan:
     """Steps that give `vm` its network; raises before any change if refused.
 
     `bridges`: updated with the bridge records this plan will write.  A tap of the
@@ -203,10 +251,12 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
     steps: list[Step] = []
     new: list[BridgeRecord] = []
     changed: list[BridgeRecord] = []
+    notes: list[str] = []
     for net in {n.network.bridge: n.network for n in vm.nics}.values():
-        _plan_network(net, view, bridges, steps, new, changed)
+        _plan_network(net, view, bridges, steps, new, changed, site, notes)
 
     nic_records: list[NicRecord] = []
+    ips: set[str] = set()
     for nic in vm.nics:
         bridge = nic.network.bridge
         owner = claims.tap_owner(nic.tap)
@@ -222,12 +272,24 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             raise ConflictError(f"NIC {nic.index} MTU {nic.mtu} would lower the MTU of bridge "
                                 f"{bridge!r} ({br.mtu}), which vmnet did not create",
                                 ifname=nic.tap, hint=f"use --mtu {br.mtu} or more")
+        ip = None
+        if nic.network.l3:
+            from vmnet.kinds import l3
+
+            assert site is not None  # _plan_network refused an L3 network without one
+            brec = bridges.get(bridge)
+            assert brec is not None
+            ip = l3.nic_address(vm, nic, brec, claims, ips)
+            ips.add(ip)
+            host = l3.host_step(site, bridge, vm.name, nic.index, nic.tap, nic.mac, ip)
+            if link is None or host.check(view) is not None:
+                steps.append(host)
         # The record keeps the MTU asked for (None: the bridge's), not the one applied.
         nic_records.append(NicRecord(
             index=nic.index, tap=nic.tap, bridge=bridge, network=nic.network.name,
             mac=nic.mac, tap_mac=nic.tap_mac, mtu=nic.mtu or nic.network.mtu,
             queues=nic.queues,
-            vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model))
+            vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model, ip=ip))
         if link is not None:
             _check_existing_tap(vm, nic, link)
             steps += _change_existing(vm, nic, link, br, mtu, force)
@@ -247,7 +309,7 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
                               br.index, spec.alias), bridge)
     claims.add(vm.name, nic_records)
     return UpPlan(vm=vm, steps=steps, nics=nic_records, new_bridges=new,
-                  changed_bridges=changed)
+                  changed_bridges=changed, notes=notes)
 
 
 def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | None,
@@ -279,7 +341,8 @@ def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | 
 
 
 def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
-                 bridges: BridgeRecords, *, force: bool = False) -> list[UpPlan]:
+                 bridges: BridgeRecords, *, force: bool = False,
+                 site: Site | None = None) -> list[UpPlan]:
     """Plans for several VMs at once, each seeing what the ones before it will create.
 
     Any refusal refuses the whole batch (the error names the VM).
@@ -291,7 +354,7 @@ def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
             raise InputError(f"VM {vm.name!r} is named twice")
         seen.add(vm.name)
         try:
-            plans.append(plan_up(vm, view, claims, bridges, force=force))
+            plans.append(plan_up(vm, view, claims, bridges, force=force, site=site))
         except VmnetError as e:
             if len(vms) > 1:
                 e.message = f"VM {vm.name!r}: {e.message}"
@@ -364,7 +427,8 @@ def find_marked_taps(vm: str, view: HostView) -> list[LinkInfo]:
 def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
                    users: BridgeUsers, bridges: BridgeRecords, *,
                    force: bool = False,
-                   holders: dict[str, list[str]] | None = None) -> DownPlan:
+                   holders: dict[str, list[str]] | None = None,
+                   site: Site | None = None) -> DownPlan:
     """Remove several VMs' taps in one grouped delete, then release unused bridges.
 
     Refuses the whole batch, before any change, if a tap is held (unless force).
@@ -372,10 +436,15 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
     taps: list[str] = []
     skipped: list[str] = []
     used_bridges: set[str] = set()
+    hosts: list[Step] = []
     for vm, rec in batch.items():
         if rec is not None:
             for n in rec.nics:
                 used_bridges.add(n.bridge)
+                if n.ip is not None and site is not None:
+                    from vmnet.kinds import l3
+
+                    hosts.append(l3.drop_host_step(site, n.bridge, n.tap))
                 link = view.link(n.tap)
                 if link is None:
                     moved = view.marked(nic_mark(vm, n.index))
@@ -403,13 +472,16 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
                         if n.tap in busy}) or sorted(batch)
         raise ConflictError(f"VM {', '.join(repr(n) for n in names)} still running: {who}",
                             ifname=busy[0], hint="stop the VM first, or use --force")
-    rel = plan_release_bridges(used_bridges, taps, view, users, bridges, leaving=set(batch))
+    rel = plan_release_bridges(used_bridges, taps, view, users, bridges, leaving=set(batch),
+                               site=site)
     steps: list[Step] = []
     if taps:
         steps.append(DeleteLinks(tuple(taps)))
+    steps.extend(hosts)
     steps.extend(rel.steps)
     return DownPlan(vm=",".join(batch), steps=steps, taps=taps, drop_bridges=rel.drop,
-                    kept_bridges=rel.kept, skipped=skipped + rel.skipped)
+                    kept_bridges=rel.kept, skipped=skipped + rel.skipped,
+                    put_bridges=rel.put)
 
 
 class BridgeUsers:
@@ -428,9 +500,10 @@ class BridgeUsers:
 
 
 class BridgeRelease(Value):
-    __slots__ = ("drop", "kept", "skipped", "steps")
+    __slots__ = ("drop", "kept", "put", "skipped", "steps")
 
     def __init__(self) -> None:
+        self.put: list[BridgeRecord] = []  # records that take over a released network's
         self.steps: list[Step] = []
         self.drop: list[str] = []
         self.kept: list[str] = []
@@ -439,7 +512,7 @@ class BridgeRelease(Value):
 
 def plan_release_bridges(used: set[str], removed_taps: list[str], view: HostView,
                          users: BridgeUsers, bridges: BridgeRecords, *,
-                         leaving: set[str]) -> BridgeRelease:
+                         leaving: set[str], site: Site | None = None) -> BridgeRelease:
     """Undo what vmnet added to bridges that no other record uses once `removed_taps` go.
 
     Re-checked against what each bridge and uplink carries *now*: a bridge vmnet
@@ -451,6 +524,7 @@ def plan_release_bridges(used: set[str], removed_taps: list[str], view: HostView
     """
     rel = BridgeRelease()
     delete: list[str] = []
+    l3_gone: list[BridgeRecord] = []
     for bridge in sorted(used):
         brec = bridges.get(bridge)
         if brec is None:
@@ -487,6 +561,18 @@ def plan_release_bridges(used: set[str], removed_taps: list[str], view: HostView
         if brec.created and is_our_bridge(br):
             delete.append(bridge)
         rel.drop.append(bridge)
+        if brec.kind != "bridge":
+            l3_gone.append(brec)
+    if l3_gone:
+        from vmnet.kinds import l3
+
+        if site is None:
+            raise InputError("releasing a nat/isolated network needs its site (internal)")
+        before = bridges.all()
+        left = {b: r for b, r in before.items() if b not in {g.bridge for g in l3_gone}}
+        for gone in l3_gone:
+            rel.put += l3.plan_release(gone, left, site, rel.steps)
+        rel.steps.append(l3.release_table(before.values(), left.values(), l3_gone[0].bridge))
     if delete:
         rel.steps.append(DeleteLinks(tuple(delete)))
     return rel

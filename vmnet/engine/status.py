@@ -16,6 +16,7 @@ from vmnet.model.value import Value
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from vmnet.engine.observe import HostView
+    from vmnet.kinds.l3 import Site
     from vmnet.state.records import BridgeRecord, NicRecord, VmRecord
 
 
@@ -26,6 +27,8 @@ class NicStatus(Value):
         "held",
         "holders",
         "index",
+        "ip",
+        "leased",
         "mac",
         "mtu",
         "owner",
@@ -41,7 +44,10 @@ class NicStatus(Value):
     def __init__(self, index: int, tap: str, bridge: str, owner: int | None,
                  group: int | None, mac: str, tap_mac: str | None, mtu: int | None,
                  queues: int, vnet_hdr: bool, held: bool, holders: list[str], rx_bytes: int,
-                 tx_bytes: int, state: str) -> None:
+                 tx_bytes: int, state: str, ip: str | None = None,
+                 leased: bool | None = None) -> None:
+        self.ip = ip  # its fixed address on a nat/isolated network
+        self.leased = leased  # the guest has taken it by DHCP (None: not such a network)
         self.index = index
         self.tap = tap
         self.bridge = bridge
@@ -111,7 +117,9 @@ def nic_state(rec: VmRecord, n: NicRecord, view: HostView) -> str:
     return "ok"
 
 
-def vm_status(rec: VmRecord, view: HostView, holders: dict[str, list[str]]) -> VmStatus:
+def vm_status(rec: VmRecord, view: HostView, holders: dict[str, list[str]],
+              leases: dict[str, dict[str, str]] | None = None) -> VmStatus:
+    """`leases`: bridge -> (MAC -> address) of the nat/isolated networks' dnsmasq."""
     holder_alive = rec.holder.alive() if rec.holder else None
     nics = []
     for n in rec.nics:
@@ -127,7 +135,9 @@ def vm_status(rec: VmRecord, view: HostView, holders: dict[str, list[str]]) -> V
             vnet_hdr=n.vnet_hdr, held=bool(ours and link and link.carrier),
             holders=holders.get(n.tap, []),
             rx_bytes=link.rx_bytes if ours and link else 0,
-            tx_bytes=link.tx_bytes if ours and link else 0, state=state))
+            tx_bytes=link.tx_bytes if ours and link else 0, state=state, ip=n.ip,
+            leased=None if n.ip is None or leases is None else
+            (leases.get(n.bridge) or {}).get(n.mac) == n.ip))
     writer_alive = rec.writer.alive()
     stale = (rec.phase != "ready" and not writer_alive) or \
         (rec.mode == "run" and holder_alive is False) or \
@@ -144,10 +154,16 @@ def unrecorded_taps(view: HostView, records: dict[str, VmRecord]) -> list[str]:
                   if lk.kind == "tun" and parse_nic_mark(lk.alias) and lk.name not in known)
 
 
-def bridge_rows(view: HostView, bridges: dict[str, BridgeRecord]) -> list[dict[str, object]]:
+def bridge_rows(view: HostView, bridges: dict[str, BridgeRecord],
+                site: Site | None = None) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for name, b in sorted(bridges.items()):
         link = view.link(name)
+        extra: dict[str, object] = {}
+        if b.kind != "bridge" and site is not None:
+            from vmnet.kinds import l3
+
+            extra = l3.network_state(b, view, site)
         rows.append({
             "bridge": name, "network": b.network, "created_by_vmnet": b.created,
             "uplink": b.uplink if b.uplink_attached else None,
@@ -159,5 +175,7 @@ def bridge_rows(view: HostView, bridges: dict[str, BridgeRecord]) -> list[dict[s
             # what `down` will find there that vmnet did not add (and so keep the bridge)
             "host_traffic": view.host_traffic(name, {b.address} if b.address else set())
             if b.created and link is not None else [],
+            "kind": b.kind,
+            **extra,
         })
     return rows

@@ -264,3 +264,29 @@ class LinuxKernel:
 
     def disable_ipv6(self, name: str) -> None:
         tun.disable_ipv6(name)
+
+    # -- sysctls and nftables (nat and isolated networks) -------------------
+    def sysctl(self, path: str) -> str | None:
+        from vmnet.kernel import sysctl
+
+        return sysctl.read(path)
+
+    def set_sysctl(self, path: str, value: str) -> None:
+        from vmnet.kernel import sysctl
+
+        sysctl.write(path, value)
+
+    def nft_apply(self, script: str) -> None:
+        from vmnet.kernel import nft
+
+        nft.apply(script)
+
+    def nft(self, *args: str) -> str:
+        from vmnet.kernel import nft
+
+        return nft.run(*args)
+
+    def nft_ruleset(self) -> dict[str, object]:
+        from vmnet.kernel import nft
+
+        return nft.ruleset()

@@ -9,6 +9,8 @@ from __future__ import annotations
 from vmnet.errors import InputError
 from vmnet.model import validate as v
 from vmnet.model.names import (
+    BARE_BRIDGE,
+    BARE_NETWORK,
     DEFAULT_BRIDGE,
     DEFAULT_NETWORK,
     HASHED_TAP_PREFIX,
@@ -24,23 +26,43 @@ from vmnet.model.names import (
 )
 from vmnet.model.value import Value
 
+KINDS = ("bridge", "nat", "isolated")
+L3_KINDS = ("nat", "isolated")  # kinds with a host address, DHCP and DNS (vmnet.engine.l3)
+DEFAULT_DOMAIN = "vmnet"
+MAX_L3_PREFIX = 29  # a /30 leaves one guest address beside the host's: too small for DHCP
+
 
 class Network(Value):
-    """A Linux bridge, optionally with an uplink and a host address."""
+    """A Linux bridge, optionally with an uplink and a host address.
 
-    __slots__ = ("address", "bridge", "forward_delay", "mtu", "name", "stp", "uplink")
+    kind "bridge": the bridge alone (and its uplink).  "nat" and "isolated": a
+    bridge vmnet creates, with the host address `address` (None: one chosen
+    once, vmnet.engine.subnets), DHCP and DNS for the guests (dnsmasq), and
+    for "nat" IPv4 masquerade out of `outbound` (None: the default route's).
+    """
+
+    __slots__ = ("address", "bridge", "domain", "forward_delay", "kind", "mtu", "name",
+                 "outbound", "stp", "upstream", "uplink")
 
     def __init__(self, name: str, bridge: str, uplink: str | None = None,
                  mtu: int | None = None, stp: bool = False, forward_delay: int = 0,
-                 address: str | None = None) -> None:
+                 address: str | None = None, kind: str = "bridge",
+                 outbound: str | None = None, domain: str | None = None,
+                 upstream: tuple[str, ...] | None = None) -> None:
         self.name = name
         self.bridge = bridge
         self.uplink = uplink
         self.mtu = mtu
         self.stp = stp
         self.forward_delay = forward_delay
-        self.address = address
+        self.address: str | None = address
+        self.kind = kind
+        self.outbound = outbound
+        self.domain = domain
+        self.upstream = None if upstream is None else tuple(upstream)
         what = f"network {self.name!r}"
+        if self.kind not in KINDS:
+            raise InputError(f"{what} kind: {self.kind!r} is not one of {', '.join(KINDS)}")
         v.ifname(self.bridge, f"{what} bridge")
         if self.uplink is not None:
             v.ifname(self.uplink, f"{what} uplink")
@@ -51,11 +73,48 @@ class Network(Value):
         v.int_range(self.forward_delay, f"{what} forward_delay", 0, v.FORWARD_DELAY_MAX)
         v.stp_pair(self.stp, self.forward_delay, what)
         if self.address is not None:
-            v.cidr(self.address, f"{what} address")
+            self.address = v.cidr(self.address, f"{what} address")
+        if self.kind in L3_KINDS:
+            for key, named in (("bridge", self.bridge), ("outbound", self.outbound)):
+                if named is not None and not all(c.isascii() and (c.isalnum() or c in "_.-")
+                                                 for c in named):
+                    raise InputError(f"{what} {key}: {named!r}: a {self.kind} network's "
+                                     "interfaces are named with letters, digits, '_', '.' "
+                                     "and '-' (they are written into nftables rules)")
+            if self.address is not None:
+                v.l3_subnet(self.address, f"{what} address", MAX_L3_PREFIX)
+            if self.outbound is not None:
+                v.ifname(self.outbound, f"{what} outbound")
+                if self.outbound == self.bridge:
+                    raise InputError(f"{what}: outbound {self.outbound!r} is the bridge itself")
+            if self.domain is not None:
+                v.dns_label(self.domain, f"{what} domain")
+            for i, server in enumerate(self.upstream or ()):
+                v.ipv4(server, f"{what} upstream[{i}]")
+            if self.uplink is not None:
+                raise InputError(f"{what}: a {self.kind} network has no uplink (guests reach "
+                                 "the outside through the host's routing); use kind = "
+                                 "\"bridge\" to bridge an interface")
+        elif (self.outbound, self.domain, self.upstream) != (None, None, None):
+            raise InputError(f"{what}: outbound, domain and upstream are for kind \"nat\" "
+                             "or \"isolated\"")
 
     def with_uplink(self, uplink: str | None) -> Network:
-        return Network(self.name, self.bridge, uplink, self.mtu, self.stp, self.forward_delay,
-                       self.address)
+        return self.with_(uplink=uplink)
+
+    def with_(self, **changes: object) -> Network:
+        d = self.as_dict()
+        d.update(changes)
+        return Network(**d)  # type: ignore[arg-type]
+
+    @property
+    def l3(self) -> bool:
+        """A network with a host address, DHCP and DNS (kind nat or isolated)."""
+        return self.kind in L3_KINDS
+
+    @property
+    def dns_domain(self) -> str:
+        return self.domain or DEFAULT_DOMAIN
 
     @property
     def bridge_mac(self) -> str:
@@ -74,11 +133,11 @@ class Network(Value):
 class Nic(Value):
     """One virtual NIC of a VM: a tap on a network's bridge."""
 
-    __slots__ = ("index", "mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
+    __slots__ = ("index", "ip", "mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
 
     def __init__(self, index: int, network: Network, tap: str, mac: str, queues: int = 1,
                  mtu: int | None = None, vnet_hdr: bool = True,
-                 model: str = "virtio-net-pci") -> None:
+                 model: str = "virtio-net-pci", ip: str | None = None) -> None:
         self.index = index
         self.network = network
         self.tap = tap
@@ -87,12 +146,19 @@ class Nic(Value):
         self.mtu = mtu
         self.vnet_hdr = vnet_hdr
         self.model = model
+        self.ip = ip  # fixed IPv4 address on a nat/isolated network (None: derived)
         what = f"NIC {self.index}"
         v.tap_name(self.tap, f"{what} tap")
         v.mac(self.mac, f"{what} mac")
         v.queues(self.queues, f"{what} queues")
         if self.mtu is not None:
             v.mtu(self.mtu, f"{what} mtu")
+        if self.ip is not None:
+            if not network.l3:
+                raise InputError(f"{what} ip: network {network.name!r} is of kind "
+                                 f"{network.kind!r}; fixed addresses are for nat and "
+                                 "isolated networks")
+            v.ipv4(self.ip, f"{what} ip")
 
     @property
     def tap_mac(self) -> str:
@@ -135,6 +201,25 @@ class Vm(Value):
         return nic_mark(self.name, nic.index)
 
 
-__all__ = ["DEFAULT_BRIDGE", "DEFAULT_NETWORK", "HASHED_TAP_PREFIX", "MARK_PREFIX", "QEMU_OUI",
-           "Network", "Nic", "Vm", "bridge_mark", "default_mac", "default_tap_name", "nic_mark",
-           "parse_nic_mark", "pinned_bridge_mac", "tap_mac"]
+__all__ = [
+    "BARE_BRIDGE",
+    "BARE_NETWORK",
+    "DEFAULT_BRIDGE",
+    "DEFAULT_DOMAIN",
+    "DEFAULT_NETWORK",
+    "HASHED_TAP_PREFIX",
+    "KINDS",
+    "L3_KINDS",
+    "MARK_PREFIX",
+    "QEMU_OUI",
+    "Network",
+    "Nic",
+    "Vm",
+    "bridge_mark",
+    "default_mac",
+    "default_tap_name",
+    "nic_mark",
+    "parse_nic_mark",
+    "pinned_bridge_mac",
+    "tap_mac",
+]

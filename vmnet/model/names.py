@@ -19,6 +19,8 @@ MARK_PREFIX = "vmnet:"
 HASHED_TAP_PREFIX = "vmn"
 DEFAULT_NETWORK = "default"
 DEFAULT_BRIDGE = "vmnet0"
+BARE_NETWORK = "bare"  # built in: the bridge alone (what `default` was before 0.5)
+BARE_BRIDGE = "vmnet-bare"
 ALIAS_PREFIX = "ua-vmnet-"  # user alias of the libvirt <interface> vmnet renders
 _ALIAS_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 

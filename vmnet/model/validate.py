@@ -175,3 +175,43 @@ def cidr(value: object, what: str) -> str:
     if iface.ip.is_multicast or iface.ip.is_unspecified:
         raise InputError(f"{what}: {value} is not a usable host address")
     return str(iface)
+
+
+def ipv4(value: object, what: str) -> str:
+    """A dotted-quad IPv4 address (no prefix), normalised."""
+    parts = value.split(".") if isinstance(value, str) else []
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() and len(p) <= 3 and
+                                  int(p) <= 255 for p in parts):
+        raise InputError(f"{what}: {value!r} is not an IPv4 address (expected a.b.c.d)")
+    return ".".join(str(int(p)) for p in parts)
+
+
+def l3_subnet(value: str, what: str, max_prefix: int) -> str:
+    """The host address of a nat/isolated network: IPv4, a host of its subnet, room for
+    guests (prefix at most `max_prefix`)."""
+    import ipaddress
+
+    iface = ipaddress.ip_interface(value)
+    if iface.version != 4:
+        raise InputError(f"{what}: {value} is not IPv4 (nat and isolated networks are IPv4)")
+    net = iface.network
+    if net.prefixlen > max_prefix:
+        raise InputError(f"{what}: /{net.prefixlen} is too small for DHCP guests",
+                         hint=f"use a prefix of /{max_prefix} or shorter, e.g. /24")
+    if iface.ip in (net.network_address, net.broadcast_address):
+        raise InputError(f"{what}: {iface.ip} is the network's own "
+                         f"{'network' if iface.ip == net.network_address else 'broadcast'} "
+                         "address; give the host's address in it, e.g. "
+                         f"{net.network_address + 1}/{net.prefixlen}")
+    return value
+
+
+def dns_label(value: object, what: str) -> str:
+    """A DNS name made of letters, digits and hyphens (dots between labels)."""
+    if not isinstance(value, str) or not value or len(value) > 253 or not all(
+            0 < len(lab) <= 63 and lab.isascii() and all(c.isalnum() or c == "-" for c in lab)
+            and not lab.startswith("-") and not lab.endswith("-")
+            for lab in value.split(".")):
+        raise InputError(f"{what}: {value!r} is not a DNS name (letters, digits, '-', "
+                         "labels of 1-63 characters)")
+    return value.lower()

@@ -169,7 +169,7 @@ def is_stale(cookie: int | None, stored: int | None) -> bool:
     return cookie is not None and stored is not None and stored != cookie
 
 
-def write_file(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` atomically: a temp file beside it, every byte written, then rename(2).
 
     A short write (a full disk gives one before ENOSPC) or any error removes the
@@ -179,7 +179,7 @@ def write_file(path: str, data: bytes) -> None:
     """
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     except OSError as e:
         raise _write_error(path, e) from None
     try:

@@ -87,6 +87,7 @@ class NicRecord(Value):
         "created",
         "group",
         "index",
+        "ip",
         "mac",
         "model",
         "mtu",
@@ -101,7 +102,8 @@ class NicRecord(Value):
     def __init__(self, index: int, tap: str, bridge: str, network: str, mac: str,
                  tap_mac: str, mtu: int | None, queues: int, vnet_hdr: bool,
                  owner: int | None, group: int | None, created: bool = True,
-                 model: str = DEFAULT_MODEL) -> None:
+                 model: str = DEFAULT_MODEL, ip: str | None = None) -> None:
+        self.ip = ip  # its fixed address on a nat/isolated network
         self.index = index
         self.tap = tap
         self.bridge = bridge
@@ -117,7 +119,10 @@ class NicRecord(Value):
         self.model = model
 
     def to_json(self) -> dict[str, object]:
-        return {s: getattr(self, s) for s in self.__slots__}
+        d = {s: getattr(self, s) for s in self.__slots__}
+        if d["ip"] is None:
+            del d["ip"]  # a NIC of a plain bridge: the record reads as before 0.5
+        return d
 
 
 class VmRecord(Value):
@@ -164,7 +169,12 @@ class BridgeRecord(Value):
         "address",
         "bridge",
         "created",
+        "domain",
+        "fixes",
+        "kind",
         "network",
+        "outbound",
+        "sysctls",
         "uplink",
         "uplink_attached",
         "uplink_was_down",
@@ -173,7 +183,18 @@ class BridgeRecord(Value):
 
     def __init__(self, bridge: str, network: str, created: bool, uplink: str | None = None,
                  uplink_attached: bool = False, uplink_was_down: bool = False,
-                 address: str | None = None, writer: Proc | None = None) -> None:
+                 address: str | None = None, writer: Proc | None = None,
+                 kind: str = "bridge", outbound: str | None = None, domain: str | None = None,
+                 sysctls: dict[str, str] | None = None,
+                 fixes: list[dict[str, object]] | None = None) -> None:
+        self.kind = kind  # the network's kind: bridge, nat or isolated
+        self.outbound = outbound  # a nat network's outgoing interface, as applied
+        self.domain = domain
+        # sysctls vmnet changed for this network: /proc/sys path -> the value before
+        self.sysctls = dict(sysctls or {})
+        # accept rules vmnet inserted into foreign chains: family, table, chain, hook (the
+    # rules themselves are found by their comment when they are removed)
+        self.fixes = list(fixes or [])
         self.bridge = bridge
         self.network = network
         self.created = created  # vmnet created the bridge itself
@@ -192,6 +213,9 @@ class BridgeRecord(Value):
         d: dict[str, object] = {s: getattr(self, s) for s in self.__slots__}
         d["writer"] = None if self.writer is None else self.writer.to_json()
         d["format"] = FORMAT
+        if self.kind == "bridge":  # a plain bridge's record reads as before 0.5
+            for key in ("kind", "outbound", "domain", "sysctls", "fixes"):
+                del d[key]
         return d
 
 
@@ -258,7 +282,8 @@ def vm_from_json(d: object, path: str = "record") -> VmRecord:
             vnet_hdr=_get(n, "vnet_hdr", bool), owner=_get(n, "owner", int, optional=True),
             group=_get(n, "group", int, optional=True),
             created=_get(n, "created", bool, optional=True, default=True),
-            model=_get(n, "model", str, optional=True, default=DEFAULT_MODEL)))
+            model=_get(n, "model", str, optional=True, default=DEFAULT_MODEL),
+            ip=_get(n, "ip", str, optional=True)))
     holder = d.get("holder")
     created_at = _get(d, "created_at", (int, float), optional=True, default=0.0)
     return VmRecord(vm=_get(d, "vm", str), mode=mode, phase=phase,
@@ -282,4 +307,30 @@ def bridge_from_json(d: object, path: str = "record") -> BridgeRecord:
         uplink_attached=_get(d, "uplink_attached", bool, optional=True, default=False),
         uplink_was_down=_get(d, "uplink_was_down", bool, optional=True, default=False),
         address=_get(d, "address", str, optional=True),
-        writer=_proc(writer) if writer else None)
+        writer=_proc(writer) if writer else None,
+        kind=_kind(_get(d, "kind", str, optional=True, default="bridge")),
+        outbound=_get(d, "outbound", str, optional=True),
+        domain=_get(d, "domain", str, optional=True),
+        sysctls=_sysctls(_get(d, "sysctls", dict, optional=True, default={})),
+        fixes=_fixes(_get(d, "fixes", list, optional=True, default=[])))
+
+
+def _kind(kind: str) -> str:
+    if kind not in ("bridge", "nat", "isolated"):
+        raise Corrupt("unknown network kind")
+    return kind
+
+
+def _sysctls(d: dict[str, Any]) -> dict[str, str]:
+    for key, value in d.items():
+        if not key.startswith("/proc/sys/net/") or ".." in key or not isinstance(value, str):
+            raise Corrupt("sysctl entry is not a /proc/sys/net path and its old value")
+    return d
+
+
+def _fixes(items: list[Any]) -> list[dict[str, object]]:
+    for f in items:
+        if not isinstance(f, dict) or not all(isinstance(f.get(k), str) for k in (
+                "family", "table", "chain", "hook")):
+            raise Corrupt("firewall fix is not family, table, chain and hook")
+    return items

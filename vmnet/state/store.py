@@ -9,6 +9,8 @@ Layout::
     STATE_DIR/ns-<inode>/taps/<tap>        -> <vm>   index: which VM claims a tap name
     STATE_DIR/ns-<inode>/ports/<br>/<mac>  -> <vm>   index: which VM claims a MAC on a bridge
                                                      (<mac>: its 12 hex digits)
+    STATE_DIR/ns-<inode>/ports/<br>/ip-<a> -> <vm>   ... and an address (nat/isolated)
+    STATE_DIR/ns-<inode>/dnsmasq/<br>/               a nat/isolated network's dnsmasq
 
 The index entries are symlinks whose target is the VM's name: one syscall to
 make, one to read, so looking up a tap name, a MAC or whether a bridge still
@@ -74,6 +76,9 @@ _SUBDIRS = ("vms", "bridges", "taps", "ports")
 
 def _key(name: str) -> str:
     return fname(name)[: -len(".json")]
+
+
+_IP_PREFIX = "ip-"  # ports/<br>/ip-<a.b.c.d> -> <vm>: which VM claims an address there
 
 
 def _mac_key(mac: str) -> str:
@@ -331,6 +336,8 @@ class StateStore:
             if ports not in self._trusted:
                 self._mkdir(ports)
             self._link(os.path.join(ports, _mac_key(n.mac)), rec.vm)
+            if n.ip is not None:
+                self._link(os.path.join(ports, _IP_PREFIX + n.ip), rec.vm)
         self._write("vms", rec.vm, rec.to_json())
 
     def drop_vm(self, vm: str, rec: VmRecord | None = None) -> None:
@@ -341,6 +348,8 @@ class StateStore:
                 self._unlink_if(os.path.join(self.dir, "taps", _key(n.tap)), vm)
                 ports = os.path.join(self.dir, "ports", _key(n.bridge))
                 self._unlink_if(os.path.join(ports, _mac_key(n.mac)), vm)
+                if n.ip is not None:
+                    self._unlink_if(os.path.join(ports, _IP_PREFIX + n.ip), vm)
                 try:
                     os.rmdir(ports)
                     self._trusted.discard(ports)
@@ -446,6 +455,15 @@ class StateStore:
         return vm if rec is not None and any(
             n.bridge == bridge and n.mac == mac for n in rec.nics) else None
 
+    def ip_owner(self, bridge: str, ip: str) -> str | None:
+        """The VM whose record gives a NIC on `bridge` address `ip`, if any."""
+        vm = self._entry(os.path.join(self.dir, "ports", _key(bridge), _IP_PREFIX + ip))
+        if vm is None:
+            return None
+        rec = self.get_vm(vm)
+        return vm if rec is not None and any(
+            n.bridge == bridge and n.ip == ip for n in rec.nics) else None
+
     def bridge_users(self, bridge: str, exclude: Iterable[str] = ()) -> str | None:
         """A VM (not in `exclude`) whose record has a NIC on `bridge`, or None.
 
@@ -547,7 +565,10 @@ class StateStore:
             for fn in _listdir(os.path.join(ports, bdir)):
                 path = os.path.join(ports, bdir, fn)
                 mac = ":".join(fn[i:i + 2] for i in range(0, len(fn), 2))
-                if ".tmp." in fn or void(self.mac_owner, bridge, mac):
+                owner: Callable[[str, str], str | None] = self.mac_owner
+                if fn.startswith(_IP_PREFIX):
+                    owner, mac = self.ip_owner, fn[len(_IP_PREFIX):]
+                if ".tmp." in fn or void(owner, bridge, mac):
                     self._remove(path)
                     removed.append(path)
             try:  # noqa: SIM105

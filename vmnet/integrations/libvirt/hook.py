@@ -149,7 +149,7 @@ def prepare(call: Call, info: DomainInfo) -> list[str]:
         vms.append(vm)
     # All or nothing, in one transaction: a refusal or a failure puts every record
     # (e.g. one adopted from a plain `vmnet up`) and link back as it was.
-    ctx = Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout)
+    ctx = Context(state_dir=call.state_dir, lock_timeout=call.lock_timeout).use_config(cfg)
     try:
         ops.up_many(ctx, vms, mode="hook", domain_uuid=info.uuid, refuse_held=True)
     finally:

@@ -99,7 +99,7 @@ def open_tap(policy: Policy, argv: Sequence[str], state_dir: str, config: str | 
     vm = Vm(name, uid=peer.uid, gid=None, user=None, nics=(Nic(
         0, net, tap=f"{PREFIX}{tag}", mac=default_mac(name, 0, cfg.mac_scheme),
         vnet_hdr=args.vnet_hdr),))
-    ctx = Context(state_dir=state_dir)
+    ctx = Context(state_dir=state_dir).use_config(cfg)
     try:
         if not peer.root:
             policy.check_vm(cfg, vm, None, ctx.store())
