@@ -5,7 +5,8 @@
 Nothing of this is in vmnet itself: the points are wrappers this launcher puts
 around vmnet's own functions before it runs MODULE as __main__:
 
-- ``step:<Step class>``: before each kernel step runs (vmnet.engine.steps);
+- ``step:<Step class>``: before each step runs (vmnet.engine.steps, vmnet.kinds.l3 and
+  vmnet.kinds.firewall: kernel changes, sysctls, nft, dnsmasq, host files);
 - ``up:recorded`` / ``down:recorded``: records written, before the kernel steps;
 - ``up:applied`` / ``down:applied``: kernel steps done, before the records settle;
 - ``record:<put_vm|drop_vm|put_bridge|drop_bridge|begin>``: after each record write
@@ -75,11 +76,14 @@ def _after(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
 def install() -> None:
     from vmnet.engine import apply, steps
     from vmnet.integrations.qemu import run
+    from vmnet.kinds import firewall, l3
     from vmnet.state import store
 
-    for cls in vars(steps).values():
-        if isinstance(cls, type) and issubclass(cls, steps.Step) and "run" in vars(cls):
-            cls.run = _before(f"step:{cls.__name__}", cls.run)  # type: ignore[method-assign]
+    for module in (steps, l3, firewall):  # every module that defines steps
+        for cls in vars(module).values():
+            if isinstance(cls, type) and issubclass(cls, steps.Step) and "run" in vars(cls) \
+                    and cls.__module__ == module.__name__:
+                cls.run = _before(f"step:{cls.__name__}", cls.run)  # type: ignore[method-assign]
 
     original = apply.Transaction.run
 

@@ -58,9 +58,9 @@ def test_builtin_networks_and_their_redefinition() -> None:
     # redefining default (kind bridge: the behaviour before 0.5) keeps bare
     cfg = parse_config('[networks.default]\nbridge = "vmnet0"\n')
     assert cfg.networks["default"].kind == "bridge" and "bare" in cfg.networks
-    # a network that takes a built-in's bridge replaces that built-in
-    cfg = parse_config('[networks.mine]\nbridge = "vmnet-bare"\n')
-    assert "bare" not in cfg.networks and "default" in cfg.networks
+    # a network that takes a built-in's bridge without redefining it is refused
+    with pytest.raises(ConfigError, match="the built-in network 'bare'"):
+        parse_config('[networks.mine]\nbridge = "vmnet-bare"\n')
 
 
 def test_cli_network_and_ip_flags() -> None:

@@ -505,3 +505,44 @@ def test_through_vmnetd_the_dnsmasq_is_not_the_daemons(ns: Netns, site: Site) ->
         assert site.vmnet(ns, "ip", "dd", "--wait", "0.2", check=False).returncode == 1
         site.vmnet(ns, "down", "dd")
     assert_clean(ns, wan=None)
+
+
+# -- crashes: a kill at any point of up or down leaves nothing gc cannot finish -------------
+def _points(ns: Netns, site: Site, tmp: Path, *args: str) -> list[str]:
+    trace = tmp / "trace.json"
+    r = vmnet(ns, site.state, *args, config=site.config_path,
+              env={"VMNET_FAULT_TRACE": str(trace)})
+    assert r.returncode == 0, r.stderr
+    return list(json.loads(trace.read_text()))
+
+
+@pytest.mark.parametrize("op", ["up", "down"])
+def test_a_kill_anywhere_in_a_nat_up_or_down_is_finished_by_gc(
+        ns: Netns, site: Site, tmp_path: Path, op: str) -> None:
+    with world(ns.name):
+        site.vmnet(ns, "up", "c1")  # the subnet is chosen and kept: later ups recall it
+        if op == "up":
+            site.vmnet(ns, "down", "c1")
+        points = _points(ns, site, tmp_path, op, "c1")
+        if op == "up":
+            site.vmnet(ns, "down", "c1")
+        steps = {p for p in points if p.startswith("step:")}
+        want = {"step:StartDnsmasq", "step:ApplyTable", "step:PutHost"} if op == "up" else \
+            {"step:StopDnsmasq", "step:ApplyTable", "step:RestoreSysctl", "step:DropHost"}
+        assert want <= steps, points
+        for n in range(1, len(points) + 1):
+            if op == "down":
+                site.vmnet(ns, "up", "c1")
+            r = vmnet(ns, site.state, op, "c1", config=site.config_path,
+                      env={"VMNET_FAULT": "*", "VMNET_FAULT_AT": str(n)})
+            assert r.returncode == -9, (n, points[n - 1], r.returncode, r.stderr)
+            g = site.vmnet(ns, "gc", check=False)
+            assert g.returncode == 0 and "Traceback" not in g.stderr, (points[n - 1], g)
+            if op == "up" and "c1" in site.vmnet(ns, "list").stdout:
+                site.vmnet(ns, "down", "c1")  # killed after it was whole: an idle VM
+            assert_clean(ns), points[n - 1]
+            # and it works again from there
+            site.vmnet(ns, "up", "c1")
+            assert len(dnsmasqs(ns)) == 1 and sysctl(ns, "net.ipv4.conf.wan0.forwarding") == "1"
+            site.vmnet(ns, "down", "c1")
+            assert_clean(ns)

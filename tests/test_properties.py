@@ -263,10 +263,12 @@ def network_tables(draw: st.DrawFn, bridge: str) -> dict[str, Any]:
 
 @st.composite
 def valid_configs(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
-    bridges = draw(st.lists(names_valid.filter(lambda n: n != DEFAULT_BRIDGE), max_size=3,
-                            unique=True))
+    bridges = draw(st.lists(names_valid.filter(lambda n: n not in (DEFAULT_BRIDGE,
+                                                                   "vmnet-bare")),
+                            max_size=3, unique=True))
     net_names = draw(st.lists(st.text(min_size=1, max_size=10).filter(
-        lambda n: n != "default"), min_size=len(bridges), max_size=len(bridges), unique=True))
+        lambda n: n not in ("default", "bare")), min_size=len(bridges),
+        max_size=len(bridges), unique=True))
     networks = {n: draw(network_tables(b)) for n, b in zip(net_names, bridges, strict=True)}
     vms: dict[str, Any] = {}
     for name in draw(st.lists(vm_names, max_size=3, unique=True)):
@@ -299,10 +301,7 @@ def test_valid_configs_round_trip(cfg: tuple[dict[str, Any], dict[str, Any]]) ->
     EXAMPLES["config_round_trip"] += 1
     networks, vms = cfg
     parsed = parse_config(toml_doc(networks, vms), "gen.toml")
-    used = {t["bridge"] for t in networks.values()}
-    builtins = {"default": "vmnet0", "bare": "vmnet-bare"}  # kept unless redefined or reused
-    assert set(parsed.networks) == {*networks, *(n for n, br in builtins.items()
-                                                 if n not in networks and br not in used)}
+    assert set(parsed.networks) == {"default", "bare", *networks}
     for name, t in networks.items():
         assert parsed.networks[name] == Network(
             name=name, bridge=t["bridge"], uplink=t.get("uplink"), mtu=t.get("mtu"),

@@ -336,9 +336,13 @@ def parse_config(text: str, path: str | None = None) -> Config:
             raise ConfigError(f"{src}: networks {bridges[n.bridge]!r} and {n.name!r} "
                               f"use the same bridge {n.bridge!r}")
         bridges[n.bridge] = n.name
-    # A built-in network the file does not redefine stays, unless the file uses its bridge.
-    networks = {**{k: b for k, b in builtins.items() if k not in networks and
-                   b.bridge not in bridges}, **networks}
+    for name, b in builtins.items():
+        if name not in networks and b.bridge in bridges:
+            raise ConfigError(f"{src}: networks {bridges[b.bridge]!r} uses bridge "
+                              f"{b.bridge!r}, the built-in network {name!r}'s",
+                              hint=f"redefine [networks.{name}] instead, or give "
+                                   f"{bridges[b.bridge]!r} another bridge")
+    networks = {**{k: b for k, b in builtins.items() if k not in networks}, **networks}
     _refuse_overlaps(networks, src)
     defaults = _check_keys(data.get("defaults", {}), _DEFAULTS_KEYS, f"{src}: [defaults]")
     mac_scheme = _typed(defaults.get("mac_scheme", "qemu"), str, f"{src}: defaults.mac_scheme")
