@@ -179,6 +179,8 @@ def test_flags_a_user_may_not_give(site: Site) -> None:
     before = site.shape()
     refused(site.user(UA, "--netns", "x", "up", "v", "--bridge", "vmlab0"), 4, "--netns")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--uplink", "eth0"), 4, "--uplink")
+    refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--ip", "10.77.0.9"), 4,
+            "--ip: only root may choose a NIC's address")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--user", str(UB)), 4, "--user")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--user", "root"), 4, "--user")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--group", str(GPRIV)), 4,

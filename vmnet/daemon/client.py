@@ -299,13 +299,20 @@ def vmnet_main(argv: list[str], env: Mapping[str, str]) -> int | None:
         return None
     if word == "ip":
         return _ip_waiting(argv, env)
-    got = call(state_dir_of(argv, env), "vmnet", argv, env)
+    reply = _ask(argv, argv, env)
+    return None if reply is None else print_reply(reply)
+
+
+def _ask(argv: list[str], request: list[str], env: Mapping[str, str]
+         ) -> Mapping[str, Plain] | None:
+    """The daemon's reply to `vmnet REQUEST` (None: no daemon serves argv's state dir)."""
+    got = call(state_dir_of(argv, env), "vmnet", request, env)
     if got is None:
         return None
     reply, fds = got
     for fd in fds:
         posix.close(fd)
-    return print_reply(reply)
+    return reply
 
 
 def _ip_waiting(argv: list[str], env: Mapping[str, str]) -> int | None:
@@ -332,12 +339,9 @@ def _ip_waiting(argv: list[str], env: Mapping[str, str]) -> int | None:
         rest = argv
     deadline = time.monotonic() + (seconds or 0.0)
     while True:
-        got = call(state_dir_of(argv, env), "vmnet", rest, env)
-        if got is None:
+        reply = _ask(argv, rest, env)
+        if reply is None:
             return None
-        reply, fds = got
-        for fd in fds:
-            posix.close(fd)
         if reply.get("rc") == 0 or seconds is None or time.monotonic() >= deadline:
             if reply.get("rc") != 0 and seconds is not None:
                 text = str(reply.get("err") or "")

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 # `vmnet` commands a user without root may run through the daemon.
 USER_COMMANDS = frozenset({"up", "down", "status", "list", "qemu-args", "run", "ip"})
-_ROOT_FLAGS = (("uplink", "--uplink"),)
+_ROOT_FLAGS = (("uplink", "--uplink", "enslave an uplink"),
+               ("ips", "--ip", "choose a NIC's address (it is derived, or set in the config)"))
 _CONFIG_HINT = "ask root to add it to {where}"
 
 
@@ -102,11 +103,10 @@ class Policy:
         if g.netns:
             raise PrivilegeError("--netns: only root may work in another network namespace",
                                  hint="drop --netns: vmnetd works in its own namespace")
-        for key, flag in _ROOT_FLAGS:
-            if values.get(key) is not None:
-                raise PrivilegeError(f"{flag}: only root may enslave an uplink",
-                                     hint="ask root to set the network's uplink in the "
-                                          "config")
+        for key, flag, what in _ROOT_FLAGS:
+            if values.get(key) not in (None, []):
+                raise PrivilegeError(f"{flag}: only root may {what}",
+                                     hint="ask root to set it in the config")
         user = values.get("user")
         if user is not None:
             found = lookup_user(str(user))
