@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,10 +60,23 @@ def probe(ns: Netns, module: str, func: str, *argv: str, stdin: bytes | None = N
     return list(loaded)
 
 
-def test_vm_starts_load_nothing_heavy(ns: Netns, tmp_path: Path) -> None:
-    state = str(tmp_path / "state")
+@pytest.fixture
+def public() -> Iterator[Path]:
+    """A state directory dnsmasq can reach (the default network is NAT)."""
+    from tests.world import public_tmpdir
+
+    with public_tmpdir("vmnet-light-") as d:
+        yield d
+
+
+def test_vm_starts_load_nothing_heavy(ns: Netns, tmp_path: Path, public: Path) -> None:
+    """Measured: a VM on a plain bridge (lan, --bridge), on the default NAT network once it
+    is up (vm2: its address derived, its host files written, dnsmasq checked), through
+    the ifup script and the hook."""
+    state = str(public / "state")
     cfg = tmp_path / "vmnet.toml"
-    cfg.write_text('[networks.lan]\nbridge = "brl"\n[vms.web]\n[[vms.web.nics]]\n'
+    cfg.write_text(f'[defaults]\ndata_dir = "{tmp_path}/data"\n'
+                   '[networks.lan]\nbridge = "brl"\n[vms.web]\n[[vms.web.nics]]\n'
                    'network = "lan"\n')
     main = ("vmnet.cli.main", "main")
     # First runs may parse the config (tomllib) and make the bridge: not measured.
@@ -89,6 +103,11 @@ def test_vm_starts_load_nothing_heavy(ns: Netns, tmp_path: Path) -> None:
         ["ip", "netns", "exec", ns.name, sys.executable, "-m", "vmnet", "--state-dir", state,
          "--config", str(cfg), "status", "--json"], capture_output=True, check=True).stdout)
     assert {v["vm"] for v in st["vms"]} == {"warm", "web", "vm2", "vm3", "k1"}
+    assert {n["ip"] is not None for v in st["vms"] if v["vm"] in ("warm", "vm2")
+            for n in v["nics"]} == {True}
+    subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-m", "vmnet",
+                    "--state-dir", state, "--config", str(cfg), "down", "--all"],
+                   capture_output=True, check=True)
 
 
 def test_every_module_imports_on_its_own() -> None:

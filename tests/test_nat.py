@@ -546,3 +546,25 @@ def test_a_kill_anywhere_in_a_nat_up_or_down_is_finished_by_gc(
             assert len(dnsmasqs(ns)) == 1 and sysctl(ns, "net.ipv4.conf.wan0.forwarding") == "1"
             site.vmnet(ns, "down", "c1")
             assert_clean(ns)
+
+
+def test_the_dry_run_replayed_by_hand_builds_the_network(ns: Netns, site: Site) -> None:
+    """`up --dry-run` prints every step as the command that does it (sysctl, the nft
+    script as a here-document, dnsmasq's command line, the host files): run as one shell
+    script, it gives the guest the same network."""
+    with world(ns.name):
+        r = site.vmnet(ns, "up", "h1", "--dry-run")
+        script = "\n".join(ln for ln in r.stdout.splitlines() if not ln.startswith("# "))
+        subprocess.run(["sh", "-e", "-c", script], check=True, capture_output=True)
+        try:
+            assert sysctl(ns, "net.ipv4.conf.wan0.forwarding") == "1"
+            assert "masquerade" in ruleset(ns) and len(dnsmasqs(ns)) == 1
+            addrs = {a["local"] for link in ns.addrs() if link["ifname"] == "vmnet0"
+                     for a in link.get("addr_info", []) if a["family"] == "inet"}
+            assert addrs == {"10.77.0.1"}
+            assert ns.links()["h1-0"]["master"] == "vmnet0"
+            hosts = Path(site.state) / f"ns-{ns.inode}" / "dnsmasq" / "vmnet0" / "hosts"
+            assert [p.name for p in hosts.iterdir()] == ["h1-0"]
+        finally:
+            for pid in dnsmasqs(ns):
+                os.kill(pid, signal.SIGKILL)

@@ -24,6 +24,7 @@ import random
 import subprocess
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,7 +32,9 @@ import pytest
 
 from tests import figures
 from tests.nsutil import Netns
+from tests.test_nat import dnsmasqs
 from tests.vmnetcli import vmnet
+from tests.world import public_tmpdir
 
 pytestmark = pytest.mark.kernel
 
@@ -53,11 +56,19 @@ bridge = "br-admin"
 """
 
 
-def soak_config(names: list[str]) -> str:
-    """VMs on the default bridge, on br-soak (with uplink), on the admin's bridge, some with
-    two NICs or several queues."""
+@pytest.fixture
+def state_dir() -> Iterator[str]:
+    """A state directory dnsmasq (the default network is NAT) can reach after it drops
+    root: under a directory others may pass through, unlike pytest's tmp_path."""
+    with public_tmpdir("vmnet-soak-") as d:
+        yield str(d / "state")
+
+
+def soak_config(names: list[str], data_dir: str) -> str:
+    """VMs on the default network (NAT: dnsmasq, nft, sysctls come and go with them), on
+    br-soak (with uplink), on the admin's bridge, some with two NICs or several queues."""
     nets = ["default", "lan", "adm"]
-    out = [CONFIG_HEAD]
+    out = [f'[defaults]\ndata_dir = "{data_dir}"\n', CONFIG_HEAD]
     for i, name in enumerate(names):
         out.append(f"[vms.{name}]\nuser = \"{4000 + i % 3}\"")
         out.append(f"[[vms.{name}.nics]]\nnetwork = \"{nets[i % 3]}\"\nqueues = {1 + i % 2}")
@@ -163,7 +174,7 @@ def test_parallel_up_down_cycles(ns: Netns, state_dir: str, tmp_path: Path) -> N
     build_admin(ns)
     names = [f"s{w}x{i}" for w in range(WORKERS) for i in range(VMS_PER_WORKER)]
     cfg = tmp_path / "soak.toml"
-    cfg.write_text(soak_config(names))
+    cfg.write_text(soak_config(names, str(tmp_path / "data")))
     s = Soak(ns, state_dir, str(cfg))
     rng = random.Random(SEED)
     is_up: dict[str, bool] = dict.fromkeys(names, False)
@@ -206,6 +217,7 @@ def test_parallel_up_down_cycles(ns: Netns, state_dir: str, tmp_path: Path) -> N
                                                 "up0p")}
     assert not left, left
     assert not [f for _, _, fs in os.walk(state_dir) for f in fs]
+    assert not dnsmasqs(ns) and "vmnet" not in ns.run("nft", "list", "ruleset").stdout
     figures.report("soak", "parallel-cycles", rounds=ROUNDS, workers=WORKERS,
                    vms=len(names), commands=sum(s.counts.values()), ups=s.counts["up"],
                    downs=s.counts["down"], gcs=s.counts["gc"], failures=len(s.failures),
@@ -233,7 +245,7 @@ def test_races_on_one_vm(ns: Netns, state_dir: str, tmp_path: Path) -> None:
     build_admin(ns)
     names = ["r0", "r1", "r2", "r3"]
     cfg = tmp_path / "race.toml"
-    cfg.write_text(soak_config(names))
+    cfg.write_text(soak_config(names, str(tmp_path / "data")))
     s = Soak(ns, state_dir, str(cfg))
     rng = random.Random(SEED + 1)
     outcomes: Counter[str] = Counter()

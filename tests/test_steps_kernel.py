@@ -75,7 +75,8 @@ def test_dry_run_replayed_by_hand_does_what_up_does(ns: Netns, tmp_path: object)
     state = str(tmp_path)
     cfg = os.path.join(state, "c.toml")
     with open(cfg, "w") as f:
-        f.write('[vms."d.v"]\n[[vms."d.v".nics]]\ntap = "d.v-0"\nmtu = 1400\n')
+        f.write('[networks.default]\nbridge = "vmnet0"\n'
+                '[vms."d.v"]\n[[vms."d.v".nics]]\ntap = "d.v-0"\nmtu = 1400\n')
     r = vmnet(ns, os.path.join(state, "s"), "up", "d.v", "--dry-run", config=cfg, check=True)
     lines = [ln for ln in r.stdout.splitlines() if ln and not ln.startswith("#")]
     assert all(ln.startswith((f"ip -n {ns.name} ", f"ip netns exec {ns.name} "))

@@ -229,7 +229,9 @@ class StartDnsmasq(Step):
 
     def ip(self, netns: str | None = None) -> str:
         head = ("ip", "netns", "exec", netns) if netns else ()
-        return command(*head, *self.argv)
+        paths = render_dnsmasq.Paths(self.dir)
+        return (command("mkdir", "-p", "-m", "755", paths.hosts, paths.names) + "\n" +
+                command(*head, *self.argv))
 
     def run(self, k: Kernel) -> None:
         dnsmasq.start(self.argv, render_dnsmasq.Paths(self.dir), self.bridge, self.gateway)
