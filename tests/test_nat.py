@@ -568,3 +568,15 @@ def test_the_dry_run_replayed_by_hand_builds_the_network(ns: Netns, site: Site) 
         finally:
             for pid in dnsmasqs(ns):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_bulk_up_makes_the_network_once(ns: Netns, site: Site) -> None:
+    names = [f"k{i}" for i in range(6)]
+    site.vmnet(ns, "up", *names)
+    assert len(dnsmasqs(ns)) == 1
+    ips = {vm_ip(ns, site, n) for n in names}
+    assert len(ips) == 6 and all(ip.startswith("10.77.0.") for ip in ips)
+    hosts = Path(site.state) / f"ns-{ns.inode}" / "dnsmasq" / "vmnet0" / "hosts"
+    assert sorted(p.name for p in hosts.iterdir()) == sorted(f"{n}-0" for n in names)
+    site.vmnet(ns, "down", "--all")
+    assert_clean(ns, wan=None)

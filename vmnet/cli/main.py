@@ -95,7 +95,10 @@ def overrides(values: Mapping[str, object]) -> Overrides:
                      macs=tuple(str(m) for m in macs) if isinstance(macs, list) else (),
                      mtu=n("mtu"), vnet_hdr=False if values.get("no_vnet_hdr") else None,
                      model=s("model"), network=s("network"),
-                     ips=tuple(str(a) for a in ips) if isinstance(ips, list) else ())
+                     ips=tuple(str(a) for a in ips) if isinstance(ips, list) else (),
+                     mac_filter=True if values.get("mac_filter") else None,
+                     ip_filter=True if values.get("ip_filter") else None,
+                     no_guard=True if values.get("no_guard") else None)
 
 
 def setup(argv: list[str], env: Mapping[str, str], policy: Policy | None = None

@@ -68,6 +68,11 @@ OVERRIDES = (
     Opt("--mtu", kind="value", metavar="MTU", parse=_count(v.MIN_MTU, v.MAX_MTU),
         help="MTU of the taps."),
     Opt("--no-vnet-hdr", help="Open taps without IFF_VNET_HDR (vnet_hdr=off)."),
+    Opt("--mac-filter", help="Frames and ARP from the VM carry only its MAC (every NIC)."),
+    Opt("--ip-filter", help="IPv4/IPv6 sources only from the VM's known addresses (its "
+                            "nat/isolated address, the config's `addresses`); DHCP works."),
+    Opt("--no-guard", help="Let a filtered VM send router advertisements and DHCP server "
+                           "replies (the guard is on by default with either filter)."),
     Opt("--model", kind="value", metavar="DEVICE", help="QEMU NIC model (virtio-net-pci)."),
 )
 

@@ -37,7 +37,8 @@ _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address",
                  "allow_users", "allow_groups", "kind", "outbound", "domain", "upstream",
                  "firewall_fix"}
 _VM_KEYS = {"user", "group", "nics"}
-_NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model", "ip"}
+_NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model", "ip",
+             "mac_filter", "ip_filter", "guard", "addresses"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
 _DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues", "data_dir"}
 # What one user without root may hold through vmnetd, unless [defaults] says otherwise.
@@ -48,12 +49,19 @@ USER_MAX_QUEUES = 4
 class NicSpec(Value):
     """One `[[vms.NAME.nics]]` table as written (None: not given)."""
 
-    __slots__ = ("ip", "mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
+    __slots__ = ("addresses", "guard", "ip", "ip_filter", "mac", "mac_filter", "model", "mtu",
+                 "network", "queues", "tap", "vnet_hdr")
 
     def __init__(self, network: str | None = None, mac: str | None = None,
                  queues: int | None = None, mtu: int | None = None, tap: str | None = None,
                  vnet_hdr: bool | None = None, model: str | None = None,
-                 ip: str | None = None) -> None:
+                 ip: str | None = None, mac_filter: bool | None = None,
+                 ip_filter: bool | None = None, guard: bool | None = None,
+                 addresses: tuple[str, ...] = ()) -> None:
+        self.mac_filter = mac_filter
+        self.ip_filter = ip_filter
+        self.guard = guard
+        self.addresses = tuple(addresses)
         self.ip = ip
         self.network = network
         self.mac = mac
@@ -148,10 +156,13 @@ class Overrides(Value):
         "group",
         "ips",
         "macs",
+        "ip_filter",
+        "mac_filter",
         "model",
         "mtu",
         "network",
         "nics",
+        "no_guard",
         "queues",
         "uplink",
         "user",
@@ -162,7 +173,12 @@ class Overrides(Value):
                  user: str | None = None, group: str | None = None, nics: int | None = None,
                  queues: int | None = None, macs: tuple[str, ...] = (), mtu: int | None = None,
                  vnet_hdr: bool | None = None, model: str | None = None,
-                 network: str | None = None, ips: tuple[str, ...] = ()) -> None:
+                 network: str | None = None, ips: tuple[str, ...] = (),
+                 mac_filter: bool | None = None, ip_filter: bool | None = None,
+                 no_guard: bool | None = None) -> None:
+        self.mac_filter = mac_filter  # flags only turn filters on (--mac-filter, ...)
+        self.ip_filter = ip_filter
+        self.no_guard = no_guard
         self.network = network
         self.ips = ips
         self.bridge = bridge
@@ -279,6 +295,10 @@ def _nic(t: Any, where: str) -> NicSpec:
         vnet_hdr=_typed(t.get("vnet_hdr"), bool, f"{where}.vnet_hdr"),
         model=_typed(t.get("model"), str, f"{where}.model"),
         ip=_typed(t.get("ip"), str, f"{where}.ip"),
+        mac_filter=_typed(t.get("mac_filter"), bool, f"{where}.mac_filter"),
+        ip_filter=_typed(t.get("ip_filter"), bool, f"{where}.ip_filter"),
+        guard=_typed(t.get("guard"), bool, f"{where}.guard"),
+        addresses=tuple(_addresses(t.get("addresses", []), f"{where}.addresses")),
     )
     try:
         if spec.ip is not None:
@@ -296,6 +316,15 @@ def _nic(t: Any, where: str) -> NicSpec:
     except InputError as e:
         raise ConfigError(e.message) from None
     return spec
+
+
+def _addresses(raw: Any, where: str) -> list[str]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of IPv4/IPv6 addresses")
+    try:
+        return [v.address(a, f"{where}[{i}]") for i, a in enumerate(raw)]
+    except InputError as e:
+        raise ConfigError(e.message) from None
 
 
 def _model(value: str, what: str) -> str:
@@ -567,5 +596,9 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
             (nspec.vnet_hdr if nspec.vnet_hdr is not None else True),
             model=ov.model or nspec.model or "virtio-net-pci",
             ip=_nic_ip(ips[i] if i < len(ips) else None, nspec.ip, net, i, f"vms.{name}"),
+            mac_filter=bool(ov.mac_filter or nspec.mac_filter),
+            ip_filter=bool(ov.ip_filter or nspec.ip_filter),
+            guard=False if ov.no_guard else nspec.guard,
+            addresses=nspec.addresses,
         ))
     return Vm(name=name, uid=uid, gid=gid, nics=tuple(nics), user=user)

@@ -59,4 +59,9 @@ model = "virtio-net-pci"   # the QEMU device vmnet renders
 network = "lab"
 ip = "10.20.0.10"          # nat/isolated: this NIC's fixed address (DHCP hands it out);
                            # default: derived from the MAC, kept while the VM is up
+mac_filter = true          # frames and ARP from the VM carry only its MAC (default false)
+ip_filter = true           # IPv4/IPv6 sources only from its addresses: `ip` above and
+addresses = ["10.20.0.11", "2001:db8::11"]  # these; DHCP discovery and fe80:: still pass
+guard = true               # no router advertisements, redirects or DHCP server replies
+                           # from the VM; default: on with either filter
 """

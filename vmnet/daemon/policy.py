@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 # `vmnet` commands a user without root may run through the daemon.
 USER_COMMANDS = frozenset({"up", "down", "status", "list", "qemu-args", "run", "ip"})
 _ROOT_FLAGS = (("uplink", "--uplink", "enslave an uplink"),
-               ("ips", "--ip", "choose a NIC's address (it is derived, or set in the config)"))
+               ("ips", "--ip", "choose a NIC's address (it is derived, or set in the config)"),
+               ("no_guard", "--no-guard", "loosen a NIC's policy (a user may only tighten "
+                                          "it: --mac-filter, --ip-filter)"))
 _CONFIG_HINT = "ask root to add it to {where}"
 
 
@@ -104,7 +106,7 @@ class Policy:
             raise PrivilegeError("--netns: only root may work in another network namespace",
                                  hint="drop --netns: vmnetd works in its own namespace")
         for key, flag, what in _ROOT_FLAGS:
-            if values.get(key) not in (None, []):
+            if values.get(key) not in (None, [], False):
                 raise PrivilegeError(f"{flag}: only root may {what}",
                                      hint="ask root to set it in the config")
         user = values.get("user")

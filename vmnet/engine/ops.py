@@ -31,6 +31,8 @@ from vmnet.engine.steps import CreateTap, DeleteLinks
 from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError, StateError
 from vmnet.kernel.netns import current_inode, has_net_admin
 from vmnet.model.value import Value
+from vmnet.nicpolicy.filters import UnprotectPorts
+from vmnet.nicpolicy.filters import merge as merge_filters
 from vmnet.state.records import NicRecord, Proc, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
@@ -186,6 +188,14 @@ def _up_locked(ctx: Context, store: StateStore, k: Kernel, names: list[str],
         return [UpResult(p.vm, p, prevs[p.vm.name], changes.get(p.vm.name))
                 for p in plans]
     steps = [s for p in plans for s in p.steps]
+    for p in plans:  # a filter the new settings drop goes
+        prev = prevs[p.vm.name]
+        now = {n.tap: n for n in p.nics}
+        gone = tuple(n.tap for n in (prev.nics if prev else []) if n.filter and
+                     n.tap in now and not now[n.tap].filter)
+        if gone:
+            steps.append(UnprotectPorts(gone))
+    steps = merge_filters(steps)
     if any(isinstance(s, CreateTap) for s in steps) and not os.path.exists(ctx.tun_path):
         raise NotFoundError(f"{ctx.tun_path} does not exist",
                             hint="load the tun module (modprobe tun) or create the node: "
@@ -355,7 +365,7 @@ def _teardown(ctx: Context, store: StateStore, view: HostView,
                 if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 log.warning(f"{e.one_line()}; removing {rec.vm} without marking it first")
-    Transaction(ctx.kernel(), store, ctx.netns).run(plan.steps, progress)
+    Transaction(ctx.kernel(), store, ctx.netns).run(merge_filters(plan.steps), progress)
     for vm, rec in batch.items():
         store.drop_vm(vm, rec)
     for b in plan.drop_bridges:

@@ -26,6 +26,7 @@ from vmnet.kernel.base import LinkInfo, TapSpec
 from vmnet.model import Network, Nic, Vm, nic_mark
 from vmnet.model import validate as v
 from vmnet.model.value import Value
+from vmnet.nicpolicy.filters import PortFilter, ProtectPorts, UnprotectPorts
 from vmnet.state.records import BridgeRecord, NicRecord, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
@@ -284,12 +285,18 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             host = l3.host_step(site, bridge, vm.name, nic.index, nic.tap, nic.mac, ip)
             if link is None or host.check(view) is not None:
                 steps.append(host)
+        protect = port_filter(vm, nic, ip)
+        if protect is not None and (link is None or protect.check(view) is not None):
+            steps.append(protect)  # before the tap exists, so before it joins the bridge
         # The record keeps the MTU asked for (None: the bridge's), not the one applied.
         nic_records.append(NicRecord(
             index=nic.index, tap=nic.tap, bridge=bridge, network=nic.network.name,
             mac=nic.mac, tap_mac=nic.tap_mac, mtu=nic.mtu or nic.network.mtu,
             queues=nic.queues,
-            vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model, ip=ip))
+            vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model, ip=ip,
+            filter=None if protect is None else {
+                "mac": nic.mac_filter, "ip": nic.ip_filter, "guard": nic.guarded,
+                "addresses": list(nic.addresses)}))
         if link is not None:
             _check_existing_tap(vm, nic, link)
             steps += _change_existing(vm, nic, link, br, mtu, force)
@@ -310,6 +317,33 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
     claims.add(vm.name, nic_records)
     return UpPlan(vm=vm, steps=steps, nics=nic_records, new_bridges=new,
                   changed_bridges=changed, notes=notes)
+
+
+def port_filter(vm: Vm, nic: Nic, ip: str | None) -> ProtectPorts | None:
+    """The step that puts the NIC's filters in force (None: it has none)."""
+    if not (nic.mac_filter or nic.ip_filter or nic.guarded):
+        return None
+    v4 = tuple(a for a in ((ip,) if ip else ()) + nic.addresses if ":" not in a)
+    v6 = tuple(a for a in nic.addresses if ":" in a)
+    if nic.ip_filter and not (v4 or v6):
+        raise InputError(f"VM {vm.name!r} NIC {nic.index}: ip_filter, but no address of it is "
+                         f"known (network {nic.network.name!r} is a {nic.network.kind} "
+                         "network, which hands out none)",
+                         hint=f"list its addresses (vms.{vm.name}.nics[{nic.index}].addresses), "
+                              "or put it on a nat/isolated network")
+    return ProtectPorts((PortFilter(nic.tap, nic.mac, nic.mac_filter, nic.ip_filter,
+                                    nic.guarded, v4, v6),))
+
+
+def recorded_filter(n: NicRecord) -> PortFilter | None:
+    """The filter a NIC's record says `up` put in force."""
+    f = n.filter
+    if not f:
+        return None
+    addrs = [str(a) for a in f.get("addresses") or []]  # type: ignore[attr-defined]
+    v4 = tuple(a for a in ([n.ip] if n.ip else []) + addrs if ":" not in a)
+    return PortFilter(n.tap, n.mac, bool(f.get("mac")), bool(f.get("ip")),
+                      bool(f.get("guard")), v4, tuple(a for a in addrs if ":" in a))
 
 
 def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | None,
@@ -437,10 +471,13 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
     skipped: list[str] = []
     used_bridges: set[str] = set()
     hosts: list[Step] = []
+    unprotect: list[str] = []
     for vm, rec in batch.items():
         if rec is not None:
             for n in rec.nics:
                 used_bridges.add(n.bridge)
+                if n.filter:
+                    unprotect.append(n.tap)
                 if n.ip is not None and site is not None:
                     from vmnet.kinds import l3
 
@@ -475,6 +512,8 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
     rel = plan_release_bridges(used_bridges, taps, view, users, bridges, leaving=set(batch),
                                site=site)
     steps: list[Step] = []
+    if unprotect:
+        steps.append(UnprotectPorts(tuple(unprotect)))
     if taps:
         steps.append(DeleteLinks(tuple(taps)))
     steps.extend(hosts)

@@ -102,7 +102,14 @@ def nic_steps(vm: str, n: NicRecord) -> list[Step]:
     """The steps `up` takes for a recorded NIC (their checks say whether it holds)."""
     spec = TapSpec(name=n.tap, owner=n.owner, group=n.group, multi_queue=n.queues > 1,
                    mac=n.tap_mac, mtu=n.mtu, alias=nic_mark(vm, n.index))
-    return [CreateTap(spec), AttachTap(n.tap, n.bridge)]
+    from vmnet.engine.plan import recorded_filter
+    from vmnet.nicpolicy.filters import ProtectPorts
+
+    out: list[Step] = [CreateTap(spec), AttachTap(n.tap, n.bridge)]
+    f = recorded_filter(n)
+    if f is not None:
+        out.append(ProtectPorts((f,)))
+    return out
 
 
 def nic_state(rec: VmRecord, n: NicRecord, view: HostView) -> str:

@@ -436,6 +436,8 @@ def plan_network(net: Network, br: LinkInfo | None, rec: BridgeRecord | None,
     from vmnet.engine.ownership import is_our_bridge
     from vmnet.model import DEFAULT_DOMAIN
 
+    if br is not None and br.index < 0 and rec is not None and rec.kind == net.kind:
+        return rec  # made by this same plan (an earlier VM of a bulk `up`)
     if br is not None:
         if rec is None or rec.kind != net.kind or not rec.created or not is_our_bridge(br) \
                 or rec.address is None:

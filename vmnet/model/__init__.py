@@ -133,11 +133,18 @@ class Network(Value):
 class Nic(Value):
     """One virtual NIC of a VM: a tap on a network's bridge."""
 
-    __slots__ = ("index", "ip", "mac", "model", "mtu", "network", "queues", "tap", "vnet_hdr")
+    __slots__ = ("addresses", "guard", "index", "ip", "ip_filter", "mac", "mac_filter", "model",
+                 "mtu", "network", "queues", "tap", "vnet_hdr")
 
     def __init__(self, index: int, network: Network, tap: str, mac: str, queues: int = 1,
                  mtu: int | None = None, vnet_hdr: bool = True,
-                 model: str = "virtio-net-pci", ip: str | None = None) -> None:
+                 model: str = "virtio-net-pci", ip: str | None = None,
+                 mac_filter: bool = False, ip_filter: bool = False,
+                 guard: bool | None = None, addresses: tuple[str, ...] = ()) -> None:
+        self.mac_filter = mac_filter  # frames, ARP from the VM carry only its MAC
+        self.ip_filter = ip_filter  # IPv4/IPv6 sources only from its known addresses
+        self.guard = guard  # no RA, redirects, DHCP server replies (None: on with a filter)
+        self.addresses = tuple(addresses)  # addresses the VM may use, beside `ip`
         self.index = index
         self.network = network
         self.tap = tap
@@ -159,6 +166,13 @@ class Nic(Value):
                                  f"{network.kind!r}; fixed addresses are for nat and "
                                  "isolated networks")
             v.ipv4(self.ip, f"{what} ip")
+
+        for i, a in enumerate(self.addresses):
+            v.address(a, f"{what} addresses[{i}]")
+
+    @property
+    def guarded(self) -> bool:
+        return self.guard if self.guard is not None else (self.mac_filter or self.ip_filter)
 
     @property
     def tap_mac(self) -> str:

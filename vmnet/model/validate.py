@@ -215,3 +215,18 @@ def dns_label(value: object, what: str) -> str:
         raise InputError(f"{what}: {value!r} is not a DNS name (letters, digits, '-', "
                          "labels of 1-63 characters)")
     return value.lower()
+
+
+def address(value: object, what: str) -> str:
+    """One IPv4 or IPv6 host address (no prefix), normalised."""
+    import ipaddress
+
+    if not isinstance(value, str) or "/" in value:
+        raise InputError(f"{what}: expected an IPv4 or IPv6 address, got {value!r}")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise InputError(f"{what}: {value!r} is not an IPv4 or IPv6 address") from None
+    if ip.is_multicast or ip.is_unspecified:
+        raise InputError(f"{what}: {value} is not a host address")
+    return str(ip)

@@ -85,6 +85,7 @@ class NicRecord(Value):
     __slots__ = (
         "bridge",
         "created",
+        "filter",
         "group",
         "index",
         "ip",
@@ -102,8 +103,11 @@ class NicRecord(Value):
     def __init__(self, index: int, tap: str, bridge: str, network: str, mac: str,
                  tap_mac: str, mtu: int | None, queues: int, vnet_hdr: bool,
                  owner: int | None, group: int | None, created: bool = True,
-                 model: str = DEFAULT_MODEL, ip: str | None = None) -> None:
+                 model: str = DEFAULT_MODEL, ip: str | None = None,
+                 filter: dict[str, object] | None = None) -> None:
         self.ip = ip  # its fixed address on a nat/isolated network
+        # its port filter: {"mac": bool, "ip": bool, "guard": bool, "addresses": [...]}
+        self.filter = filter
         self.index = index
         self.tap = tap
         self.bridge = bridge
@@ -120,9 +124,17 @@ class NicRecord(Value):
 
     def to_json(self) -> dict[str, object]:
         d = {s: getattr(self, s) for s in self.__slots__}
-        if d["ip"] is None:
-            del d["ip"]  # a NIC of a plain bridge: the record reads as before 0.5
+        for key in ("ip", "filter"):
+            if d[key] is None:
+                del d[key]  # (unused: the record reads as before 0.5)
         return d
+
+    def filter_spec(self) -> dict[str, Any]:
+        """The filter settings as NicSpec keywords (what `up` made, for `up` again)."""
+        f = self.filter or {}
+        return {"mac_filter": bool(f.get("mac")), "ip_filter": bool(f.get("ip")),
+                "guard": f.get("guard") if self.filter else None,
+                "addresses": tuple(f.get("addresses") or ())}  # type: ignore[arg-type]
 
 
 class VmRecord(Value):
@@ -283,7 +295,8 @@ def vm_from_json(d: object, path: str = "record") -> VmRecord:
             group=_get(n, "group", int, optional=True),
             created=_get(n, "created", bool, optional=True, default=True),
             model=_get(n, "model", str, optional=True, default=DEFAULT_MODEL),
-            ip=_get(n, "ip", str, optional=True)))
+            ip=_get(n, "ip", str, optional=True),
+            filter=_filter(_get(n, "filter", dict, optional=True))))
     holder = d.get("holder")
     created_at = _get(d, "created_at", (int, float), optional=True, default=0.0)
     return VmRecord(vm=_get(d, "vm", str), mode=mode, phase=phase,
@@ -313,6 +326,16 @@ def bridge_from_json(d: object, path: str = "record") -> BridgeRecord:
         domain=_get(d, "domain", str, optional=True),
         sysctls=_sysctls(_get(d, "sysctls", dict, optional=True, default={})),
         fixes=_fixes(_get(d, "fixes", list, optional=True, default=[])))
+
+
+def _filter(d: dict[str, Any] | None) -> dict[str, object] | None:
+    if d is None:
+        return None
+    if not all(isinstance(d.get(k), bool) for k in ("mac", "ip", "guard")) or \
+            not isinstance(d.get("addresses"), list) or \
+            not all(isinstance(a, str) for a in d["addresses"]):
+        raise Corrupt("port filter is not mac, ip, guard and addresses")
+    return d
 
 
 def _kind(kind: str) -> str:

@@ -1,0 +1,280 @@
+"""Port filters (mac_filter, ip_filter, guard) in the kernel: a process holding tap fds
+stands in for the guests.  It writes crafted frames into a filtered VM's tap (as its
+guest would send them) and reads what the bridge delivers to another VM's tap; the
+same frames from an unfiltered VM all arrive (the control that shows the test can
+fail).  Then `down` leaves no table behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nsutil import Netns
+from tests.vmnetcli import vmnet
+from tests.world import dnsmasq_path, public_tmpdir
+
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.skipif(dnsmasq_path() is None,
+                                 reason="dnsmasq missing (apt-get install dnsmasq-base)")]
+
+# Writes FRAMES (built from the sender's MAC and IP) into tap argv[1], reads tap argv[2]
+# for 1.5 s, prints the markers that arrived.
+STANDIN = r"""
+import fcntl, json, os, select, struct, sys, time
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+
+def tap(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
+    return fd
+
+def mac(text):
+    return bytes.fromhex(text.replace(":", ""))
+
+def ip4(text):
+    return bytes(int(x) for x in text.split("."))
+
+def csum(data):
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+def eth(src, etype, payload, dst="ff:ff:ff:ff:ff:ff"):
+    return mac(dst) + mac(src) + struct.pack("!H", etype) + payload
+
+def udp4(src, dst, sport, dport, body):
+    u = struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
+    h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(u), 0, 0, 64, 17, 0, ip4(src), ip4(dst))
+    h = h[:10] + struct.pack("!H", csum(h)) + h[12:]
+    return h + u
+
+def arp(smac, sip, tip):
+    return struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac(smac), ip4(sip),
+                       b"\0" * 6, ip4(tip))
+
+def ip6(src, nh, body, dst="ff020000000000000000000000000001"):
+    return struct.pack("!IHBB", 6 << 28, len(body), nh, 255) + bytes.fromhex(src) + \
+        bytes.fromhex(dst) + body
+
+sender, observer, smac, sip = sys.argv[1:5]
+other_mac, other_ip = "52:54:00:de:ad:01", "10.77.0.250"
+LL = "fe800000000000000000000000000001"
+GLOBAL = "20010db8000000000000000000000005"
+frames = {
+    "good-ip": eth(smac, 0x0800, udp4(sip, "255.255.255.255", 5000, 5000, b"good-ip")),
+    "spoof-mac": eth(other_mac, 0x0800, udp4(sip, "255.255.255.255", 5000, 5000,
+                                              b"spoof-mac")),
+    "spoof-ip": eth(smac, 0x0800, udp4(other_ip, "255.255.255.255", 5000, 5000, b"spoof-ip")),
+    "dhcp-discover": eth(smac, 0x0800, udp4("0.0.0.0", "255.255.255.255", 68, 67,
+                                             b"dhcp-discover")),
+    "rogue-dhcp": eth(smac, 0x0800, udp4(sip, "255.255.255.255", 67, 68, b"rogue-dhcp")),
+    "arp-good": eth(smac, 0x0806, arp(smac, sip, "10.77.0.201")),
+    "arp-probe": eth(smac, 0x0806, arp(smac, "0.0.0.0", "10.77.0.202")),
+    "arp-other-ip": eth(smac, 0x0806, arp(smac, other_ip, "10.77.0.203")),
+    "arp-other-mac": eth(smac, 0x0806, arp(other_mac, sip, "10.77.0.204")),
+    "v6-linklocal": eth(smac, 0x86DD, ip6(LL, 17, struct.pack("!HHHH", 5000, 5000, 20, 0)
+                                           + b"v6-linklocal")),
+    "v6-global": eth(smac, 0x86DD, ip6(GLOBAL, 17, struct.pack("!HHHH", 5000, 5000, 17, 0)
+                                        + b"v6-global")),
+    "router-advert": eth(smac, 0x86DD, ip6(LL, 58, bytes([134, 0, 0, 0]) + b"\0" * 12
+                                            + b"router-advert")),
+    "vlan-tagged": eth(smac, 0x8100, struct.pack("!HH", 7, 0x0800) +
+                       udp4(sip, "255.255.255.255", 5000, 5000, b"vlan-tagged")),
+}
+arp_marks = {"10.77.0.201": "arp-good", "10.77.0.202": "arp-probe",
+             "10.77.0.203": "arp-other-ip", "10.77.0.204": "arp-other-mac"}
+a, b = tap(sender), tap(observer)
+time.sleep(0.3)  # carrier on: the ports forward
+for name, frame in frames.items():
+    os.write(a, frame)
+seen = set()
+end = time.monotonic() + 1.5
+while time.monotonic() < end:
+    r, _, _ = select.select([b], [], [], 0.1)
+    if not r:
+        continue
+    got = os.read(b, 65536)
+    if got[12:14] == b"\x08\x06":
+        tip = ".".join(str(x) for x in got[38:42])
+        if tip in arp_marks:
+            seen.add(arp_marks[tip])
+        continue
+    for name in frames:
+        if name.encode() in got:
+            seen.add(name)
+print(json.dumps(sorted(seen)))
+"""
+
+ALLOWED = {"good-ip", "dhcp-discover", "arp-good", "arp-probe", "v6-linklocal"}
+EVERYTHING = ALLOWED | {"spoof-mac", "spoof-ip", "rogue-dhcp", "arp-other-ip",
+                        "arp-other-mac", "v6-global", "router-advert", "vlan-tagged"}
+
+
+@pytest.fixture
+def site() -> Iterator[tuple[str, str]]:
+    with public_tmpdir("vmnet-filter-") as d:
+        cfg = d / "vmnet.toml"
+        cfg.write_text(f'[defaults]\ndata_dir = "{d}/data"\n')
+        cfg.chmod(0o644)
+        yield str(d / "state"), str(cfg)
+
+
+def standin(ns: Netns, sender: str, observer: str, mac: str, ip: str) -> set[str]:
+    r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", STANDIN,
+                        sender, observer, mac, ip], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    return set(json.loads(r.stdout))
+
+
+def info(ns: Netns, state: str, cfg: str, vm: str) -> tuple[str, str]:
+    d = json.loads(vmnet(ns, state, "ip", vm, "--json", config=cfg, check=True).stdout)
+    return str(d["mac"]), str(d["ip"])
+
+
+def test_a_filtered_guest_gets_only_its_own_traffic_through(
+        ns: Netns, site: tuple[str, str]) -> None:
+    state, cfg = site
+    vmnet(ns, state, "up", "fv", "--mac-filter", "--ip-filter", config=cfg, check=True)
+    vmnet(ns, state, "up", "free", config=cfg, check=True)
+    vmnet(ns, state, "up", "obs", config=cfg, check=True)
+    fmac, fip = info(ns, state, cfg, "fv")
+    omac, oip = info(ns, state, cfg, "free")
+    assert standin(ns, "free-0", "obs-0", omac, oip) == EVERYTHING  # the control
+    assert standin(ns, "fv-0", "obs-0", fmac, fip) == ALLOWED
+    st = json.loads(vmnet(ns, state, "status", "--json", config=cfg, check=True).stdout)
+    states = {v["vm"]: v["nics"][0]["state"] for v in st["vms"]}
+    assert states == {"fv": "ok", "free": "ok", "obs": "ok"}
+    # the filter removed behind vmnet's back: status says so; `up` puts it back
+    ns.run("nft", "delete", "table", "bridge", "vmnet")
+    st = json.loads(vmnet(ns, state, "status", "--json", config=cfg, check=True).stdout)
+    assert {v["vm"]: v["nics"][0]["state"] for v in st["vms"]}["fv"].startswith(
+        "filter missing")
+    vmnet(ns, state, "up", "fv", config=cfg, check=True)  # the recorded filter, again
+    assert standin(ns, "fv-0", "obs-0", fmac, fip) == ALLOWED
+    vmnet(ns, state, "down", "fv", config=cfg, check=True)
+    assert "bridge vmnet" not in ns.run("nft", "list", "ruleset").stdout
+    vmnet(ns, state, "down", "free", "obs", config=cfg, check=True)
+
+
+def test_mac_filter_alone_and_the_guard(ns: Netns, site: tuple[str, str]) -> None:
+    state, cfg = site
+    vmnet(ns, state, "up", "m1", "--network", "bare", "--mac-filter", config=cfg, check=True)
+    vmnet(ns, state, "up", "g1", "--network", "bare", "--mac-filter", "--no-guard",
+          config=cfg, check=True)
+    vmnet(ns, state, "up", "ob", "--network", "bare", config=cfg, check=True)
+    mmac = json.loads(vmnet(ns, state, "status", "--json", config=cfg).stdout)["vms"]
+    macs = {v["vm"]: v["nics"][0]["mac"] for v in mmac}
+    got = standin(ns, "m1-0", "ob-0", macs["m1"], "10.77.0.99")
+    assert got == {"good-ip", "spoof-ip", "dhcp-discover", "arp-good", "arp-probe",
+                   "arp-other-ip", "v6-linklocal", "v6-global"}, got
+    got = standin(ns, "g1-0", "ob-0", macs["g1"], "10.77.0.99")
+    assert {"rogue-dhcp", "router-advert"} <= got and "spoof-mac" not in got
+    vmnet(ns, state, "down", "m1", "g1", "ob", config=cfg, check=True)
+    assert "bridge vmnet" not in ns.run("nft", "list", "ruleset").stdout
+
+
+def test_filters_in_bulk_are_one_transaction_and_a_dry_run(ns: Netns,
+                                                           site: tuple[str, str]) -> None:
+    state, cfg = site
+    names = [f"b{i}" for i in range(12)]
+    r = vmnet(ns, state, "up", *names, "--mac-filter", "--dry-run", config=cfg, check=True)
+    assert r.stdout.count("add element bridge vmnet ports") == 12  # each VM's plan says so
+    r = vmnet(ns, state, "-v", "up", *names, "--mac-filter", config=cfg, check=True)
+    # as applied (-v logs each step run): the nat network's table, then one transaction
+    # for the twelve filters, before the first tap joins the bridge
+    assert r.stderr.count("nft -f - <<'EOF'") == 2, r.stderr
+    assert r.stderr.index("add element bridge vmnet ports { \"b11-0\"") < \
+        r.stderr.index("link set b0-0 master")
+    listed = ns.run("nft", "list", "map", "bridge", "vmnet", "ports").stdout
+    assert all(f'"{n}-0" : jump p_{n}-0' in listed for n in names), listed
+    vmnet(ns, state, "down", *names[:6], config=cfg, check=True)
+    listed = ns.run("nft", "list", "map", "bridge", "vmnet", "ports").stdout
+    assert not any(f'"{n}-0"' in listed for n in names[:6])
+    assert all(f'"{n}-0"' in listed for n in names[6:])
+    vmnet(ns, state, "down", "--all", config=cfg, check=True)
+    assert "vmnet" not in ns.run("nft", "list", "ruleset").stdout
+
+
+def test_filter_bad_input_is_one_line(ns: Netns, site: tuple[str, str], tmp_path: Path
+                                      ) -> None:
+    state, cfg = site
+    r = vmnet(ns, state, "up", "x", "--network", "bare", "--ip-filter", config=cfg)
+    assert r.returncode == 2 and "no address of it is known" in r.stderr
+    assert r.stderr.count("\n") == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[vms.x]\n[[vms.x.nics]]\naddresses = ["10.0.0.0/8"]\n')
+    r = vmnet(ns, state, "up", "x", config=str(bad))
+    assert r.returncode == 2 and "addresses[0]" in r.stderr
+    assert "x-0" not in ns.links()
+
+
+# -- without a kernel ---------------------------------------------------------------------
+def test_rules_per_setting() -> None:
+    from vmnet.nicpolicy.filters import PortFilter, rules
+
+    both = rules(PortFilter("t", "52:54:00:00:00:01", True, True, True, ("10.0.0.5",),
+                            ("2001:db8::5",)))
+    assert both[0] == "ether saddr != 52:54:00:00:00:01 drop"
+    assert "ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept" in both
+    assert both.index("ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept") < \
+        both.index("ether type ip ip saddr != { 10.0.0.5 } drop")
+    assert "ether type ip6 ip6 saddr != { ::, fe80::/10, 2001:db8::5 } drop" in both
+    assert both[-1] == "ether type != { ip, ip6, arp } drop"
+    guard_only = rules(PortFilter("t", "52:54:00:00:00:01", False, False, True))
+    assert all("saddr" not in r for r in guard_only) and len(guard_only) == 4
+    assert rules(PortFilter("t", "52:54:00:00:00:01", False, False, False)) == []
+    no_v4 = rules(PortFilter("t", "52:54:00:00:00:01", False, True, False, (), ("fd00::1",)))
+    assert "ether type ip drop" in no_v4  # IPv4 but DHCP discovery, with no IPv4 known
+
+
+def test_merge_makes_one_transaction_where_the_first_stood() -> None:
+    from vmnet.engine.steps import AttachTap, CreateTap, DeleteLinks
+    from vmnet.kernel.base import TapSpec
+    from vmnet.nicpolicy.filters import PortFilter, ProtectPorts, UnprotectPorts, merge
+
+    def f(t: str) -> ProtectPorts:
+        return ProtectPorts((PortFilter(t, "52:54:00:00:00:01", True, False, True),))
+
+    def tap(t: str) -> CreateTap:
+        return CreateTap(TapSpec(t, None, None, False, "fe:54:00:00:00:01", None, "x"))
+
+    steps = [f("a"), tap("a"), AttachTap("a", "br"), f("b"), tap("b"), AttachTap("b", "br"),
+             UnprotectPorts(("c",)), DeleteLinks(("c",)), UnprotectPorts(("d",))]
+    out = merge(steps)
+    assert isinstance(out[0], ProtectPorts) and [p.tap for p in out[0].filters] == ["a", "b"]
+    assert [type(s).__name__ for s in out] == ["ProtectPorts", "CreateTap", "AttachTap",
+                                              "CreateTap", "AttachTap", "UnprotectPorts",
+                                              "DeleteLinks"]
+    assert out[5].taps == ("c", "d")  # type: ignore[attr-defined]
+    assert merge([tap("a")]) == [tap("a")]
+
+
+def test_filter_records_round_trip_and_old_records_have_none() -> None:
+    from vmnet.state.records import NicRecord, vm_from_json
+
+    base = {"format": 2, "vm": "v", "mode": "up", "phase": "ready",
+            "writer": {"pid": 1, "start": 1},
+            "nics": [{"index": 0, "tap": "v-0", "bridge": "b", "network": "n",
+                      "mac": "52:54:00:00:00:01", "tap_mac": "fe:54:00:00:00:01",
+                      "mtu": None, "queues": 1, "vnet_hdr": True, "owner": 0,
+                      "group": None}]}
+    assert vm_from_json(base).nics[0].filter is None
+    n = NicRecord(0, "v-0", "b", "n", "52:54:00:00:00:01", "fe:54:00:00:00:01", None, 1,
+                  True, 0, None, filter={"mac": True, "ip": False, "guard": True,
+                                         "addresses": ["10.0.0.9"]})
+    assert "filter" in n.to_json()
+    back = vm_from_json({**base, "nics": [n.to_json()]}).nics[0]
+    assert back.filter == n.filter and back.filter_spec()["addresses"] == ("10.0.0.9",)
+    from vmnet.state.records import Corrupt
+
+    with pytest.raises(Corrupt):
+        vm_from_json({**base, "nics": [{**n.to_json(), "filter": {"mac": "yes"}}]})
