@@ -156,6 +156,9 @@ def test_network_from_config_with_address_stp(ns: Netns, state_dir: str,
                                               tmp_path: Path) -> None:
     cfg = tmp_path / "vmnet.toml"
     cfg.write_text(textwrap.dedent("""
+        [networks.default]
+        bridge = "vmnet0"
+
         [networks.lab]
         bridge = "br-lab"
         mtu = 9000
