@@ -213,7 +213,8 @@ def start_paths(repeat: int, tmp: str) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     cfg = os.path.join(tmp, "start.toml")
     with open(cfg, "w") as f:  # a config file (parsed once, then read from its cache)
-        f.write('[networks.adm]\nbridge = "adm0"\n')
+        # the bridge vmnet makes: vmnet0 as a plain bridge (bench/nat.py times NAT networks)
+        f.write('[networks.default]\nbridge = "vmnet0"\n[networks.adm]\nbridge = "adm0"\n')
     bindir = os.path.dirname(VMNET)
     with netns() as ns:
         state = tempfile.mkdtemp(dir=STATE_ROOT)
@@ -253,9 +254,9 @@ def start_paths(repeat: int, tmp: str) -> dict[str, tuple[float, float]]:
         hook = os.path.join(bindir, "vmnet-libvirt-hook")
         ups, ips = [], []
         for i in range(repeat):
-            xml = domain_xml(tmp, state, f"d{i}", f"k{i}")
-            argv = ["ip", "netns", "exec", ns, hook, f"--state-dir={state}", f"d{i}",
-                    "prepare", "begin", "-"]
+            xml = domain_xml(tmp, state, f"d{i}", f"k{i}", cfg)
+            argv = ["ip", "netns", "exec", ns, hook, f"--state-dir={state}", f"--config={cfg}",
+                    f"d{i}", "prepare", "begin", "-"]
             ups.append(run_stdin(argv, xml, env={"VMNET_CONFIG": ""}))
             ips.append(three_ip(ns, f"j{i}", create=True))
         out["libvirt hook (prepare begin)"] = (statistics.median(ups) - nsx,
@@ -511,6 +512,7 @@ def daemon_paths(runs: int, clients: int, total: int, inflight: int, tmp: str,
         f.write('[defaults]\nnetwork = "one"\n[networks.one]\nbridge = "vbs0"\n')
     cfg = os.path.join(tmp, "daemon-load.toml")
     with open(cfg, "w") as f:
+        f.write('[networks.default]\nbridge = "vmnet0"\n')  # a plain bridge (nat: bench/nat.py)
         for k in range(1, (clients + total - 1) // 1000 + 1):
             f.write(f'[networks.load{k}]\nbridge = "vbl{k}"\n')
         for i in range(1000, clients + total):
