@@ -275,6 +275,15 @@ ENCODED = {
     "fdb-add-vlan": (ndmsg, rtnl.RTM_NEWNEIGH, fdb.add_body(4, MAC, vlan=4094),
                      hdr(ndmsg, family=AF_BRIDGE, ifindex=4, state=0x40, flags=0x04),
                      {"NDA_LLADDR": MAC, "NDA_VLAN": 4094}),
+    "bridge-port-isolated": (ifinfmsg, rtnl.RTM_SETLINK,
+                             rtnl.bridge_port_body(4, isolated=True, learning=False),
+                             hdr(ifinfmsg, family=AF_BRIDGE, index=4),
+                             {"IFLA_PROTINFO": {"IFLA_BRPORT_ISOLATED": 1,
+                                                "IFLA_BRPORT_LEARNING": 0}}),
+    "bridge-port-not-isolated": (ifinfmsg, rtnl.RTM_SETLINK,
+                                 rtnl.bridge_port_body(4, isolated=False),
+                                 hdr(ifinfmsg, family=AF_BRIDGE, index=4),
+                                 {"IFLA_PROTINFO": {"IFLA_BRPORT_ISOLATED": 0}}),
     "fdb-del": (ndmsg, rtnl.RTM_DELNEIGH, fdb.del_body(4, MAC),
                 hdr(ndmsg, family=AF_BRIDGE, ifindex=4, flags=0x04), {"NDA_LLADDR": MAC}),
     "fdb-del-self-vlan": (ndmsg, rtnl.RTM_DELNEIGH, fdb.del_body(4, MAC, master=False, vlan=5),
@@ -509,7 +518,7 @@ def _fields(**kw: Any) -> dict[str, Any]:
         "index": 0, "name": "", "kind": None, "mac": None, "mtu": 0, "up": False,
         "carrier": False, "master": None, "alias": None, "group": 0, "tun": None,
         "rx_packets": 0, "tx_packets": 0, "rx_bytes": 0, "tx_bytes": 0, "stp": None,
-        "forward_delay": None}
+        "forward_delay": None, "port_isolated": None, "port_learning": None}
     assert set(kw) <= set(base)
     return {**base, **kw}
 
@@ -544,6 +553,15 @@ LINKS = {
                                 ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]})),
                           _fields(index=4, name="v0", kind="veth", up=True, carrier=True)),
     "down": (_link("d0", 5, 0x1002), _fields(index=5, name="d0")),
+    "bridge-port-settings": (_link("p0", 6, 0x1003, ("IFLA_MASTER", 7),
+                                   ("IFLA_LINKINFO", {"attrs": [
+                                       ("IFLA_INFO_KIND", "tun"),
+                                       ("IFLA_INFO_SLAVE_KIND", "bridge"),
+                                       ("IFLA_INFO_SLAVE_DATA", {"attrs": [
+                                           ("IFLA_BRPORT_LEARNING", 0),
+                                           ("IFLA_BRPORT_ISOLATED", 1)]})]})),
+                             _fields(index=6, name="p0", kind="tun", up=True, master=7,
+                                     port_isolated=True, port_learning=False)),
 }
 
 

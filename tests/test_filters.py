@@ -278,3 +278,86 @@ def test_filter_records_round_trip_and_old_records_have_none() -> None:
 
     with pytest.raises(Corrupt):
         vm_from_json({**base, "nics": [{**n.to_json(), "filter": {"mac": "yes"}}]})
+
+
+# -- port isolation ------------------------------------------------------------------------
+# From tap argv[1] (MAC argv[2], IP argv[3]): a broadcast, a unicast to argv[4]'s MAC, and
+# an ARP request for the gateway argv[5]; reads every tap in argv[6:] (and argv[1] for the
+# gateway's ARP reply) for 1.5 s: which of them got what.
+ISOLATION = r"""
+import fcntl, json, os, select, struct, sys, time
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+def tap(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
+    return fd
+mac = lambda t: bytes.fromhex(t.replace(":", ""))
+ip4 = lambda t: bytes(int(x) for x in t.split("."))
+src, smac, sip, peer_mac, gw, *others = sys.argv[1:]
+fds = {n: tap(n) for n in [src, *others]}
+time.sleep(0.3)
+a = fds[src]
+os.write(a, mac("ff:ff:ff:ff:ff:ff") + mac(smac) + b"\x88\xb5" + b"isolation-bcast")
+os.write(a, mac(peer_mac) + mac(smac) + b"\x88\xb5" + b"isolation-ucast")
+os.write(a, mac("ff:ff:ff:ff:ff:ff") + mac("52:54:00:de:ad:02") + b"\x88\xb5" + b"learn-me")
+os.write(a, mac("ff:ff:ff:ff:ff:ff") + mac(smac) + b"\x08\x06" + struct.pack(
+    "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac(smac), ip4(sip), b"\0" * 6, ip4(gw)))
+seen = {n: [] for n in fds}
+end = time.monotonic() + 1.5
+while time.monotonic() < end:
+    r, _, _ = select.select(list(fds.values()), [], [], 0.1)
+    for fd in r:
+        name = next(n for n, f in fds.items() if f == fd)
+        got = os.read(fd, 65536)
+        if b"isolation-bcast" in got:
+            seen[name].append("bcast")
+        elif b"isolation-ucast" in got:
+            seen[name].append("ucast")
+        elif got[12:14] == b"\x08\x06" and got[20:22] == b"\x00\x02" and got[28:32] == ip4(gw):
+            seen[name].append("gateway-arp-reply")
+print(json.dumps({n: sorted(set(v)) for n, v in seen.items()}))
+"""
+
+
+def test_isolated_ports_reach_the_gateway_and_other_ports_but_not_each_other(
+        ns: Netns, site: tuple[str, str]) -> None:
+    state, cfg = site
+    for vm, extra in (("i1", ["--port-isolation"]), ("i2", ["--port-isolation"]),
+                      ("n1", [])):
+        vmnet(ns, state, "up", vm, *extra, config=cfg, check=True)
+    info_ = {vm: info(ns, state, cfg, vm) for vm in ("i1", "i2", "n1")}
+    links = ns.links()
+    assert links["i1-0"]["linkinfo"]["info_slave_data"]["isolated"] is True
+    assert links["i1-0"]["linkinfo"]["info_slave_data"]["learning"] is False
+    assert links["n1-0"]["linkinfo"]["info_slave_data"]["isolated"] is False
+    fdb = ns.run("bridge", "fdb", "show", "dev", "i1-0").stdout
+    assert f"{info_['i1'][0]} master vmnet0 static" in fdb, fdb
+
+    def run(src: str, peer: str, *others: str) -> dict[str, list[str]]:
+        r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", ISOLATION,
+                            f"{src}-0", info_[src][0], info_[src][1], info_[peer][0],
+                            "10.77.0.1", *(f"{o}-0" for o in others)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    got = run("i1", "i2", "i2", "n1")
+    assert got["i2-0"] == [], got  # isolated from the other isolated port, both ways
+    assert got["n1-0"] == ["bcast"], got  # a port that is not isolated hears it
+    assert got["i1-0"] == ["gateway-arp-reply"], got  # the gateway (the bridge) answers
+    got = run("n1", "i1", "i1", "i2")
+    assert got["i1-0"] == ["bcast", "ucast"] and got["i2-0"] == ["bcast"], got
+    # learning is off on i1: a frame from another source MAC taught the bridge nothing
+    # there, while n1 (learning on) had the same MAC learned from the same frame
+    assert "52:54:00:de:ad:02" not in ns.run("bridge", "fdb", "show", "dev", "i1-0").stdout
+    assert "52:54:00:de:ad:02" in ns.run("bridge", "fdb", "show", "dev", "n1-0").stdout
+    st = json.loads(vmnet(ns, state, "status", "--json", config=cfg, check=True).stdout)
+    assert {v["vm"]: v["nics"][0]["state"] for v in st["vms"]} == {
+        "i1": "ok", "i2": "ok", "n1": "ok"}
+    ns.run("bridge", "link", "set", "dev", "i1-0", "isolated", "off")
+    st = json.loads(vmnet(ns, state, "status", "--json", config=cfg, check=True).stdout)
+    assert {v["vm"]: v["nics"][0]["state"] for v in st["vms"]}["i1"] == "not isolated"
+    vmnet(ns, state, "up", "i1", config=cfg, check=True)  # the recorded setting, again
+    assert ns.links()["i1-0"]["linkinfo"]["info_slave_data"]["isolated"] is True
+    vmnet(ns, state, "down", "--all", config=cfg, check=True)
+    assert not [n for n in ns.links() if n.startswith(("i1", "i2", "n1", "vmnet"))]

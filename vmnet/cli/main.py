@@ -98,7 +98,8 @@ def overrides(values: Mapping[str, object]) -> Overrides:
                      ips=tuple(str(a) for a in ips) if isinstance(ips, list) else (),
                      mac_filter=True if values.get("mac_filter") else None,
                      ip_filter=True if values.get("ip_filter") else None,
-                     no_guard=True if values.get("no_guard") else None)
+                     no_guard=True if values.get("no_guard") else None,
+                     port_isolation=True if values.get("port_isolation") else None)
 
 
 def setup(argv: list[str], env: Mapping[str, str], policy: Policy | None = None

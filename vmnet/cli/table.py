@@ -71,6 +71,8 @@ OVERRIDES = (
     Opt("--mac-filter", help="Frames and ARP from the VM carry only its MAC (every NIC)."),
     Opt("--ip-filter", help="IPv4/IPv6 sources only from the VM's known addresses (its "
                             "nat/isolated address, the config's `addresses`); DHCP works."),
+    Opt("--port-isolation", help="Isolated bridge port (no traffic with other isolated "
+                                 "ports), learning off, a static fdb entry for the VM's MAC."),
     Opt("--no-guard", help="Let a filtered VM send router advertisements and DHCP server "
                            "replies (the guard is on by default with either filter)."),
     Opt("--model", kind="value", metavar="DEVICE", help="QEMU NIC model (virtio-net-pci)."),

@@ -38,7 +38,7 @@ _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address",
                  "firewall_fix"}
 _VM_KEYS = {"user", "group", "nics"}
 _NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model", "ip",
-             "mac_filter", "ip_filter", "guard", "addresses"}
+             "mac_filter", "ip_filter", "guard", "addresses", "port_isolation"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
 _DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues", "data_dir"}
 # What one user without root may hold through vmnetd, unless [defaults] says otherwise.
@@ -50,14 +50,15 @@ class NicSpec(Value):
     """One `[[vms.NAME.nics]]` table as written (None: not given)."""
 
     __slots__ = ("addresses", "guard", "ip", "ip_filter", "mac", "mac_filter", "model", "mtu",
-                 "network", "queues", "tap", "vnet_hdr")
+                 "network", "port_isolation", "queues", "tap", "vnet_hdr")
 
     def __init__(self, network: str | None = None, mac: str | None = None,
                  queues: int | None = None, mtu: int | None = None, tap: str | None = None,
                  vnet_hdr: bool | None = None, model: str | None = None,
                  ip: str | None = None, mac_filter: bool | None = None,
                  ip_filter: bool | None = None, guard: bool | None = None,
-                 addresses: tuple[str, ...] = ()) -> None:
+                 addresses: tuple[str, ...] = (), port_isolation: bool | None = None) -> None:
+        self.port_isolation = port_isolation
         self.mac_filter = mac_filter
         self.ip_filter = ip_filter
         self.guard = guard
@@ -163,6 +164,7 @@ class Overrides(Value):
         "network",
         "nics",
         "no_guard",
+        "port_isolation",
         "queues",
         "uplink",
         "user",
@@ -175,7 +177,8 @@ class Overrides(Value):
                  vnet_hdr: bool | None = None, model: str | None = None,
                  network: str | None = None, ips: tuple[str, ...] = (),
                  mac_filter: bool | None = None, ip_filter: bool | None = None,
-                 no_guard: bool | None = None) -> None:
+                 no_guard: bool | None = None, port_isolation: bool | None = None) -> None:
+        self.port_isolation = port_isolation
         self.mac_filter = mac_filter  # flags only turn filters on (--mac-filter, ...)
         self.ip_filter = ip_filter
         self.no_guard = no_guard
@@ -299,6 +302,7 @@ def _nic(t: Any, where: str) -> NicSpec:
         ip_filter=_typed(t.get("ip_filter"), bool, f"{where}.ip_filter"),
         guard=_typed(t.get("guard"), bool, f"{where}.guard"),
         addresses=tuple(_addresses(t.get("addresses", []), f"{where}.addresses")),
+        port_isolation=_typed(t.get("port_isolation"), bool, f"{where}.port_isolation"),
     )
     try:
         if spec.ip is not None:
@@ -600,5 +604,6 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
             ip_filter=bool(ov.ip_filter or nspec.ip_filter),
             guard=False if ov.no_guard else nspec.guard,
             addresses=nspec.addresses,
+            port_isolation=bool(ov.port_isolation or nspec.port_isolation),
         ))
     return Vm(name=name, uid=uid, gid=gid, nics=tuple(nics), user=user)

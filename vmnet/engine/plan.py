@@ -27,6 +27,7 @@ from vmnet.model import Network, Nic, Vm, nic_mark
 from vmnet.model import validate as v
 from vmnet.model.value import Value
 from vmnet.nicpolicy.filters import PortFilter, ProtectPorts, UnprotectPorts
+from vmnet.nicpolicy.isolation import IsolatePort
 from vmnet.state.records import BridgeRecord, NicRecord, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
@@ -296,12 +297,15 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model, ip=ip,
             filter=None if protect is None else {
                 "mac": nic.mac_filter, "ip": nic.ip_filter, "guard": nic.guarded,
-                "addresses": list(nic.addresses)}))
+                "addresses": list(nic.addresses)}, isolated=nic.port_isolation))
+        isolate = IsolatePort(nic.tap, bridge, nic.mac) if nic.port_isolation else None
         if link is not None:
             _check_existing_tap(vm, nic, link)
             steps += _change_existing(vm, nic, link, br, mtu, force)
             if link.master != br.index or not link.up:
                 view.planned(link.with_(master=br.index, up=True), bridge)
+            if isolate is not None and (link.master != br.index or isolate.check(view)):
+                steps.append(isolate)
             continue
         count = view.port_count(bridge)
         if count is not None and count + 1 > v.MAX_BRIDGE_PORTS:
@@ -312,6 +316,8 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
                        mac=nic.tap_mac, mtu=mtu, alias=vm.mark(nic))
         steps.append(CreateTap(spec))
         steps.append(AttachTap(nic.tap, bridge))
+        if isolate is not None:
+            steps.append(isolate)
         view.planned(LinkInfo(0, nic.tap, "tun", nic.tap_mac, mtu or 1500, True, False,
                               br.index, spec.alias), bridge)
     claims.add(vm.name, nic_records)

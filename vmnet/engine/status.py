@@ -109,6 +109,10 @@ def nic_steps(vm: str, n: NicRecord) -> list[Step]:
     f = recorded_filter(n)
     if f is not None:
         out.append(ProtectPorts((f,)))
+    if n.isolated:
+        from vmnet.nicpolicy.isolation import IsolatePort
+
+        out.append(IsolatePort(n.tap, n.bridge, n.mac))
     return out
 
 

@@ -47,6 +47,8 @@ class LinkInfo(Value):
         "master",
         "mtu",
         "name",
+        "port_isolated",
+        "port_learning",
         "rx_bytes",
         "rx_packets",
         "stp",
@@ -60,7 +62,10 @@ class LinkInfo(Value):
                  up: bool, carrier: bool, master: int | None, alias: str | None,
                  group: int = 0, tun: TunInfo | None = None, rx_bytes: int = 0,
                  tx_bytes: int = 0, rx_packets: int = 0, tx_packets: int = 0,
-                 stp: bool | None = None, forward_delay: int | None = None) -> None:
+                 stp: bool | None = None, forward_delay: int | None = None,
+                 port_isolated: bool | None = None, port_learning: bool | None = None) -> None:
+        self.port_isolated = port_isolated  # a bridge port's (None: not a bridge port)
+        self.port_learning = port_learning
         self.index = index
         self.name = name
         self.kind = kind

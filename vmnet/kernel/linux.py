@@ -172,6 +172,29 @@ class LinuxKernel:
         except NetlinkError as e:
             raise kernel_error("get fdb entry", mac, rtnl.errno_of(e)) from None
 
+    def set_bridge_port(self, name: str, *, isolated: bool | None = None,
+                        learning: bool | None = None) -> None:
+        self._call("set bridge port", name, RTM_SETLINK, 0,
+                   rtnl.bridge_port_body(self._idx(name), isolated=isolated,
+                                         learning=learning))
+
+    def fdb_add(self, port: str, mac: str) -> None:
+        """A static entry for `mac` on bridge port `port` (replaced if there)."""
+        from vmnet.kernel import fdb
+
+        self._call("add fdb entry", port, rtnl.RTM_NEWNEIGH,
+                   NLM_F_CREATE | rtnl.NLM_F_REPLACE, fdb.add_body(self._idx(port), mac))
+
+    def fdb_del(self, port: str, mac: str) -> None:
+        from vmnet.kernel import fdb
+
+        try:
+            self._call("delete fdb entry", port, rtnl.RTM_DELNEIGH, 0,
+                       fdb.del_body(self._idx(port), mac))
+        except VmnetError as e:
+            if not isinstance(e, NotFoundError) and e.errno != errno.ENOENT:
+                raise  # (none there, or no such port: nothing to delete)
+
     def fdb_dump(self, bridge_index: int) -> list[FdbEntry]:
         from vmnet.kernel import fdb
 

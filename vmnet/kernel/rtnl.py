@@ -29,7 +29,9 @@ IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU = 1, 3, 4
 IFLA_MASTER, IFLA_STATS64 = 10, 23
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP = 18, 20, 27
 IFLA_EXT_MASK, IFLA_CARRIER = 29, 33
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+IFLA_PROTINFO = 12
+IFLA_BRPORT_LEARNING, IFLA_BRPORT_ISOLATED = 8, 33  # include/uapi/linux/if_link.h
 IFLA_TUN_OWNER, IFLA_TUN_GROUP, IFLA_TUN_TYPE, IFLA_TUN_PI = 1, 2, 3, 4
 IFLA_TUN_VNET_HDR, IFLA_TUN_PERSIST, IFLA_TUN_MULTI_QUEUE, IFLA_TUN_NUM_QUEUES = 5, 6, 7, 8
 IFLA_BR_FORWARD_DELAY, IFLA_BR_STP_STATE = 1, 5
@@ -292,6 +294,7 @@ def link_fields(buf: bytes, off: int, end: int) -> dict[str, object]:
     stats = (0, 0, 0, 0)
     tun_info: dict[str, object] | None = None
     stp = fwd = None
+    isolated = learning = None
     for t, s, e in parse_attrs(buf, off + _IFI.size, end):
         if t == IFLA_IFNAME:
             name = buf[s:e].rstrip(b"\0").decode()
@@ -311,11 +314,22 @@ def link_fields(buf: bytes, off: int, end: int) -> dict[str, object]:
             stats = _STATS64.unpack_from(buf, s)
         elif t == IFLA_LINKINFO:
             data_s = data_e = 0
+            slave_kind = None
             for it, is_, ie in parse_attrs(buf, s, e):
                 if it == IFLA_INFO_KIND:
                     kind = buf[is_:ie].rstrip(b"\0").decode()
                 elif it == IFLA_INFO_DATA:
                     data_s, data_e = is_, ie
+                elif it == IFLA_INFO_SLAVE_KIND:
+                    slave_kind = buf[is_:ie].rstrip(b"\0").decode()
+                elif it == IFLA_INFO_SLAVE_DATA and slave_kind == "bridge":
+                    # a bridge port's settings (br_port_fill_attrs): the kernel puts the
+                    # slave kind before its data
+                    for pt, ps, _pe in parse_attrs(buf, is_, ie):
+                        if pt == IFLA_BRPORT_ISOLATED:
+                            isolated = bool(buf[ps])
+                        elif pt == IFLA_BRPORT_LEARNING:
+                            learning = bool(buf[ps])
             if kind == "tun" and data_e:
                 d = {dt: buf[ds:de] for dt, ds, de in parse_attrs(buf, data_s, data_e)}
 
@@ -341,7 +355,8 @@ def link_fields(buf: bytes, off: int, end: int) -> dict[str, object]:
             "carrier": carrier if carrier is not None else bool(flags & IFF_LOWER_UP),
             "master": master, "alias": alias, "group": group, "tun": tun_info,
             "rx_packets": stats[0], "tx_packets": stats[1], "rx_bytes": stats[2],
-            "tx_bytes": stats[3], "stp": stp, "forward_delay": fwd}
+            "tx_bytes": stats[3], "stp": stp, "forward_delay": fwd,
+            "port_isolated": isolated, "port_learning": learning}
 
 
 def by_name(name: str) -> bytes:
@@ -374,6 +389,18 @@ def set_link(name: str, *, master: int | None = None, up: bool | None = None,
         body += a_u32(IFLA_MASTER, master)
     head = ifinfo() if up is None else ifinfo(0, IFF_UP if up else 0, IFF_UP)
     return head + body
+
+
+def bridge_port_body(index: int, *, isolated: bool | None = None,
+                     learning: bool | None = None) -> bytes:
+    """RTM_SETLINK body of family AF_BRIDGE: a bridge port's settings in IFLA_PROTINFO,
+    `bridge link set dev PORT isolated on learning off` (br_setport())."""
+    attrs = b""
+    if isolated is not None:
+        attrs += a_u8(IFLA_BRPORT_ISOLATED, int(isolated))
+    if learning is not None:
+        attrs += a_u8(IFLA_BRPORT_LEARNING, int(learning))
+    return _IFI.pack(AF_BRIDGE, 0, index, 0, 0) + a_nest(IFLA_PROTINFO, attrs)
 
 
 def bridge_create_body(name: str, mac: str, mtu: int | None, stp: bool,

@@ -134,13 +134,15 @@ class Nic(Value):
     """One virtual NIC of a VM: a tap on a network's bridge."""
 
     __slots__ = ("addresses", "guard", "index", "ip", "ip_filter", "mac", "mac_filter", "model",
-                 "mtu", "network", "queues", "tap", "vnet_hdr")
+                 "mtu", "network", "port_isolation", "queues", "tap", "vnet_hdr")
 
     def __init__(self, index: int, network: Network, tap: str, mac: str, queues: int = 1,
                  mtu: int | None = None, vnet_hdr: bool = True,
                  model: str = "virtio-net-pci", ip: str | None = None,
                  mac_filter: bool = False, ip_filter: bool = False,
-                 guard: bool | None = None, addresses: tuple[str, ...] = ()) -> None:
+                 guard: bool | None = None, addresses: tuple[str, ...] = (),
+                 port_isolation: bool = False) -> None:
+        self.port_isolation = port_isolation  # isolated bridge port, no learning
         self.mac_filter = mac_filter  # frames, ARP from the VM carry only its MAC
         self.ip_filter = ip_filter  # IPv4/IPv6 sources only from its known addresses
         self.guard = guard  # no RA, redirects, DHCP server replies (None: on with a filter)

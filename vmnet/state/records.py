@@ -89,6 +89,7 @@ class NicRecord(Value):
         "group",
         "index",
         "ip",
+        "isolated",
         "mac",
         "model",
         "mtu",
@@ -104,7 +105,8 @@ class NicRecord(Value):
                  tap_mac: str, mtu: int | None, queues: int, vnet_hdr: bool,
                  owner: int | None, group: int | None, created: bool = True,
                  model: str = DEFAULT_MODEL, ip: str | None = None,
-                 filter: dict[str, object] | None = None) -> None:
+                 filter: dict[str, object] | None = None, isolated: bool = False) -> None:
+        self.isolated = isolated  # port_isolation
         self.ip = ip  # its fixed address on a nat/isolated network
         # its port filter: {"mac": bool, "ip": bool, "guard": bool, "addresses": [...]}
         self.filter = filter
@@ -124,8 +126,8 @@ class NicRecord(Value):
 
     def to_json(self) -> dict[str, object]:
         d = {s: getattr(self, s) for s in self.__slots__}
-        for key in ("ip", "filter"):
-            if d[key] is None:
+        for key in ("ip", "filter", "isolated"):
+            if not d[key]:
                 del d[key]  # (unused: the record reads as before 0.5)
         return d
 
@@ -134,7 +136,8 @@ class NicRecord(Value):
         f = self.filter or {}
         return {"mac_filter": bool(f.get("mac")), "ip_filter": bool(f.get("ip")),
                 "guard": f.get("guard") if self.filter else None,
-                "addresses": tuple(f.get("addresses") or ())}  # type: ignore[arg-type]
+                "addresses": tuple(f.get("addresses") or ()),  # type: ignore[arg-type]
+                "port_isolation": self.isolated}
 
 
 class VmRecord(Value):
@@ -296,7 +299,8 @@ def vm_from_json(d: object, path: str = "record") -> VmRecord:
             created=_get(n, "created", bool, optional=True, default=True),
             model=_get(n, "model", str, optional=True, default=DEFAULT_MODEL),
             ip=_get(n, "ip", str, optional=True),
-            filter=_filter(_get(n, "filter", dict, optional=True))))
+            filter=_filter(_get(n, "filter", dict, optional=True)),
+            isolated=_get(n, "isolated", bool, optional=True, default=False)))
     holder = d.get("holder")
     created_at = _get(d, "created_at", (int, float), optional=True, default=0.0)
     return VmRecord(vm=_get(d, "vm", str), mode=mode, phase=phase,
