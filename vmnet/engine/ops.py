@@ -32,8 +32,8 @@ from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError
 from vmnet.kernel.netns import current_inode, has_net_admin
 from vmnet.model.value import Value
 from vmnet.nicpolicy.filters import UnprotectPorts
-from vmnet.nicpolicy.isolation import ReleasePort
 from vmnet.nicpolicy.filters import merge as merge_filters
+from vmnet.nicpolicy.isolation import ReleasePort
 from vmnet.state.records import NicRecord, Proc, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
