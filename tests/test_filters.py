@@ -187,7 +187,7 @@ def test_filters_in_bulk_are_one_transaction_and_a_dry_run(ns: Netns,
     state, cfg = site
     names = [f"b{i}" for i in range(12)]
     r = vmnet(ns, state, "up", *names, "--mac-filter", "--dry-run", config=cfg, check=True)
-    assert r.stdout.count("add element bridge vmnet ports") == 12  # each VM's plan says so
+    assert r.stdout.count("add element bridge vmnet ports { ") == 12  # each VM's plan
     r = vmnet(ns, state, "-v", "up", *names, "--mac-filter", config=cfg, check=True)
     # as applied (-v logs each step run): the nat network's table, then one transaction
     # for the twelve filters, before the first tap joins the bridge
@@ -361,3 +361,88 @@ def test_isolated_ports_reach_the_gateway_and_other_ports_but_not_each_other(
     assert ns.links()["i1-0"]["linkinfo"]["info_slave_data"]["isolated"] is True
     vmnet(ns, state, "down", "--all", config=cfg, check=True)
     assert not [n for n in ns.links() if n.startswith(("i1", "i2", "n1", "vmnet"))]
+
+
+# -- rates ---------------------------------------------------------------------------------
+# Writes 1000-byte frames into tap argv[1] (source MAC argv[2]) as fast as it can for
+# argv[4] seconds while a thread reads tap argv[3]: prints the bytes per second received
+# in the steady state (from 0.5 s after the start to the end of the writing: the
+# policer's burst and the frames still queued when the writer stops are not the rate).
+BLAST = r"""
+import fcntl, os, select, struct, sys, threading, time
+TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
+def tap(name):
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
+    return fd
+src, smac, dst, secs = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+a, b = tap(src), tap(dst)
+time.sleep(0.3)
+frame = b"\xff" * 6 + bytes.fromhex(smac.replace(":", "")) + b"\x88\xb5" + b"r" * 986
+got = []
+t0 = time.monotonic()
+stop = t0 + secs
+def reader():
+    while time.monotonic() < stop:
+        r, _, _ = select.select([b], [], [], 0.05)
+        if r:
+            got.append((time.monotonic(), len(os.read(b, 65536))))
+t = threading.Thread(target=reader)
+t.start()
+while time.monotonic() < stop:
+    for _ in range(64):
+        try:
+            os.write(a, frame)
+        except BlockingIOError:
+            pass
+t.join()
+start = t0 + 0.5
+print(sum(n for at, n in got if start <= at <= stop) / (stop - start))
+"""
+
+
+def blast(ns: Netns, src: str, mac: str, dst: str, secs: float = 2.0) -> float:
+    r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", BLAST, src,
+                        mac, dst, str(secs)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return float(r.stdout) * 8  # bits per second
+
+
+def test_rates_hold_within_ten_percent_both_ways(ns: Netns, site: tuple[str, str]) -> None:
+    from tests import figures
+
+    state, cfg = site
+    target = 20_000_000
+    vmnet(ns, state, "up", "rf", "--rate-from-vm", "20mbit", config=cfg, check=True)
+    vmnet(ns, state, "up", "rt", "--rate-to-vm", "20mbit", config=cfg, check=True)
+    vmnet(ns, state, "up", "rx", config=cfg, check=True)
+    macs = {vm: info(ns, state, cfg, vm)[0] for vm in ("rf", "rt", "rx")}
+    free = blast(ns, "rx-0", macs["rx"], "rf-0")  # the control: nothing limits rx -> rf
+    from_vm = blast(ns, "rf-0", macs["rf"], "rx-0")
+    to_vm = blast(ns, "rx-0", macs["rx"], "rt-0")
+    figures.report("rate", "policer", target_mbit=target // 10**6,
+                   from_vm_mbit=round(from_vm / 1e6, 2), to_vm_mbit=round(to_vm / 1e6, 2),
+                   unlimited_mbit=round(free / 1e6, 1))
+    assert free > 3 * target, free
+    assert abs(from_vm - target) <= 0.1 * target, from_vm
+    assert abs(to_vm - target) <= 0.1 * target, to_vm
+    st = json.loads(vmnet(ns, state, "status", "--json", config=cfg, check=True).stdout)
+    assert {v["vm"]: v["nics"][0]["state"] for v in st["vms"]} == {
+        "rf": "ok", "rt": "ok", "rx": "ok"}
+    vmnet(ns, state, "down", "--all", config=cfg, check=True)
+    assert "vmnet" not in ns.run("nft", "list", "ruleset").stdout
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("100", "not a rate with a unit"), ("fast", "not a rate"), ("1tbit", "not a rate"),
+    ("1kbit", "outside"), ("12.5mbit", None), ("1gbit", None), ("10mbps", None)],
+    ids=["no-unit", "word", "unknown-unit", "too-slow", "fraction", "gbit", "bytes"])
+def test_rate_values(text: str, says: str | None) -> None:
+    from vmnet.errors import InputError
+    from vmnet.model import validate
+
+    if says is None:
+        assert validate.rate(text, "--rate-to-vm") > 0
+        return
+    with pytest.raises(InputError, match=says):
+        validate.rate(text, "--rate-to-vm")

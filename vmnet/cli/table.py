@@ -73,6 +73,10 @@ OVERRIDES = (
                             "nat/isolated address, the config's `addresses`); DHCP works."),
     Opt("--port-isolation", help="Isolated bridge port (no traffic with other isolated "
                                  "ports), learning off, a static fdb entry for the VM's MAC."),
+    Opt("--rate-to-vm", kind="value", metavar="RATE",
+        help="Police traffic toward the VM at RATE (tc units: 100mbit, 1gbit, 12mbps)."),
+    Opt("--rate-from-vm", kind="value", metavar="RATE",
+        help="Police traffic from the VM at RATE."),
     Opt("--no-guard", help="Let a filtered VM send router advertisements and DHCP server "
                            "replies (the guard is on by default with either filter)."),
     Opt("--model", kind="value", metavar="DEVICE", help="QEMU NIC model (virtio-net-pci)."),

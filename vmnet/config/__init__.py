@@ -38,7 +38,8 @@ _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address",
                  "firewall_fix"}
 _VM_KEYS = {"user", "group", "nics"}
 _NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model", "ip",
-             "mac_filter", "ip_filter", "guard", "addresses", "port_isolation"}
+             "mac_filter", "ip_filter", "guard", "addresses", "port_isolation", "rate"}
+_RATE_KEYS = {"to_vm", "from_vm", "to_vm_burst", "from_vm_burst"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
 _DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues", "data_dir"}
 # What one user without root may hold through vmnetd, unless [defaults] says otherwise.
@@ -49,15 +50,20 @@ USER_MAX_QUEUES = 4
 class NicSpec(Value):
     """One `[[vms.NAME.nics]]` table as written (None: not given)."""
 
-    __slots__ = ("addresses", "guard", "ip", "ip_filter", "mac", "mac_filter", "model", "mtu",
-                 "network", "port_isolation", "queues", "tap", "vnet_hdr")
+    __slots__ = ("addresses", "from_vm", "guard", "ip", "ip_filter", "mac", "mac_filter",
+                 "model", "mtu", "network", "port_isolation", "queues", "tap", "to_vm",
+                 "vnet_hdr")
 
     def __init__(self, network: str | None = None, mac: str | None = None,
                  queues: int | None = None, mtu: int | None = None, tap: str | None = None,
                  vnet_hdr: bool | None = None, model: str | None = None,
                  ip: str | None = None, mac_filter: bool | None = None,
                  ip_filter: bool | None = None, guard: bool | None = None,
-                 addresses: tuple[str, ...] = (), port_isolation: bool | None = None) -> None:
+                 addresses: tuple[str, ...] = (), port_isolation: bool | None = None,
+                 to_vm: tuple[int, int] | None = None,
+                 from_vm: tuple[int, int] | None = None) -> None:
+        self.to_vm = None if to_vm is None else (int(to_vm[0]), int(to_vm[1]))
+        self.from_vm = None if from_vm is None else (int(from_vm[0]), int(from_vm[1]))
         self.port_isolation = port_isolation
         self.mac_filter = mac_filter
         self.ip_filter = ip_filter
@@ -165,6 +171,8 @@ class Overrides(Value):
         "nics",
         "no_guard",
         "port_isolation",
+        "rate_from_vm",
+        "rate_to_vm",
         "queues",
         "uplink",
         "user",
@@ -177,7 +185,10 @@ class Overrides(Value):
                  vnet_hdr: bool | None = None, model: str | None = None,
                  network: str | None = None, ips: tuple[str, ...] = (),
                  mac_filter: bool | None = None, ip_filter: bool | None = None,
-                 no_guard: bool | None = None, port_isolation: bool | None = None) -> None:
+                 no_guard: bool | None = None, port_isolation: bool | None = None,
+                 rate_to_vm: str | None = None, rate_from_vm: str | None = None) -> None:
+        self.rate_to_vm = rate_to_vm  # as given (--rate-to-vm 100mbit)
+        self.rate_from_vm = rate_from_vm
         self.port_isolation = port_isolation
         self.mac_filter = mac_filter  # flags only turn filters on (--mac-filter, ...)
         self.ip_filter = ip_filter
@@ -303,6 +314,7 @@ def _nic(t: Any, where: str) -> NicSpec:
         guard=_typed(t.get("guard"), bool, f"{where}.guard"),
         addresses=tuple(_addresses(t.get("addresses", []), f"{where}.addresses")),
         port_isolation=_typed(t.get("port_isolation"), bool, f"{where}.port_isolation"),
+        **_rates(t.get("rate"), f"{where}.rate"),
     )
     try:
         if spec.ip is not None:
@@ -320,6 +332,31 @@ def _nic(t: Any, where: str) -> NicSpec:
     except InputError as e:
         raise ConfigError(e.message) from None
     return spec
+
+
+def _rates(raw: Any, where: str) -> dict[str, tuple[int, int] | None]:
+    """`rate = { to_vm = "100mbit", from_vm = "50mbit", to_vm_burst = "64kb", ... }`."""
+    if raw is None:
+        return {}
+    _check_keys(raw, _RATE_KEYS, where)
+    out: dict[str, tuple[int, int] | None] = {}
+    try:
+        for key in ("to_vm", "from_vm"):
+            if key in raw:
+                out[key] = rate_pair(raw[key], raw.get(f"{key}_burst"), f"{where}.{key}")
+            elif f"{key}_burst" in raw:
+                raise InputError(f"{where}.{key}_burst: given without {key}")
+    except InputError as e:
+        raise ConfigError(e.message, hint=e.hint) from None
+    return out
+
+
+def rate_pair(rate: Any, burst: Any, what: str) -> tuple[int, int]:
+    """(bits per second, burst bytes); the burst defaults to 10 ms at the rate, at least
+    64 KiB (a policer's burst is what a line-rate flurry may exceed it by)."""
+    bits = v.rate(rate, what)
+    size = v.size(burst, f"{what}_burst") if burst is not None else max(bits // 800, 65536)
+    return bits, size
 
 
 def _addresses(raw: Any, where: str) -> list[str]:
@@ -605,5 +642,9 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
             guard=False if ov.no_guard else nspec.guard,
             addresses=nspec.addresses,
             port_isolation=bool(ov.port_isolation or nspec.port_isolation),
+            to_vm=rate_pair(ov.rate_to_vm, None, "--rate-to-vm") if ov.rate_to_vm
+            else nspec.to_vm,
+            from_vm=rate_pair(ov.rate_from_vm, None, "--rate-from-vm") if ov.rate_from_vm
+            else nspec.from_vm,
         ))
     return Vm(name=name, uid=uid, gid=gid, nics=tuple(nics), user=user)

@@ -64,6 +64,9 @@ ip_filter = true           # IPv4/IPv6 sources only from its addresses: `ip` abo
 addresses = ["10.20.0.11", "2001:db8::11"]  # these; DHCP discovery and fe80:: still pass
 guard = true               # no router advertisements, redirects or DHCP server replies
                            # from the VM; default: on with either filter
+rate = { to_vm = "100mbit", from_vm = "50mbit", from_vm_burst = "256kb" }
+                           # policed rates (tc's units; bps = bytes/s); bursts default to
+                           # 10 ms at the rate, at least 64kb
 port_isolation = true      # no traffic with the bridge's other isolated ports (the
                            # gateway and other ports it still reaches); learning off, a
                            # static fdb entry for its MAC (default false)

@@ -189,6 +189,16 @@ class Policy:
                 raise InputError(f"VM {vm.name!r} NIC {nic.index}: {nic.queues} queues is "
                                  f"over the {cfg.user_max_queues} a user may have "
                                  "(defaults.user_max_queues)", hint="ask for fewer queues")
+            nspec = spec.nics[nic.index] if spec is not None and nic.index < len(spec.nics) \
+                else None
+            for way in ("to_vm", "from_vm"):  # a user may tighten a rate, never loosen it
+                set_ = getattr(nspec, way, None)
+                got = getattr(nic, way)
+                if set_ is not None and (got is None or got[0] > set_[0]):
+                    raise PrivilegeError(
+                        f"VM {vm.name!r} NIC {nic.index}: rate {way} {got[0] if got else 'none'}"
+                        f" bit/s is looser than the {set_[0]} bit/s of "
+                        f"vms.{vm.name}.nics[{nic.index}].rate", hint="ask root to change it")
         held = sum(len(r.nics) for name, r in store.vms().items()
                    if name != vm.name and name not in self._pending and self.owns(r))
         held += sum(n for name, n in self._pending.items() if name != vm.name)

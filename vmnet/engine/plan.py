@@ -297,7 +297,9 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model, ip=ip,
             filter=None if protect is None else {
                 "mac": nic.mac_filter, "ip": nic.ip_filter, "guard": nic.guarded,
-                "addresses": list(nic.addresses)}, isolated=nic.port_isolation))
+                "addresses": list(nic.addresses)}, isolated=nic.port_isolation,
+            rate={k: list(r) for k, r in (("to_vm", nic.to_vm), ("from_vm", nic.from_vm))
+                  if r} or None))
         isolate = IsolatePort(nic.tap, bridge, nic.mac) if nic.port_isolation else None
         if link is not None:
             _check_existing_tap(vm, nic, link)
@@ -327,7 +329,7 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
 
 def port_filter(vm: Vm, nic: Nic, ip: str | None) -> ProtectPorts | None:
     """The step that puts the NIC's filters in force (None: it has none)."""
-    if not (nic.mac_filter or nic.ip_filter or nic.guarded):
+    if not (nic.mac_filter or nic.ip_filter or nic.guarded or nic.to_vm or nic.from_vm):
         return None
     v4 = tuple(a for a in ((ip,) if ip else ()) + nic.addresses if ":" not in a)
     v6 = tuple(a for a in nic.addresses if ":" in a)
@@ -338,7 +340,7 @@ def port_filter(vm: Vm, nic: Nic, ip: str | None) -> ProtectPorts | None:
                          hint=f"list its addresses (vms.{vm.name}.nics[{nic.index}].addresses), "
                               "or put it on a nat/isolated network")
     return ProtectPorts((PortFilter(nic.tap, nic.mac, nic.mac_filter, nic.ip_filter,
-                                    nic.guarded, v4, v6),))
+                                    nic.guarded, v4, v6, nic.to_vm, nic.from_vm),))
 
 
 def recorded_filter(n: NicRecord) -> PortFilter | None:
@@ -349,7 +351,8 @@ def recorded_filter(n: NicRecord) -> PortFilter | None:
     addrs = [str(a) for a in f.get("addresses") or []]  # type: ignore[attr-defined]
     v4 = tuple(a for a in ([n.ip] if n.ip else []) + addrs if ":" not in a)
     return PortFilter(n.tap, n.mac, bool(f.get("mac")), bool(f.get("ip")),
-                      bool(f.get("guard")), v4, tuple(a for a in addrs if ":" in a))
+                      bool(f.get("guard")), v4, tuple(a for a in addrs if ":" in a),
+                      n.rate_of("to_vm"), n.rate_of("from_vm"))
 
 
 def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | None,

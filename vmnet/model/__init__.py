@@ -133,16 +133,20 @@ class Network(Value):
 class Nic(Value):
     """One virtual NIC of a VM: a tap on a network's bridge."""
 
-    __slots__ = ("addresses", "guard", "index", "ip", "ip_filter", "mac", "mac_filter", "model",
-                 "mtu", "network", "port_isolation", "queues", "tap", "vnet_hdr")
+    __slots__ = ("addresses", "from_vm", "guard", "index", "ip", "ip_filter", "mac",
+                 "mac_filter", "model", "mtu", "network", "port_isolation", "queues", "tap",
+                 "to_vm", "vnet_hdr")
 
     def __init__(self, index: int, network: Network, tap: str, mac: str, queues: int = 1,
                  mtu: int | None = None, vnet_hdr: bool = True,
                  model: str = "virtio-net-pci", ip: str | None = None,
                  mac_filter: bool = False, ip_filter: bool = False,
                  guard: bool | None = None, addresses: tuple[str, ...] = (),
-                 port_isolation: bool = False) -> None:
+                 port_isolation: bool = False, to_vm: tuple[int, int] | None = None,
+                 from_vm: tuple[int, int] | None = None) -> None:
         self.port_isolation = port_isolation  # isolated bridge port, no learning
+        self.to_vm = to_vm  # rate toward the guest: (bits per second, burst bytes)
+        self.from_vm = from_vm  # ... from the guest
         self.mac_filter = mac_filter  # frames, ARP from the VM carry only its MAC
         self.ip_filter = ip_filter  # IPv4/IPv6 sources only from its known addresses
         self.guard = guard  # no RA, redirects, DHCP server replies (None: on with a filter)

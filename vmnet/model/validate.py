@@ -230,3 +230,43 @@ def address(value: object, what: str) -> str:
     if ip.is_multicast or ip.is_unspecified:
         raise InputError(f"{what}: {value} is not a host address")
     return str(ip)
+
+
+_RATE_UNITS = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9,
+               "bps": 8, "kbps": 8 * 10**3, "mbps": 8 * 10**6, "gbps": 8 * 10**9}
+_SIZE_UNITS = {"b": 1, "kb": 1024, "k": 1024, "mb": 1024**2, "m": 1024**2}
+
+
+def rate(value: object, what: str) -> int:
+    """A rate as tc writes it (100mbit, 1gbit, 12mbps: bps units are bytes), in bits/s."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(num):]
+    if not num or not unit or unit not in _RATE_UNITS or not _is_number(num):
+        raise InputError(f"{what}: {value!r} is not a rate with a unit",
+                         hint="write it as tc does: 100mbit, 1gbit, 500kbit, 12mbps "
+                              "(bps: bytes per second)")
+    bits = int(float(num) * _RATE_UNITS[unit])
+    if not 8000 <= bits <= 10**12:
+        raise InputError(f"{what}: {value} is outside 8kbit..1000gbit")
+    return bits
+
+
+def size(value: object, what: str) -> int:
+    """A burst size (64kb, 1mb, 1500b), in bytes."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    num = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(num):]
+    if not num or unit not in _SIZE_UNITS or not _is_number(num):
+        raise InputError(f"{what}: {value!r} is not a size with a unit",
+                         hint="e.g. 64kb, 1mb or 1500b")
+    n = int(float(num) * _SIZE_UNITS[unit])
+    if not 1500 <= n <= 1 << 30:
+        raise InputError(f"{what}: {value} is outside 1500b..1024mb")
+    return n
+
+
+def _is_number(text: str) -> bool:
+    whole, dot, frac = text.partition(".")
+    return whole.isascii() and whole.isdigit() and (not dot or (frac.isascii() and
+                                                                 frac.isdigit()))

@@ -17,6 +17,9 @@ through:
   fe80::/10 (stable-privacy link-local addresses are not EUI-64).
 - guard (on by default with either filter): no router advertisements or
   redirects, no DHCP or DHCPv6 server replies from the VM.
+- rate.from_vm / rate.to_vm: a policer (`limit rate over`) in the port's chain,
+  and in its `q_<tap>` chain at the bridge's postrouting hook (a second map,
+  keyed by output port), for frames toward the VM; see `limit` for why.
 
 Every operation's filters go to the kernel in one `nft -f` transaction
 (`merge`), before its taps join their bridges, so a port is never on the bridge
@@ -45,10 +48,15 @@ _IDENT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 class PortFilter(Value):
     """What one tap's chain enforces (the NIC's MAC and addresses included)."""
 
-    __slots__ = ("guard", "ip_filter", "ipv4", "ipv6", "mac", "mac_filter", "tap")
+    __slots__ = ("from_vm", "guard", "ip_filter", "ipv4", "ipv6", "mac", "mac_filter", "tap",
+                 "to_vm")
 
     def __init__(self, tap: str, mac: str, mac_filter: bool, ip_filter: bool, guard: bool,
-                 ipv4: tuple[str, ...] = (), ipv6: tuple[str, ...] = ()) -> None:
+                 ipv4: tuple[str, ...] = (), ipv6: tuple[str, ...] = (),
+                 to_vm: tuple[int, int] | None = None,
+                 from_vm: tuple[int, int] | None = None) -> None:
+        self.to_vm = to_vm  # (bits per second, burst bytes) toward the guest
+        self.from_vm = from_vm  # ... from the guest
         self.tap = tap
         self.mac = mac
         self.mac_filter = mac_filter
@@ -59,13 +67,25 @@ class PortFilter(Value):
 
     @property
     def active(self) -> bool:
-        return self.mac_filter or self.ip_filter or self.guard
+        return self.mac_filter or self.ip_filter or self.guard or bool(self.to_vm) or \
+            bool(self.from_vm)
 
 
-def chain_name(tap: str) -> str:
+def chain_name(tap: str, prefix: str = "p") -> str:
+    """`p_<tap>` (frames from the VM), `q_<tap>` (frames to it); hashed when the tap's
+    name is no nft identifier."""
     if all(c in _IDENT for c in tap):
-        return f"p_{tap}"
-    return f"p_h{sha256(tap.encode()).hexdigest()[:12]}"
+        return f"{prefix}_{tap}"
+    return f"{prefix}_h{sha256(tap.encode()).hexdigest()[:12]}"
+
+
+def limit(rate: tuple[int, int]) -> str:
+    """A policer: nft's limit (tc's police action is missing on this kernel, and an htb
+    on the tap, the to-VM direction, is replaced when libvirt sets the tap's qdisc to
+    noqueue after its prepare hook; nft's limit needs no ifb, no qdisc, and goes in the
+    same transaction as the filters)."""
+    bits, burst = rate
+    return f"limit rate over {bits // 8} bytes/second burst {burst} bytes drop"
 
 
 def _q(name: str) -> str:
@@ -79,6 +99,8 @@ def _set(items: Iterable[str]) -> str:
 def rules(f: PortFilter) -> list[str]:
     """The rules of the tap's chain, in order (every one ends in drop or accept)."""
     out = []
+    if f.from_vm:
+        out.append(limit(f.from_vm))
     if f.mac_filter:
         out.append(f"ether saddr != {f.mac} drop")
         out.append(f"ether type arp arp saddr ether != {f.mac} drop")
@@ -104,12 +126,18 @@ def rules(f: PortFilter) -> list[str]:
 # declaration with rules would append them again each time.
 _BASE = (f"table {FAMILY} {TABLE} {{\n"
          "\tmap ports { type ifname : verdict; }\n"
+         "\tmap ports_out { type ifname : verdict; }\n"
          "\tchain prerouting {\n"
          "\t\ttype filter hook prerouting priority -200; policy accept;\n"
          "\t}\n"
+         "\tchain postrouting {\n"
+         "\t\ttype filter hook postrouting priority -200; policy accept;\n"
+         "\t}\n"
          "}\n"
          f"flush chain {FAMILY} {TABLE} prerouting\n"
-         f"add rule {FAMILY} {TABLE} prerouting iifname vmap @ports\n")
+         f"add rule {FAMILY} {TABLE} prerouting iifname vmap @ports\n"
+         f"flush chain {FAMILY} {TABLE} postrouting\n"
+         f"add rule {FAMILY} {TABLE} postrouting oifname vmap @ports_out\n")
 
 
 def protect_script(filters: Iterable[PortFilter]) -> str:
@@ -122,6 +150,12 @@ def protect_script(filters: Iterable[PortFilter]) -> str:
         out.append(f"flush chain {FAMILY} {TABLE} {c}\n")
         out += [f"add rule {FAMILY} {TABLE} {c} {r}\n" for r in rules(f)]
         out.append(f"add element {FAMILY} {TABLE} ports {{ {_q(f.tap)} : jump {c} }}\n")
+        q = chain_name(f.tap, "q")  # frames to the VM (its rate); empty without one
+        out.append(f"add chain {FAMILY} {TABLE} {q}\n")
+        out.append(f"flush chain {FAMILY} {TABLE} {q}\n")
+        if f.to_vm:
+            out.append(f"add rule {FAMILY} {TABLE} {q} {limit(f.to_vm)}\n")
+        out.append(f"add element {FAMILY} {TABLE} ports_out {{ {_q(f.tap)} : jump {q} }}\n")
     return "".join(out)
 
 
@@ -135,8 +169,13 @@ def _listed(k: Kernel) -> str | None:
         return None
 
 
-def _mapped(text: str, tap: str) -> bool:
-    return f"{_q(tap)} : jump {chain_name(tap)}" in text
+def _mapped(text: str, tap: str, prefix: str = "p") -> bool:
+    return f"{_q(tap)} : jump {chain_name(tap, prefix)}" in text
+
+
+def _body(text: str, chain: str) -> str:
+    return text.split(f"chain {chain} {{", 1)[1].split("}", 1)[0] \
+        if f"chain {chain} {{" in text else ""
 
 
 class ProtectPorts(Step):
@@ -165,11 +204,16 @@ class ProtectPorts(Step):
                    or f"chain {chain_name(f.tap)} {{" not in text]
         if missing:
             return f"filter missing ({', '.join(missing)})"
+        assert text is not None
         for f in self.filters:
-            body = text.split(f"chain {chain_name(f.tap)} {{", 1)[1].split("}", 1)[0] \
-                if text else ""
+            body = _body(text, chain_name(f.tap))
             if f.mac_filter and f"ether saddr != {f.mac} drop" not in body:
                 return f"filter of {f.tap} differs"
+            if f.from_vm and "limit rate over" not in body:
+                return f"rate from {f.tap} missing"
+            if f.to_vm and (not _mapped(text, f.tap, "q") or
+                            "limit rate over" not in _body(text, chain_name(f.tap, "q"))):
+                return f"rate to {f.tap} missing"
         return None
 
 
@@ -185,8 +229,9 @@ class UnprotectPorts(Step):
     def ip(self, netns: str | None = None) -> str:
         head = f"ip netns exec {netns} " if netns else ""
         return f"{head}nft -f - <<'EOF'\n" + "".join(
-            f"delete element {FAMILY} {TABLE} ports {{ {_q(t)} : jump {chain_name(t)} }}\n"
-            f"delete chain {FAMILY} {TABLE} {chain_name(t)}\n" for t in self.taps) + "EOF"
+            f"delete element {FAMILY} {TABLE} {m} {{ {_q(t)} : jump {chain_name(t, p)} }}\n"
+            f"delete chain {FAMILY} {TABLE} {chain_name(t, p)}\n"
+            for t in self.taps for p, m in (("p", "ports"), ("q", "ports_out"))) + "EOF"
 
     def run(self, k: Kernel) -> None:
         text = _listed(k)
@@ -194,15 +239,17 @@ class UnprotectPorts(Step):
             return
         script = []
         for t in self.taps:
-            if _mapped(text, t):
-                script.append(f"delete element {FAMILY} {TABLE} ports {{ {_q(t)} : jump "
-                              f"{chain_name(t)} }}\n")
-            if f"chain {chain_name(t)} {{" in text:
-                script.append(f"delete chain {FAMILY} {TABLE} {chain_name(t)}\n")
+            for prefix, table_map in (("p", "ports"), ("q", "ports_out")):
+                c = chain_name(t, prefix)
+                if _mapped(text, t, prefix):
+                    script.append(f"delete element {FAMILY} {TABLE} {table_map} {{ {_q(t)} : "
+                                  f"jump {c} }}\n")
+                if f"chain {c} {{" in text:
+                    script.append(f"delete chain {FAMILY} {TABLE} {c}\n")
         if script:
             k.nft_apply("".join(script))
         left = _listed(k)
-        if left is not None and " : jump p_" not in left:
+        if left is not None and " : jump p_" not in left and " : jump q_" not in left:
             k.nft_apply(f"delete table {FAMILY} {TABLE}\n")
 
     def check(self, view: HostView) -> str | None:

@@ -96,6 +96,7 @@ class NicRecord(Value):
         "network",
         "owner",
         "queues",
+        "rate",
         "tap",
         "tap_mac",
         "vnet_hdr",
@@ -105,7 +106,9 @@ class NicRecord(Value):
                  tap_mac: str, mtu: int | None, queues: int, vnet_hdr: bool,
                  owner: int | None, group: int | None, created: bool = True,
                  model: str = DEFAULT_MODEL, ip: str | None = None,
-                 filter: dict[str, object] | None = None, isolated: bool = False) -> None:
+                 filter: dict[str, object] | None = None, isolated: bool = False,
+                 rate: dict[str, list[int]] | None = None) -> None:
+        self.rate = rate  # {"to_vm": [bits/s, burst bytes], "from_vm": [...]}
         self.isolated = isolated  # port_isolation
         self.ip = ip  # its fixed address on a nat/isolated network
         # its port filter: {"mac": bool, "ip": bool, "guard": bool, "addresses": [...]}
@@ -126,7 +129,7 @@ class NicRecord(Value):
 
     def to_json(self) -> dict[str, object]:
         d = {s: getattr(self, s) for s in self.__slots__}
-        for key in ("ip", "filter", "isolated"):
+        for key in ("ip", "filter", "isolated", "rate"):
             if not d[key]:
                 del d[key]  # (unused: the record reads as before 0.5)
         return d
@@ -137,7 +140,12 @@ class NicRecord(Value):
         return {"mac_filter": bool(f.get("mac")), "ip_filter": bool(f.get("ip")),
                 "guard": f.get("guard") if self.filter else None,
                 "addresses": tuple(f.get("addresses") or ()),  # type: ignore[arg-type]
-                "port_isolation": self.isolated}
+                "port_isolation": self.isolated,
+                "to_vm": self.rate_of("to_vm"), "from_vm": self.rate_of("from_vm")}
+
+    def rate_of(self, direction: str) -> tuple[int, int] | None:
+        got = (self.rate or {}).get(direction)
+        return None if not got else (int(got[0]), int(got[1]))
 
 
 class VmRecord(Value):
@@ -300,7 +308,8 @@ def vm_from_json(d: object, path: str = "record") -> VmRecord:
             model=_get(n, "model", str, optional=True, default=DEFAULT_MODEL),
             ip=_get(n, "ip", str, optional=True),
             filter=_filter(_get(n, "filter", dict, optional=True)),
-            isolated=_get(n, "isolated", bool, optional=True, default=False)))
+            isolated=_get(n, "isolated", bool, optional=True, default=False),
+            rate=_rate(_get(n, "rate", dict, optional=True))))
     holder = d.get("holder")
     created_at = _get(d, "created_at", (int, float), optional=True, default=0.0)
     return VmRecord(vm=_get(d, "vm", str), mode=mode, phase=phase,
@@ -339,6 +348,17 @@ def _filter(d: dict[str, Any] | None) -> dict[str, object] | None:
             not isinstance(d.get("addresses"), list) or \
             not all(isinstance(a, str) for a in d["addresses"]):
         raise Corrupt("port filter is not mac, ip, guard and addresses")
+    return d
+
+
+def _rate(d: dict[str, Any] | None) -> dict[str, list[int]] | None:
+    if d is None:
+        return None
+    for key, value in d.items():
+        if key not in ("to_vm", "from_vm") or not isinstance(value, list) or len(value) != 2 \
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
+                           for x in value):
+            raise Corrupt("rate is not to_vm/from_vm [bits per second, burst bytes]")
     return d
 
 
