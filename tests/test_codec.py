@@ -284,6 +284,27 @@ ENCODED = {
                                  rtnl.bridge_port_body(4, isolated=False),
                                  hdr(ifinfmsg, family=AF_BRIDGE, index=4),
                                  {"IFLA_PROTINFO": {"IFLA_BRPORT_ISOLATED": 0}}),
+    "vlan-add-access": (ifinfmsg, rtnl.RTM_SETLINK,
+                        rtnl.bridge_vlan_body(4, 10, pvid=True, untagged=True),
+                        hdr(ifinfmsg, family=AF_BRIDGE, index=4),
+                        {"IFLA_AF_SPEC": {"IFLA_BRIDGE_VLAN_INFO": {"flags": 6, "vid": 10}}}),
+    "vlan-add-tagged": (ifinfmsg, rtnl.RTM_SETLINK, rtnl.bridge_vlan_body(4, 4094),
+                        hdr(ifinfmsg, family=AF_BRIDGE, index=4),
+                        {"IFLA_AF_SPEC": {"IFLA_BRIDGE_VLAN_INFO": {"flags": 0, "vid": 4094}}}),
+    "vlan-del": (ifinfmsg, rtnl.RTM_DELLINK, rtnl.bridge_vlan_body(4, 1),
+                 hdr(ifinfmsg, family=AF_BRIDGE, index=4),
+                 {"IFLA_AF_SPEC": {"IFLA_BRIDGE_VLAN_INFO": {"flags": 0, "vid": 1}}}),
+    "vlan-dump": (ifinfmsg, rtnl.RTM_GETLINK, rtnl.bridge_vlans_dump_body(),
+                  hdr(ifinfmsg, family=AF_BRIDGE), {"IFLA_EXT_MASK": 2}),
+    "bridge-create-vlan-aware": (ifinfmsg, rtnl.RTM_NEWLINK,
+                                 rtnl.bridge_create_body("br9", MAC, None, False, 0, True),
+                                 hdr(ifinfmsg),
+                                 {"IFLA_IFNAME": "br9", "IFLA_ADDRESS": MAC,
+                                  "IFLA_LINKINFO": {"IFLA_INFO_KIND": "bridge",
+                                                    "IFLA_INFO_DATA": {
+                                                        "IFLA_BR_STP_STATE": 0,
+                                                        "IFLA_BR_FORWARD_DELAY": 0,
+                                                        "IFLA_BR_VLAN_FILTERING": 1}}}),
     "fdb-del": (ndmsg, rtnl.RTM_DELNEIGH, fdb.del_body(4, MAC),
                 hdr(ndmsg, family=AF_BRIDGE, ifindex=4, flags=0x04), {"NDA_LLADDR": MAC}),
     "fdb-del-self-vlan": (ndmsg, rtnl.RTM_DELNEIGH, fdb.del_body(4, MAC, master=False, vlan=5),
@@ -518,7 +539,8 @@ def _fields(**kw: Any) -> dict[str, Any]:
         "index": 0, "name": "", "kind": None, "mac": None, "mtu": 0, "up": False,
         "carrier": False, "master": None, "alias": None, "group": 0, "tun": None,
         "rx_packets": 0, "tx_packets": 0, "rx_bytes": 0, "tx_bytes": 0, "stp": None,
-        "forward_delay": None, "port_isolated": None, "port_learning": None}
+        "forward_delay": None, "port_isolated": None, "port_learning": None,
+        "vlan_filtering": None}
     assert set(kw) <= set(base)
     return {**base, **kw}
 
@@ -545,10 +567,12 @@ LINKS = {
                                     ("IFLA_INFO_KIND", "bridge"),
                                     ("IFLA_INFO_DATA", {"attrs": [
                                         ("IFLA_BR_FORWARD_DELAY", 1500),
-                                        ("IFLA_BR_STP_STATE", 1)]})]})),
+                                        ("IFLA_BR_STP_STATE", 1),
+                                        ("IFLA_BR_VLAN_FILTERING", 1)]})]})),
                           _fields(index=7, name="vmnet0", kind="bridge", mac=MAC, mtu=1500,
                                   up=True, carrier=True, rx_packets=1, tx_packets=2,
-                                  rx_bytes=3, tx_bytes=4, stp=True, forward_delay=15)),
+                                  rx_bytes=3, tx_bytes=4, stp=True, forward_delay=15,
+                                  vlan_filtering=True)),
     "veth-carrier-attr": (_link("v0", 4, 0x1003, ("IFLA_CARRIER", 1),
                                 ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]})),
                           _fields(index=4, name="v0", kind="veth", up=True, carrier=True)),
@@ -648,3 +672,10 @@ def test_multipath_legs(legs: list[tuple[int, ipaddress.IPv4Address | None, int]
     r = parsed(route.parse, m)
     assert r.multipath_oifs == tuple(o for o, _, _ in legs)
     assert r.oifs == r.multipath_oifs and r.oif is None
+
+
+def test_port_vlans_of_a_pyroute2_message() -> None:
+    m = msg(ifinfmsg, [("IFLA_IFNAME", "p0"), ("IFLA_AF_SPEC", {"attrs": [
+        ("IFLA_BRIDGE_VLAN_INFO", {"flags": 6, "vid": 10}),
+        ("IFLA_BRIDGE_VLAN_INFO", {"flags": 0, "vid": 20})]})], family=AF_BRIDGE, index=5)
+    assert parsed(rtnl.port_vlans, m) == (5, [(10, 6), (20, 0)])

@@ -273,7 +273,7 @@ def test_filter_records_round_trip_and_old_records_have_none() -> None:
                                          "addresses": ["10.0.0.9"]})
     assert "filter" in n.to_json()
     back = vm_from_json({**base, "nics": [n.to_json()]}).nics[0]
-    assert back.filter == n.filter and back.filter_spec()["addresses"] == ("10.0.0.9",)
+    assert back.filter == n.filter and back.policy_spec()["addresses"] == ("10.0.0.9",)
     from vmnet.state.records import Corrupt
 
     with pytest.raises(Corrupt):

@@ -5,10 +5,10 @@
 # Kernel command line (read from /proc/cmdline):
 #   vmnet.ip=A/P[,B/P...]  addresses for eth0, eth1, ... in NIC order; NICs
 #                          hot-plugged later take the next unused address
-#   vmnet.ping=IP          ping IP every second; print "VMNET-PING-OK IP" on
-#                          the first success (and again after any recovery),
-#                          "VMNET-PING-LOST IP" when a working peer stops
-#                          answering
+#   vmnet.ping=IP[,IP...]  ping each IP every second (one loop per address);
+#                          print "VMNET-PING-OK IP" on the first success (and
+#                          again after any recovery), "VMNET-PING-LOST IP"
+#                          when a working peer stops answering
 #   vmnet.dhcp=1           eth0 gets its address by DHCP (busybox udhcpc with
 #                          /bin/vmnet-udhcpc, from udhcpc.sh): address, MTU,
 #                          default route, /etc/resolv.conf.  The vmnet.ip
@@ -22,6 +22,25 @@
 #                          line) on the first success and again after any
 #                          recovery, "VMNET-FETCH-LOST URL" when it stops
 #                          working; retried every ~0.5 s while failing
+#   vmnet.spoof=WHAT[,WHAT...]  misbehave as a hostile guest would, for the
+#                          port-filter tests: after VMNET-READY (and, with
+#                          vmnet.ping, once the first ping address answered;
+#                          up to ~20 s), each WHAT in order, each followed by
+#                          "VMNET-SPOOF-DONE WHAT":
+#       mac:MAC            eth0 takes MAC (live; else down, address, up, and
+#                          the default route put back)
+#       ip:A/P             A/P added to eth0; with vmnet.ping, the first ping
+#                          address pinged from A (up to 3 tries):
+#                          "VMNET-SPOOF-PING A PEER OK|LOST"; then A removed
+#       garp:A             a gratuitous ARP (one unsolicited request) claiming
+#                          A for eth0's MAC (busybox arping -U)
+#       dhcpd:A            a DHCP server (busybox udhcpd) on eth0 offering A,
+#                          left running: it answers any DHCPDISCOVER it hears
+#       sleep:N            wait N seconds (a window for the test)
+#                          Router advertisements: none here (busybox cannot
+#                          send one and the initramfs has no other tool);
+#                          tests/test_filters.py proves the RA guard with a
+#                          tap-fd stand-in.
 # Console protocol (serial ttyS0):
 #   VMNET-LEASE ip=A/P router=R dns=D[,D] mtu=M domain=X  eth0's lease (dhcp;
 #                                                         missing: none)
@@ -29,6 +48,8 @@
 #   VMNET-READY                                           after the boot NICs
 #   VMNET-RESOLVED NAME IP | VMNET-UNRESOLVED NAME        one per resolve name
 #   VMNET-FETCH-OK URL LINE | VMNET-FETCH-LOST URL        fetch state changes
+#   VMNET-SPOOF-DONE WHAT                                 a spoof item is done
+#   VMNET-SPOOF-PING A PEER OK|LOST                       ip:A/P's ping from A
 #   VMNET-NIC-GONE name=ethN                              a NIC disappeared
 #   VMNET-ERROR ...                                       something failed
 #                                                         ("VMNET-ERROR dhcp":
@@ -54,6 +75,7 @@ DHCP=""
 DHCP_NAME=""
 RESOLVE=""
 FETCH=""
+SPOOF=""
 for tok in $(cat /proc/cmdline); do
     case "$tok" in
         vmnet.ip=*) IPS="${tok#vmnet.ip=}" ;;
@@ -62,10 +84,13 @@ for tok in $(cat /proc/cmdline); do
         vmnet.hostname=*) DHCP_NAME="${tok#vmnet.hostname=}" ;;
         vmnet.resolve=*) RESOLVE="${tok#vmnet.resolve=}" ;;
         vmnet.fetch=*) FETCH="${tok#vmnet.fetch=}" ;;
+        vmnet.spoof=*) SPOOF="${tok#vmnet.spoof=}" ;;
     esac
 done
 IPS=$(echo "$IPS" | tr ',' ' ')
 RESOLVE=$(echo "$RESOLVE" | tr ',' ' ')
+PEER=$(echo "$PEER" | tr ',' ' ')
+SPOOF=$(echo "$SPOOF" | tr ',' ' ')
 NEXT_IP=1
 
 # The n-th (1-based) word of $IPS, or nothing.
@@ -152,23 +177,30 @@ done
 printf 'vmnet-guest-ok' >/www/index.html
 httpd -p 80 -h /www || echo "VMNET-ERROR httpd"
 
-if [ -n "$PEER" ]; then
-    (
-        ok=0
-        while :; do
-            # A failed ping already waited up to 1 s (-W 1).
-            if ping -c 1 -W 1 "$PEER" >/dev/null 2>&1; then
-                [ "$ok" = 1 ] || echo "VMNET-PING-OK $PEER"
-                ok=1
-                sleep 1
-            else
-                [ "$ok" = 0 ] || echo "VMNET-PING-LOST $PEER"
-                ok=0
-                usleep 200000
+# One loop per ping address; /tmp/vmnet-ping-ok.IP once it answered (vmnet.spoof
+# waits for the first address's).
+ping_loop() {
+    peer="$1"
+    ok=0
+    while :; do
+        # A failed ping already waited up to 1 s (-W 1).
+        if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then
+            if [ "$ok" != 1 ]; then
+                echo "VMNET-PING-OK $peer"
+                : >"/tmp/vmnet-ping-ok.$peer"
             fi
-        done
-    ) &
-fi
+            ok=1
+            sleep 1
+        else
+            [ "$ok" = 0 ] || echo "VMNET-PING-LOST $peer"
+            ok=0
+            usleep 200000
+        fi
+    done
+}
+for peer in $PEER; do
+    ping_loop "$peer" &
+done
 
 if [ -n "$FETCH" ]; then
     (
@@ -215,7 +247,73 @@ if [ -n "$RESOLVE" ]; then
     ) 2>/dev/null &  # no nslookup chatter, no "Terminated" when timeout kills it
 fi
 
+# vmnet.spoof's items (see the top).
+spoof_mac() {
+    ip link set eth0 address "$1" 2>/dev/null && return 0
+    routes=$(ip route show default dev eth0)
+    ip link set eth0 down && ip link set eth0 address "$1" && ip link set eth0 up \
+        || return 1
+    [ -z "$routes" ] || ip route replace $routes
+}
+
+spoof_ip() {
+    addr="$1"
+    a="${addr%/*}"
+    ip addr add "$addr" dev eth0 || return 1
+    set -- $PEER
+    if [ -n "${1:-}" ]; then
+        res=LOST
+        for _ in 1 2 3; do
+            if ping -c 1 -W 1 -I "$a" "$1" >/dev/null 2>&1; then res=OK; break; fi
+        done
+        echo "VMNET-SPOOF-PING $a $1 $res"
+    fi
+    ip addr del "$addr" dev eth0
+}
+
+spoof_garp() {
+    # arping binds its probe socket to the claimed address: not ours, so allow it.
+    sysctl -qw net.ipv4.ip_nonlocal_bind=1
+    arping -q -U -c 1 -w 1 -I eth0 -s "$1" "$1"
+    rc=$?
+    sysctl -qw net.ipv4.ip_nonlocal_bind=0
+    return $rc
+}
+
+spoof_dhcpd() {
+    printf 'interface eth0\nstart %s\nend %s\nmax_leases 1\nlease_file %s\n%s\n' \
+        "$1" "$1" /tmp/udhcpd.leases 'option subnet 255.255.255.0' >/tmp/udhcpd.conf
+    : >/tmp/udhcpd.leases
+    udhcpd -f -a 100 /tmp/udhcpd.conf >/dev/null 2>&1 &
+    usleep 300000  # bound to port 67 by now
+}
+
+spoof_all() {
+    set -- $PEER
+    if [ -n "${1:-}" ]; then
+        i=0
+        while [ ! -e "/tmp/vmnet-ping-ok.$1" ] && [ "$i" -lt 100 ]; do
+            usleep 200000
+            i=$((i + 1))
+        done
+    fi
+    for what in $SPOOF; do
+        arg="${what#*:}"
+        case "$what" in
+            mac:*) spoof_mac "$arg" ;;
+            ip:*) spoof_ip "$arg" ;;
+            garp:*) spoof_garp "$arg" ;;
+            dhcpd:*) spoof_dhcpd "$arg" ;;
+            sleep:*) sleep "$arg" ;;
+            *) false ;;
+        esac || echo "VMNET-ERROR spoof $what"
+        echo "VMNET-SPOOF-DONE $what"
+    done
+}
+
 echo "VMNET-READY"
+
+[ -z "$SPOOF" ] || spoof_all &
 
 # Hot-plug watch.  Globs only: no process is started unless something changed.
 # (With ten or more NICs the glob order differs from KNOWN's numeric order;

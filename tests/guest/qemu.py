@@ -13,6 +13,9 @@ console, which QEMU sends to its stdout (``-serial stdio``):
     VMNET-FETCH-OK http://198.51.100.2/ 198.51.100.1
                                      (fetch=URL; the body's first line; and
                                      VMNET-FETCH-LOST URL when it stops working)
+    VMNET-SPOOF-DONE garp:10.77.0.5  (spoof=[...]; one per item, in order)
+    VMNET-SPOOF-PING 10.77.0.200 10.77.0.1 LOST
+                                     (spoof item ip:A/P: the ping from A)
 
 Two ways to use it:
 
@@ -150,21 +153,28 @@ def guest_argv(
     hostname: str | None = None,
     resolve: Sequence[str] = (),
     fetch: str | None = None,
+    spoof: Sequence[str] = (),
 ) -> list[str]:
     """The full QEMU command line (starting with ``qemu-system-x86_64``).
 
     ``ip`` is ``ADDR/PREFIX[,ADDR/PREFIX...]`` for eth0, eth1, ...; ``ping``
-    makes the guest ping that address until it answers.  ``dhcp`` gives eth0
+    makes the guest ping that address (or each of ``IP,IP...``, one loop per
+    address) and report each one's state changes.  ``dhcp`` gives eth0
     its address by DHCP instead (sending ``hostname`` as its name, when given;
     ``ip`` then lists the addresses of eth1, ...).  ``resolve`` names are
     looked up once the NICs are up (``Guest.resolved``); ``fetch`` is a URL
     the guest GETs until it works (``VMNET-FETCH-OK URL FIRST-LINE``).
+    ``spoof`` items (``mac:MAC``, ``ip:A/P``, ``garp:A``, ``dhcpd:A``,
+    ``sleep:N``; see init.sh) run in order once the guest is ready (and its
+    first ping address answered), each followed by ``VMNET-SPOOF-DONE ITEM``.
     ``netargs`` and then ``extra`` are appended verbatim.
     """
     if hostname is not None and not dhcp:
         raise ValueError("hostname= is the DHCP host name: it needs dhcp=True")
     if isinstance(resolve, str):
         raise TypeError("resolve= takes a sequence of names, not one string")
+    if isinstance(spoof, str):
+        raise TypeError("spoof= takes a sequence of items, not one string")
     image = image or ensure_guest()
     append = ["console=ttyS0", "quiet", "panic=-1"]
     if ip:
@@ -181,6 +191,10 @@ def guest_argv(
         append.append(_kernel_word("vmnet.resolve", ",".join(resolve)))
     if fetch is not None:
         append.append(_kernel_word("vmnet.fetch", fetch))
+    if spoof:
+        if any(not item or "," in item or ":" not in item for item in spoof):
+            raise ValueError(f"spoof={list(spoof)!r}: items are KIND:VALUE, without ','")
+        append.append(_kernel_word("vmnet.spoof", ",".join(spoof)))
     return [
         QEMU,
         "-accel", "tcg",
@@ -438,6 +452,7 @@ def boot_guest(
     hostname: str | None = None,
     resolve: Sequence[str] = (),
     fetch: str | None = None,
+    spoof: Sequence[str] = (),
 ) -> Guest:
     """Start the guest in namespace ``ns_name`` and wait for VMNET-READY.
 
@@ -446,12 +461,12 @@ def boot_guest(
     it is the prefix's, and ``stop()`` signals that process only).  ``pass_fds``
     are inherited by QEMU (for ``-netdev tap,fd=N``).  On any failure QEMU is
     killed and the error (with the console output) propagates.  ``dhcp``,
-    ``hostname``, ``resolve`` and ``fetch``: see ``guest_argv``.  With
+    ``hostname``, ``resolve``, ``fetch`` and ``spoof``: see ``guest_argv``.  With
     ``dhcp`` the guest is ready after its lease (or after udhcpc gave up:
     ``VMNET-ERROR dhcp``, about 10 s).
     """
     argv = guest_argv(netargs, ip=ip, ping=ping, smp=smp, extra=extra, dhcp=dhcp,
-                      hostname=hostname, resolve=resolve, fetch=fetch)
+                      hostname=hostname, resolve=resolve, fetch=fetch, spoof=spoof)
     cmd = ["ip", "netns", "exec", ns_name, *(argv_prefix or []), *argv]
     proc = subprocess.Popen(
         cmd,

@@ -100,7 +100,8 @@ def overrides(values: Mapping[str, object]) -> Overrides:
                      ip_filter=True if values.get("ip_filter") else None,
                      no_guard=True if values.get("no_guard") else None,
                      port_isolation=True if values.get("port_isolation") else None,
-                     rate_to_vm=s("rate_to_vm"), rate_from_vm=s("rate_from_vm"))
+                     rate_to_vm=s("rate_to_vm"), rate_from_vm=s("rate_from_vm"),
+                     vlan=n("vlan"))
 
 
 def setup(argv: list[str], env: Mapping[str, str], policy: Policy | None = None

@@ -77,6 +77,8 @@ OVERRIDES = (
         help="Police traffic toward the VM at RATE (tc units: 100mbit, 1gbit, 12mbps)."),
     Opt("--rate-from-vm", kind="value", metavar="RATE",
         help="Police traffic from the VM at RATE."),
+    Opt("--vlan", kind="value", metavar="VID", parse=_count(1, 4094),
+        help="Every NIC an access port of VLAN VID (1-4094) on a VLAN-aware bridge."),
     Opt("--no-guard", help="Let a filtered VM send router advertisements and DHCP server "
                            "replies (the guard is on by default with either filter)."),
     Opt("--model", kind="value", metavar="DEVICE", help="QEMU NIC model (virtio-net-pci)."),

@@ -35,10 +35,11 @@ if TYPE_CHECKING:
 
 _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address",
                  "allow_users", "allow_groups", "kind", "outbound", "domain", "upstream",
-                 "firewall_fix"}
+                 "firewall_fix", "vlan_filtering"}
 _VM_KEYS = {"user", "group", "nics"}
 _NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model", "ip",
-             "mac_filter", "ip_filter", "guard", "addresses", "port_isolation", "rate"}
+             "mac_filter", "ip_filter", "guard", "addresses", "port_isolation", "rate",
+             "vlan", "trunk", "native_vlan"}
 _RATE_KEYS = {"to_vm", "from_vm", "to_vm_burst", "from_vm_burst"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
 _DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues", "data_dir"}
@@ -51,8 +52,8 @@ class NicSpec(Value):
     """One `[[vms.NAME.nics]]` table as written (None: not given)."""
 
     __slots__ = ("addresses", "from_vm", "guard", "ip", "ip_filter", "mac", "mac_filter",
-                 "model", "mtu", "network", "port_isolation", "queues", "tap", "to_vm",
-                 "vnet_hdr")
+                 "model", "mtu", "native_vlan", "network", "port_isolation", "queues", "tap",
+                 "to_vm", "trunk", "vlan", "vnet_hdr")
 
     def __init__(self, network: str | None = None, mac: str | None = None,
                  queues: int | None = None, mtu: int | None = None, tap: str | None = None,
@@ -61,7 +62,11 @@ class NicSpec(Value):
                  ip_filter: bool | None = None, guard: bool | None = None,
                  addresses: tuple[str, ...] = (), port_isolation: bool | None = None,
                  to_vm: tuple[int, int] | None = None,
-                 from_vm: tuple[int, int] | None = None) -> None:
+                 from_vm: tuple[int, int] | None = None, vlan: int | None = None,
+                 trunk: tuple[int, ...] = (), native_vlan: int | None = None) -> None:
+        self.vlan = vlan
+        self.trunk = tuple(trunk)
+        self.native_vlan = native_vlan
         self.to_vm = None if to_vm is None else (int(to_vm[0]), int(to_vm[1]))
         self.from_vm = None if from_vm is None else (int(from_vm[0]), int(from_vm[1]))
         self.port_isolation = port_isolation
@@ -176,6 +181,7 @@ class Overrides(Value):
         "queues",
         "uplink",
         "user",
+        "vlan",
         "vnet_hdr",
     )
 
@@ -186,7 +192,9 @@ class Overrides(Value):
                  network: str | None = None, ips: tuple[str, ...] = (),
                  mac_filter: bool | None = None, ip_filter: bool | None = None,
                  no_guard: bool | None = None, port_isolation: bool | None = None,
-                 rate_to_vm: str | None = None, rate_from_vm: str | None = None) -> None:
+                 rate_to_vm: str | None = None, rate_from_vm: str | None = None,
+                 vlan: int | None = None) -> None:
+        self.vlan = vlan  # --vlan: every NIC an access port of it
         self.rate_to_vm = rate_to_vm  # as given (--rate-to-vm 100mbit)
         self.rate_from_vm = rate_from_vm
         self.port_isolation = port_isolation
@@ -293,6 +301,8 @@ def _network(name: str, t: dict[str, Any], where: str) -> Network:
             outbound=_typed(t.get("outbound"), str, f"{where}.outbound"),
             domain=_typed(t.get("domain"), str, f"{where}.domain"),
             upstream=None if upstream is None else tuple(upstream),
+            vlan_filtering=bool(_typed(t.get("vlan_filtering", False), bool,
+                                       f"{where}.vlan_filtering")),
         )
     except InputError as e:
         raise ConfigError(f"{where}: {e.message}") from None
@@ -315,6 +325,9 @@ def _nic(t: Any, where: str) -> NicSpec:
         addresses=tuple(_addresses(t.get("addresses", []), f"{where}.addresses")),
         port_isolation=_typed(t.get("port_isolation"), bool, f"{where}.port_isolation"),
         **_rates(t.get("rate"), f"{where}.rate"),
+        vlan=_typed(t.get("vlan"), int, f"{where}.vlan"),
+        trunk=tuple(_vids(t.get("trunk", []), f"{where}.trunk")),
+        native_vlan=_typed(t.get("native_vlan"), int, f"{where}.native_vlan"),
     )
     try:
         if spec.ip is not None:
@@ -357,6 +370,15 @@ def rate_pair(rate: Any, burst: Any, what: str) -> tuple[int, int]:
     bits = v.rate(rate, what)
     size = v.size(burst, f"{what}_burst") if burst is not None else max(bits // 800, 65536)
     return bits, size
+
+
+def _vids(raw: Any, where: str) -> list[int]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: expected a list of VLAN ids")
+    try:
+        return [v.vlan_id(x, f"{where}[{i}]") for i, x in enumerate(raw)]
+    except InputError as e:
+        raise ConfigError(e.message) from None
 
 
 def _addresses(raw: Any, where: str) -> list[str]:
@@ -646,5 +668,8 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
             else nspec.to_vm,
             from_vm=rate_pair(ov.rate_from_vm, None, "--rate-from-vm") if ov.rate_from_vm
             else nspec.from_vm,
+            vlan=ov.vlan if ov.vlan is not None else nspec.vlan,
+            trunk=() if ov.vlan is not None else nspec.trunk,
+            native_vlan=None if ov.vlan is not None else nspec.native_vlan,
         ))
     return Vm(name=name, uid=uid, gid=gid, nics=tuple(nics), user=user)

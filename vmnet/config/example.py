@@ -26,6 +26,8 @@ mtu = 9000                 # 68..65521; default: the bridge's
 stp = false                # default false
 forward_delay = 0          # seconds; 0..30, and 2..30 when stp = true (the kernel clamps)
 address = "10.10.0.1/24"   # host address on the bridge (only on bridges vmnet creates)
+vlan_filtering = true      # vmnet creates the bridge VLAN-aware, for NICs' vlan/trunk
+                           # (default false; this needs the kernel's bridge VLAN filtering)
 allow_users = ["alice", 1001]  # users without root who may put NICs on it through
 allow_groups = ["kvm"]     # vmnetd (and its vmnet-bridge-helper); default: nobody but root
 
@@ -54,6 +56,9 @@ mtu = 9000                 # default: the network's, else the bridge's
 tap = "web-lan"            # default: <vm>-<n>, or vmn<hash>-<n> when that does not fit
 vnet_hdr = true            # default true: open the tap with IFF_VNET_HDR
 model = "virtio-net-pci"   # the QEMU device vmnet renders
+trunk = [10, 20]           # on a VLAN-aware bridge: these VLANs tagged to the VM (and the
+native_vlan = 10           # native one untagged); vmnet adds them to the uplink, tagged,
+                           # and removes them with the last NIC that uses them
 
 [[vms.web.nics]]
 network = "lab"
@@ -70,4 +75,8 @@ rate = { to_vm = "100mbit", from_vm = "50mbit", from_vm_burst = "256kb" }
 port_isolation = true      # no traffic with the bridge's other isolated ports (the
                            # gateway and other ports it still reaches); learning off, a
                            # static fdb entry for its MAC (default false)
+
+[[vms.web.nics]]
+network = "lan"
+vlan = 30                  # an access port of VLAN 30: untagged to the VM
 """

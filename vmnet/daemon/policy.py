@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 USER_COMMANDS = frozenset({"up", "down", "status", "list", "qemu-args", "run", "ip"})
 _ROOT_FLAGS = (("uplink", "--uplink", "enslave an uplink"),
                ("ips", "--ip", "choose a NIC's address (it is derived, or set in the config)"),
+               ("vlan", "--vlan", "choose a NIC's VLAN (it is the config's to give)"),
                ("no_guard", "--no-guard", "loosen a NIC's policy (a user may only tighten "
                                           "it: --mac-filter, --ip-filter)"))
 _CONFIG_HINT = "ask root to add it to {where}"

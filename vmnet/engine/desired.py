@@ -45,7 +45,7 @@ def as_config(cfg: Config, rec: VmRecord, bridges: BridgeRecords) -> Config:
         networks[net.name] = net
         nics.append(NicSpec(network=net.name, mac=n.mac, queues=n.queues, mtu=n.mtu,
                             tap=n.tap, vnet_hdr=n.vnet_hdr, model=n.model,
-                            ip=n.ip if net.l3 else None, **n.filter_spec()))
+                            ip=n.ip if net.l3 else None, **n.policy_spec()))
     owner, group = rec.nics[0].owner, rec.nics[0].group
     spec = VmSpec(user=None if owner is None else str(owner),
                   group=None if group is None else str(group), nics=tuple(nics))

@@ -138,8 +138,7 @@ class HostView:
     def planned(self, link: LinkInfo, bridge: str | None = None) -> LinkInfo:
         """Record a link the plan will create or change (index < 0 when new)."""
         if link.index == 0:
-            link = LinkInfo(self._fake, link.name, link.kind, link.mac, link.mtu, link.up,
-                            link.carrier, link.master, link.alias, tun=link.tun)
+            link = link.with_(index=self._fake)
             self._fake -= 1
         old = self._links.get(link.name)
         self._links[link.name] = link

@@ -28,11 +28,13 @@ from vmnet.model import validate as v
 from vmnet.model.value import Value
 from vmnet.nicpolicy.filters import PortFilter, ProtectPorts, UnprotectPorts
 from vmnet.nicpolicy.isolation import IsolatePort
+from vmnet.nicpolicy.vlans import AddUplinkVlan, DropUplinkVlan, SetPortVlans, port_vlans
 from vmnet.state.records import BridgeRecord, NicRecord, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Iterable
+    from typing import Any
 
     from vmnet.engine.observe import HostView
     from vmnet.kinds.l3 import Site
@@ -188,7 +190,7 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
                             hint=f"use network {rec.network!r} for this VM, or another bridge")
     if br is None:
         steps.append(CreateBridge(net.bridge, net.bridge_mac, net.mtu, net.stp,
-                                  net.forward_delay, net.mark))
+                                  net.forward_delay, net.mark, net.vlan_filtering))
         if net.address:
             steps.append(AddAddress(net.bridge, net.address))
         steps.append(SetUp(net.bridge))
@@ -197,7 +199,8 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
         new.append(rec)
         bridges[net.bridge] = rec
         br = view.planned(LinkInfo(0, net.bridge, "bridge", net.bridge_mac, net.mtu or 1500,
-                                   True, False, None, net.mark))
+                                   True, False, None, net.mark,
+                                   vlan_filtering=net.vlan_filtering))
     elif rec is None:
         rec = BridgeRecord(bridge=net.bridge, network=net.name, created=False)
         new.append(rec)
@@ -299,7 +302,7 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
                 "mac": nic.mac_filter, "ip": nic.ip_filter, "guard": nic.guarded,
                 "addresses": list(nic.addresses)}, isolated=nic.port_isolation,
             rate={k: list(r) for k, r in (("to_vm", nic.to_vm), ("from_vm", nic.from_vm))
-                  if r} or None))
+                  if r} or None, vlans=_vlans_record(nic)))
         isolate = IsolatePort(nic.tap, bridge, nic.mac) if nic.port_isolation else None
         if link is not None:
             _check_existing_tap(vm, nic, link)
@@ -308,6 +311,9 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
                 view.planned(link.with_(master=br.index, up=True), bridge)
             if isolate is not None and (link.master != br.index or isolate.check(view)):
                 steps.append(isolate)
+            vlan_step = _vlan_steps(vm, nic, br, view, bridges, new, changed, steps)
+            if vlan_step is not None and (link.master != br.index or vlan_step.check(view)):
+                steps.append(vlan_step)
             continue
         count = view.port_count(bridge)
         if count is not None and count + 1 > v.MAX_BRIDGE_PORTS:
@@ -320,11 +326,62 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
         steps.append(AttachTap(nic.tap, bridge))
         if isolate is not None:
             steps.append(isolate)
+        vlan_step = _vlan_steps(vm, nic, br, view, bridges, new, changed, steps)
+        if vlan_step is not None:
+            steps.append(vlan_step)
         view.planned(LinkInfo(0, nic.tap, "tun", nic.tap_mac, mtu or 1500, True, False,
                               br.index, spec.alias), bridge)
     claims.add(vm.name, nic_records)
     return UpPlan(vm=vm, steps=steps, nics=nic_records, new_bridges=new,
                   changed_bridges=changed, notes=notes)
+
+
+def _vlan_args(n: NicRecord) -> dict[str, Any]:
+    spec = n.vlan_spec()
+    return {"vlan": spec["vlan"], "trunk": spec["trunk"], "native": spec["native_vlan"]}
+
+
+def _vlans_record(nic: Nic) -> dict[str, object] | None:
+    if nic.vlan is not None:
+        return {"vlan": nic.vlan}
+    if nic.trunk:
+        return {"trunk": list(nic.trunk), "native": nic.native_vlan}
+    return None
+
+
+def _vlan_steps(vm: Vm, nic: Nic, br: LinkInfo, view: HostView, bridges: BridgeRecords,
+                new: list[BridgeRecord], changed: list[BridgeRecord],
+                steps: list[Step]) -> SetPortVlans | None:
+    """The NIC's port VLANs (its step, for the caller to place after the attach), after
+    adding to `steps` the VLANs its bridge's uplink still lacks (counted in the bridge
+    record: removed with the last NIC that uses them)."""
+    vlans = port_vlans(nic.vlan, nic.trunk, nic.native_vlan)
+    if not vlans:
+        return None
+    net = nic.network
+    if not br.vlan_filtering:
+        raise ConflictError(f"VM {vm.name!r} NIC {nic.index}: VLANs need a VLAN-aware bridge, "
+                            f"and bridge {net.bridge!r} has vlan_filtering off",
+                            ifname=net.bridge,
+                            hint=f"set networks.{net.name}.vlan_filtering = true (a bridge "
+                                 "vmnet creates), or turn it on on your bridge (ip link set "
+                                 f"{net.bridge} type bridge vlan_filtering 1)")
+    rec = bridges.get(net.bridge)
+    uplink = net.uplink or (rec.uplink if rec is not None and rec.uplink_attached else None)
+    if rec is not None and uplink is not None and view.link(uplink) is not None:
+        have = set() if view.k is None or view.link(uplink).index < 0 else {  # type: ignore[union-attr]
+            vid for vid, _ in view.k.port_vlans(uplink)}
+        added = [v.vid for v in vlans if v.vid not in have and v.vid not in rec.uplink_vlans]
+        if added:
+            steps += [AddUplinkVlan(uplink, vid) for vid in added]
+            updated = rec.with_(uplink_vlans=sorted({*rec.uplink_vlans, *added}))
+            mine = next((i for i, r in enumerate(new) if r.bridge == net.bridge), None)
+            if mine is not None:
+                new[mine] = updated
+            else:
+                changed[:] = [r for r in changed if r.bridge != net.bridge] + [updated]
+            bridges[net.bridge] = updated
+    return SetPortVlans(nic.tap, vlans)
 
 
 def port_filter(vm: Vm, nic: Nic, ip: str | None) -> ProtectPorts | None:
@@ -520,6 +577,7 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
                             ifname=busy[0], hint="stop the VM first, or use --force")
     rel = plan_release_bridges(used_bridges, taps, view, users, bridges, leaving=set(batch),
                                site=site)
+    _release_uplink_vlans(batch, users, bridges, rel)
     steps: list[Step] = []
     if unprotect:
         steps.append(UnprotectPorts(tuple(unprotect)))
@@ -532,6 +590,22 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
                     put_bridges=rel.put)
 
 
+def _release_uplink_vlans(batch: dict[str, VmRecord | None], users: BridgeUsers,
+                          bridges: BridgeRecords, rel: BridgeRelease) -> None:
+    """VLANs vmnet added to an uplink that no NIC left on its bridge uses: dropped from
+    the uplink (where the bridge stays) and from the bridge record."""
+    for bridge in sorted({n.bridge for r in batch.values() if r for n in r.nics if n.vlans}):
+        brec = bridges.get(bridge)
+        if brec is None or not brec.uplink_vlans or bridge in rel.drop:
+            continue  # (a bridge that goes takes its ports' VLANs with it)
+        used = users.vids(bridge, set(batch))
+        gone = [v for v in brec.uplink_vlans if v not in used]
+        if gone and brec.uplink:
+            rel.steps[:0] = [DropUplinkVlan(brec.uplink, v) for v in gone]
+            rel.put.append(brec.with_(uplink_vlans=[v for v in brec.uplink_vlans
+                                                    if v in used]))
+
+
 class BridgeUsers:
     """Whether a VM outside a batch still uses a bridge (state index, or records)."""
 
@@ -539,6 +613,17 @@ class BridgeUsers:
                  records: dict[str, VmRecord] | None = None) -> None:
         self.store = store
         self.records = records
+
+    def vids(self, bridge: str, leaving: set[str]) -> set[int]:
+        """VLANs the NICs on `bridge` of the VMs not leaving use (reads every record: only
+        for bridges with VLANs vmnet added to their uplink)."""
+        from vmnet.nicpolicy.vlans import port_vlans as vlans_of
+
+        records = self.records if self.records is not None else (
+            self.store.vms() if self.store is not None else {})
+        return {v.vid for name, r in records.items() if name not in leaving for n in r.nics
+                if n.bridge == bridge and n.vlans
+                for v in vlans_of(**_vlan_args(n))}
 
     def other_user(self, bridge: str, leaving: set[str]) -> str | None:
         if self.records is not None:

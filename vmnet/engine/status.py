@@ -113,6 +113,12 @@ def nic_steps(vm: str, n: NicRecord) -> list[Step]:
         from vmnet.nicpolicy.isolation import IsolatePort
 
         out.append(IsolatePort(n.tap, n.bridge, n.mac))
+    if n.vlans:
+        from vmnet.nicpolicy.vlans import SetPortVlans, port_vlans
+
+        vs = n.vlan_spec()
+        out.append(SetPortVlans(n.tap, port_vlans(vs["vlan"], vs["trunk"],
+                                                  vs["native_vlan"])))
     return out
 
 

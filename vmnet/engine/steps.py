@@ -52,10 +52,11 @@ class Step(Value):
 
 
 class CreateBridge(Step):
-    __slots__ = ("alias", "forward_delay", "mac", "mtu", "name", "stp")
+    __slots__ = ("alias", "forward_delay", "mac", "mtu", "name", "stp", "vlan_filtering")
 
     def __init__(self, name: str, mac: str, mtu: int | None, stp: bool, forward_delay: int,
-                 alias: str) -> None:
+                 alias: str, vlan_filtering: bool = False) -> None:
+        self.vlan_filtering = vlan_filtering
         self.name = name
         self.mac = mac
         self.mtu = mtu
@@ -67,12 +68,14 @@ class CreateBridge(Step):
         mtu = ["mtu", str(self.mtu)] if self.mtu else []
         return (_ip(netns, "link", "add", self.name, "address", self.mac, *mtu, "type",
                     "bridge", "stp_state", str(int(self.stp)), "forward_delay",
-                    str(self.forward_delay * 100))
+                    str(self.forward_delay * 100),
+                    *(["vlan_filtering", "1"] if self.vlan_filtering else []))
                 + "\n" + _ip(netns, "link", "set", self.name, "alias", self.alias))
 
     def run(self, k: Kernel) -> None:
         k.create_bridge(self.name, mac=self.mac, mtu=self.mtu, stp=self.stp,
-                        forward_delay=self.forward_delay, alias=self.alias)
+                        forward_delay=self.forward_delay, alias=self.alias,
+                        vlan_filtering=self.vlan_filtering)
 
     def undo(self) -> Step:
         return DeleteLinks((self.name,))

@@ -56,6 +56,7 @@ class LinkInfo(Value):
         "tx_bytes",
         "tx_packets",
         "up",
+        "vlan_filtering",
     )
 
     def __init__(self, index: int, name: str, kind: str | None, mac: str | None, mtu: int,
@@ -63,7 +64,9 @@ class LinkInfo(Value):
                  group: int = 0, tun: TunInfo | None = None, rx_bytes: int = 0,
                  tx_bytes: int = 0, rx_packets: int = 0, tx_packets: int = 0,
                  stp: bool | None = None, forward_delay: int | None = None,
-                 port_isolated: bool | None = None, port_learning: bool | None = None) -> None:
+                 port_isolated: bool | None = None, port_learning: bool | None = None,
+                 vlan_filtering: bool | None = None) -> None:
+        self.vlan_filtering = vlan_filtering  # a bridge's (None: not a bridge)
         self.port_isolated = port_isolated  # a bridge port's (None: not a bridge port)
         self.port_learning = port_learning
         self.index = index
@@ -84,13 +87,15 @@ class LinkInfo(Value):
         self.stp = stp
         self.forward_delay = forward_delay  # seconds, bridges only
 
-    def with_(self, *, master: int | None = None, up: bool | None = None) -> LinkInfo:
-        """A copy with another master and admin state (a planner's view of a change)."""
-        return LinkInfo(self.index, self.name, self.kind, self.mac, self.mtu,
-                        self.up if up is None else up, self.carrier,
-                        self.master if master is None else master, self.alias, self.group,
-                        self.tun, self.rx_bytes, self.tx_bytes, self.rx_packets,
-                        self.tx_packets, self.stp, self.forward_delay)
+    def with_(self, *, master: int | None = None, up: bool | None = None,
+              index: int | None = None) -> LinkInfo:
+        """A copy with another master, admin state or index (a planner's view of a change,
+        or of a link it will create)."""
+        d = self.as_dict()
+        for key, value in (("master", master), ("up", up), ("index", index)):
+            if value is not None:
+                d[key] = value
+        return LinkInfo(**d)  # type: ignore[arg-type]
 
 
 class TapSpec(Value):

@@ -195,6 +195,28 @@ class LinuxKernel:
             if not isinstance(e, NotFoundError) and e.errno != errno.ENOENT:
                 raise  # (none there, or no such port: nothing to delete)
 
+    def vlan_add(self, port: str, vid: int, *, pvid: bool = False,
+                 untagged: bool = False) -> None:
+        self._call(f"add vlan {vid}", port, RTM_SETLINK, 0,
+                   rtnl.bridge_vlan_body(self._idx(port), vid, pvid=pvid, untagged=untagged))
+
+    def vlan_del(self, port: str, vid: int) -> None:
+        try:
+            self._call(f"delete vlan {vid}", port, RTM_DELLINK, 0,
+                       rtnl.bridge_vlan_body(self._idx(port), vid))
+        except VmnetError as e:
+            if not isinstance(e, NotFoundError) and e.errno != errno.ENOENT:
+                raise
+
+    def port_vlans(self, port: str) -> list[tuple[int, int]]:
+        """(vid, BRIDGE_VLAN_INFO_* flags) of a bridge port's VLANs."""
+        index = self._idx(port)
+        for b, s, e in self.nl.dump(RTM_GETLINK, rtnl.bridge_vlans_dump_body()):
+            got, vlans = rtnl.port_vlans(b, s, e)
+            if got == index:
+                return vlans
+        return []
+
     def fdb_dump(self, bridge_index: int) -> list[FdbEntry]:
         from vmnet.kernel import fdb
 
@@ -210,9 +232,17 @@ class LinuxKernel:
                                   mtu=spec.mtu, path=self._tun_path, ioctl=self._ioctl)
 
     def create_bridge(self, name: str, *, mac: str, mtu: int | None, stp: bool,
-                      forward_delay: int, alias: str) -> None:
-        self._call("create bridge", name, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
-                   rtnl.bridge_create_body(name, mac, mtu, stp, forward_delay))
+                      forward_delay: int, alias: str, vlan_filtering: bool = False) -> None:
+        try:
+            self._call("create bridge", name, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL,
+                       rtnl.bridge_create_body(name, mac, mtu, stp, forward_delay,
+                                               vlan_filtering))
+        except VmnetError as e:
+            if vlan_filtering and e.errno == errno.EOPNOTSUPP:
+                e.hint = ("this kernel has no bridge VLAN filtering "
+                          "(CONFIG_BRIDGE_VLAN_FILTERING): drop vlan_filtering and the "
+                          "NICs' vlan/trunk settings")
+            raise
         try:
             # IFLA_IFALIAS is ignored on creation: set it in a second request.
             self._call("mark bridge", name, RTM_SETLINK, 0,

@@ -34,7 +34,11 @@ IFLA_PROTINFO = 12
 IFLA_BRPORT_LEARNING, IFLA_BRPORT_ISOLATED = 8, 33  # include/uapi/linux/if_link.h
 IFLA_TUN_OWNER, IFLA_TUN_GROUP, IFLA_TUN_TYPE, IFLA_TUN_PI = 1, 2, 3, 4
 IFLA_TUN_VNET_HDR, IFLA_TUN_PERSIST, IFLA_TUN_MULTI_QUEUE, IFLA_TUN_NUM_QUEUES = 5, 6, 7, 8
-IFLA_BR_FORWARD_DELAY, IFLA_BR_STP_STATE = 1, 5
+IFLA_BR_FORWARD_DELAY, IFLA_BR_STP_STATE, IFLA_BR_VLAN_FILTERING = 1, 5, 7
+IFLA_AF_SPEC = 26
+IFLA_BRIDGE_VLAN_INFO = 2  # include/uapi/linux/if_bridge.h
+BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
+RTEXT_FILTER_BRVLAN = 0x2
 IFA_ADDRESS, IFA_LOCAL = 1, 2
 IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
 NLA_F_NESTED = 0x8000
@@ -294,7 +298,7 @@ def link_fields(buf: bytes, off: int, end: int) -> dict[str, object]:
     stats = (0, 0, 0, 0)
     tun_info: dict[str, object] | None = None
     stp = fwd = None
-    isolated = learning = None
+    isolated = learning = vlan_filtering = None
     for t, s, e in parse_attrs(buf, off + _IFI.size, end):
         if t == IFLA_IFNAME:
             name = buf[s:e].rstrip(b"\0").decode()
@@ -350,13 +354,16 @@ def link_fields(buf: bytes, off: int, end: int) -> dict[str, object]:
                         stp = bool(_U32.unpack_from(buf, ds)[0])
                     elif dt == IFLA_BR_FORWARD_DELAY:
                         fwd = _U32.unpack_from(buf, ds)[0] // USER_HZ
+                    elif dt == IFLA_BR_VLAN_FILTERING:
+                        vlan_filtering = bool(buf[ds])
     return {"index": index, "name": name, "kind": kind, "mac": mac, "mtu": mtu,
             "up": bool(flags & IFF_UP),
             "carrier": carrier if carrier is not None else bool(flags & IFF_LOWER_UP),
             "master": master, "alias": alias, "group": group, "tun": tun_info,
             "rx_packets": stats[0], "tx_packets": stats[1], "rx_bytes": stats[2],
             "tx_bytes": stats[3], "stp": stp, "forward_delay": fwd,
-            "port_isolated": isolated, "port_learning": learning}
+            "port_isolated": isolated, "port_learning": learning,
+            "vlan_filtering": vlan_filtering if kind == "bridge" else None}
 
 
 def by_name(name: str) -> bytes:
@@ -403,8 +410,40 @@ def bridge_port_body(index: int, *, isolated: bool | None = None,
     return _IFI.pack(AF_BRIDGE, 0, index, 0, 0) + a_nest(IFLA_PROTINFO, attrs)
 
 
+_VLAN_INFO = struct.Struct("=HH")  # struct bridge_vlan_info: flags, vid
+
+
+def bridge_vlan_body(index: int, vid: int, *, pvid: bool = False,
+                     untagged: bool = False) -> bytes:
+    """AF_BRIDGE body for RTM_SETLINK (`bridge vlan add vid V dev PORT [pvid] [untagged]`)
+    or RTM_DELLINK (`bridge vlan del vid V dev PORT`): IFLA_AF_SPEC holding one
+    IFLA_BRIDGE_VLAN_INFO (br_afspec() in net/bridge/br_netlink.c)."""
+    flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | \
+        (BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0)
+    return _IFI.pack(AF_BRIDGE, 0, index, 0, 0) + a_nest(
+        IFLA_AF_SPEC, attr(IFLA_BRIDGE_VLAN_INFO, _VLAN_INFO.pack(flags, vid)))
+
+
+def bridge_vlans_dump_body() -> bytes:
+    """RTM_GETLINK dump of family AF_BRIDGE asking for each port's VLANs."""
+    return _IFI.pack(AF_BRIDGE, 0, 0, 0, 0) + a_u32(IFLA_EXT_MASK, RTEXT_FILTER_BRVLAN)
+
+
+def port_vlans(buf: bytes, off: int, end: int) -> tuple[int, list[tuple[int, int]]]:
+    """(ifindex, [(vid, flags)]) of one AF_BRIDGE RTM_NEWLINK message."""
+    _fam, _type, index, _flags, _change = _IFI.unpack_from(buf, off)
+    out = []
+    for t, s, e in parse_attrs(buf, off + _IFI.size, end):
+        if t == IFLA_AF_SPEC:
+            for it, is_, _ie in parse_attrs(buf, s, e):
+                if it == IFLA_BRIDGE_VLAN_INFO:
+                    flags, vid = _VLAN_INFO.unpack_from(buf, is_)
+                    out.append((vid, flags))
+    return index, out
+
+
 def bridge_create_body(name: str, mac: str, mtu: int | None, stp: bool,
-                       forward_delay: int) -> bytes:
+                       forward_delay: int, vlan_filtering: bool = False) -> bytes:
     """RTM_NEWLINK body (with NLM_F_CREATE | NLM_F_EXCL) that makes a bridge.
 
     forward_delay is in seconds; IFLA_BR_FORWARD_DELAY is in clock_t (USER_HZ,
@@ -414,7 +453,8 @@ def bridge_create_body(name: str, mac: str, mtu: int | None, stp: bool,
     info = a_nest(IFLA_LINKINFO, a_str(IFLA_INFO_KIND, "bridge"),
                   a_nest(IFLA_INFO_DATA,
                          a_u32(IFLA_BR_STP_STATE, int(stp)),
-                         a_u32(IFLA_BR_FORWARD_DELAY, forward_delay * USER_HZ)))
+                         a_u32(IFLA_BR_FORWARD_DELAY, forward_delay * USER_HZ),
+                         *([a_u8(IFLA_BR_VLAN_FILTERING, 1)] if vlan_filtering else [])))
     body = ifinfo() + by_name(name) + a_mac(IFLA_ADDRESS, mac) + info
     if mtu:
         body += a_u32(IFLA_MTU, mtu)

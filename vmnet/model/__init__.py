@@ -42,13 +42,15 @@ class Network(Value):
     """
 
     __slots__ = ("address", "bridge", "domain", "forward_delay", "kind", "mtu", "name",
-                 "outbound", "stp", "upstream", "uplink")
+                 "outbound", "stp", "upstream", "uplink", "vlan_filtering")
 
     def __init__(self, name: str, bridge: str, uplink: str | None = None,
                  mtu: int | None = None, stp: bool = False, forward_delay: int = 0,
                  address: str | None = None, kind: str = "bridge",
                  outbound: str | None = None, domain: str | None = None,
-                 upstream: tuple[str, ...] | None = None) -> None:
+                 upstream: tuple[str, ...] | None = None,
+                 vlan_filtering: bool = False) -> None:
+        self.vlan_filtering = vlan_filtering  # a bridge vmnet creates is VLAN-aware
         self.name = name
         self.bridge = bridge
         self.uplink = uplink
@@ -95,7 +97,10 @@ class Network(Value):
                 raise InputError(f"{what}: a {self.kind} network has no uplink (guests reach "
                                  "the outside through the host's routing); use kind = "
                                  "\"bridge\" to bridge an interface")
-        elif (self.outbound, self.domain, self.upstream) != (None, None, None):
+        if self.vlan_filtering and self.kind != "bridge":
+            raise InputError(f"{what}: vlan_filtering is for kind \"bridge\" networks")
+        if self.kind not in L3_KINDS and (self.outbound, self.domain, self.upstream) != (
+                None, None, None):
             raise InputError(f"{what}: outbound, domain and upstream are for kind \"nat\" "
                              "or \"isolated\"")
 
@@ -134,8 +139,8 @@ class Nic(Value):
     """One virtual NIC of a VM: a tap on a network's bridge."""
 
     __slots__ = ("addresses", "from_vm", "guard", "index", "ip", "ip_filter", "mac",
-                 "mac_filter", "model", "mtu", "network", "port_isolation", "queues", "tap",
-                 "to_vm", "vnet_hdr")
+                 "mac_filter", "model", "mtu", "native_vlan", "network", "port_isolation",
+                 "queues", "tap", "to_vm", "trunk", "vlan", "vnet_hdr")
 
     def __init__(self, index: int, network: Network, tap: str, mac: str, queues: int = 1,
                  mtu: int | None = None, vnet_hdr: bool = True,
@@ -143,7 +148,11 @@ class Nic(Value):
                  mac_filter: bool = False, ip_filter: bool = False,
                  guard: bool | None = None, addresses: tuple[str, ...] = (),
                  port_isolation: bool = False, to_vm: tuple[int, int] | None = None,
-                 from_vm: tuple[int, int] | None = None) -> None:
+                 from_vm: tuple[int, int] | None = None, vlan: int | None = None,
+                 trunk: tuple[int, ...] = (), native_vlan: int | None = None) -> None:
+        self.vlan = vlan  # access port: untagged to the VM, its PVID
+        self.trunk = tuple(trunk)  # tagged VLANs to the VM
+        self.native_vlan = native_vlan  # a trunk's untagged VLAN
         self.port_isolation = port_isolation  # isolated bridge port, no learning
         self.to_vm = to_vm  # rate toward the guest: (bits per second, burst bytes)
         self.from_vm = from_vm  # ... from the guest
@@ -175,6 +184,16 @@ class Nic(Value):
 
         for i, a in enumerate(self.addresses):
             v.address(a, f"{what} addresses[{i}]")
+        if self.vlan is not None:
+            v.vlan_id(self.vlan, f"{what} vlan")
+            if self.trunk or self.native_vlan is not None:
+                raise InputError(f"{what}: give vlan (an access port) or trunk, not both")
+        for i, t in enumerate(self.trunk):
+            v.vlan_id(t, f"{what} trunk[{i}]")
+        if self.native_vlan is not None:
+            v.vlan_id(self.native_vlan, f"{what} native_vlan")
+            if not self.trunk:
+                raise InputError(f"{what}: native_vlan is a trunk's untagged VLAN; give trunk")
 
     @property
     def guarded(self) -> bool:

@@ -270,3 +270,8 @@ def _is_number(text: str) -> bool:
     whole, dot, frac = text.partition(".")
     return whole.isascii() and whole.isdigit() and (not dot or (frac.isascii() and
                                                                  frac.isdigit()))
+
+
+def vlan_id(value: object, what: str) -> int:
+    """A VLAN id a port can carry: 1..4094 (0 means "no VLAN", 4095 is reserved)."""
+    return int_range(value, what, 1, 4094)

@@ -99,6 +99,7 @@ class NicRecord(Value):
         "rate",
         "tap",
         "tap_mac",
+        "vlans",
         "vnet_hdr",
     )
 
@@ -107,8 +108,10 @@ class NicRecord(Value):
                  owner: int | None, group: int | None, created: bool = True,
                  model: str = DEFAULT_MODEL, ip: str | None = None,
                  filter: dict[str, object] | None = None, isolated: bool = False,
-                 rate: dict[str, list[int]] | None = None) -> None:
+                 rate: dict[str, list[int]] | None = None,
+                 vlans: dict[str, object] | None = None) -> None:
         self.rate = rate  # {"to_vm": [bits/s, burst bytes], "from_vm": [...]}
+        self.vlans = vlans  # {"vlan": N} or {"trunk": [N, ...], "native": N or null}
         self.isolated = isolated  # port_isolation
         self.ip = ip  # its fixed address on a nat/isolated network
         # its port filter: {"mac": bool, "ip": bool, "guard": bool, "addresses": [...]}
@@ -129,19 +132,27 @@ class NicRecord(Value):
 
     def to_json(self) -> dict[str, object]:
         d = {s: getattr(self, s) for s in self.__slots__}
-        for key in ("ip", "filter", "isolated", "rate"):
+        for key in ("ip", "filter", "isolated", "rate", "vlans"):
             if not d[key]:
                 del d[key]  # (unused: the record reads as before 0.5)
         return d
 
-    def filter_spec(self) -> dict[str, Any]:
+    def policy_spec(self) -> dict[str, Any]:
         """The filter settings as NicSpec keywords (what `up` made, for `up` again)."""
         f = self.filter or {}
         return {"mac_filter": bool(f.get("mac")), "ip_filter": bool(f.get("ip")),
                 "guard": f.get("guard") if self.filter else None,
                 "addresses": tuple(f.get("addresses") or ()),  # type: ignore[arg-type]
                 "port_isolation": self.isolated,
-                "to_vm": self.rate_of("to_vm"), "from_vm": self.rate_of("from_vm")}
+                "to_vm": self.rate_of("to_vm"), "from_vm": self.rate_of("from_vm"),
+                **self.vlan_spec()}
+
+    def vlan_spec(self) -> dict[str, Any]:
+        """vlan, trunk and native_vlan as NicSpec keywords."""
+        d = self.vlans or {}
+        trunk = d.get("trunk") or []
+        return {"vlan": d.get("vlan"), "trunk": tuple(trunk),  # type: ignore[arg-type]
+                "native_vlan": d.get("native")}
 
     def rate_of(self, direction: str) -> tuple[int, int] | None:
         got = (self.rate or {}).get(direction)
@@ -199,6 +210,7 @@ class BridgeRecord(Value):
         "outbound",
         "sysctls",
         "uplink",
+        "uplink_vlans",
         "uplink_attached",
         "uplink_was_down",
         "writer",
@@ -209,7 +221,9 @@ class BridgeRecord(Value):
                  address: str | None = None, writer: Proc | None = None,
                  kind: str = "bridge", outbound: str | None = None, domain: str | None = None,
                  sysctls: dict[str, str] | None = None,
-                 fixes: list[dict[str, object]] | None = None) -> None:
+                 fixes: list[dict[str, object]] | None = None,
+                 uplink_vlans: list[int] | None = None) -> None:
+        self.uplink_vlans = sorted(uplink_vlans or [])  # VLANs vmnet added to the uplink
         self.kind = kind  # the network's kind: bridge, nat or isolated
         self.outbound = outbound  # a nat network's outgoing interface, as applied
         self.domain = domain
@@ -239,6 +253,8 @@ class BridgeRecord(Value):
         if self.kind == "bridge":  # a plain bridge's record reads as before 0.5
             for key in ("kind", "outbound", "domain", "sysctls", "fixes"):
                 del d[key]
+        if not self.uplink_vlans:
+            del d["uplink_vlans"]
         return d
 
 
@@ -309,7 +325,8 @@ def vm_from_json(d: object, path: str = "record") -> VmRecord:
             ip=_get(n, "ip", str, optional=True),
             filter=_filter(_get(n, "filter", dict, optional=True)),
             isolated=_get(n, "isolated", bool, optional=True, default=False),
-            rate=_rate(_get(n, "rate", dict, optional=True))))
+            rate=_rate(_get(n, "rate", dict, optional=True)),
+            vlans=_vlans(_get(n, "vlans", dict, optional=True))))
     holder = d.get("holder")
     created_at = _get(d, "created_at", (int, float), optional=True, default=0.0)
     return VmRecord(vm=_get(d, "vm", str), mode=mode, phase=phase,
@@ -338,7 +355,14 @@ def bridge_from_json(d: object, path: str = "record") -> BridgeRecord:
         outbound=_get(d, "outbound", str, optional=True),
         domain=_get(d, "domain", str, optional=True),
         sysctls=_sysctls(_get(d, "sysctls", dict, optional=True, default={})),
-        fixes=_fixes(_get(d, "fixes", list, optional=True, default=[])))
+        fixes=_fixes(_get(d, "fixes", list, optional=True, default=[])),
+        uplink_vlans=_uplink_vlans(_get(d, "uplink_vlans", list, optional=True, default=[])))
+
+
+def _uplink_vlans(items: list[Any]) -> list[int]:
+    if not all(_vid(x) for x in items):
+        raise Corrupt("uplink_vlans is not a list of VLAN ids")
+    return items
 
 
 def _filter(d: dict[str, Any] | None) -> dict[str, object] | None:
@@ -359,6 +383,21 @@ def _rate(d: dict[str, Any] | None) -> dict[str, list[int]] | None:
                 or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0
                            for x in value):
             raise Corrupt("rate is not to_vm/from_vm [bits per second, burst bytes]")
+    return d
+
+
+def _vid(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= 4094
+
+
+def _vlans(d: dict[str, Any] | None) -> dict[str, object] | None:
+    if d is None:
+        return None
+    ok = (set(d) == {"vlan"} and _vid(d["vlan"])) or (
+        set(d) == {"trunk", "native"} and isinstance(d["trunk"], list) and
+        all(_vid(x) for x in d["trunk"]) and (d["native"] is None or _vid(d["native"])))
+    if not ok:
+        raise Corrupt("vlans is not {vlan} or {trunk, native}")
     return d
 
 
