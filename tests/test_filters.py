@@ -446,3 +446,41 @@ def test_rate_values(text: str, says: str | None) -> None:
         return
     with pytest.raises(InputError, match=says):
         validate.rate(text, "--rate-to-vm")
+
+
+# -- the same settings through libvirt's metadata ------------------------------------------
+def test_policy_fields_round_trip_through_domain_metadata() -> None:
+    from vmnet.config import Overrides
+    from vmnet.integrations.libvirt.domainxml import VmEntry, override_fields
+
+    ov = Overrides(mac_filter=True, ip_filter=True, no_guard=True, port_isolation=True,
+                   rate_to_vm="100mbit", rate_from_vm="50mbit", vlan=30, network="lab",
+                   ips=("10.0.0.5",))
+    fields = override_fields(ov)
+    assert ("mac-filter", "on") in fields and ("guard", "off") in fields
+    assert ("rate-to-vm", "100mbit") in fields and ("vlan", "30") in fields
+    assert VmEntry("v", fields).overrides() == ov
+    from vmnet.errors import InputError
+
+    with pytest.raises(InputError, match="only 'off'"):
+        VmEntry("v", (("guard", "on"),)).overrides()
+    with pytest.raises(InputError, match="'on' or 'off'"):
+        VmEntry("v", (("mac-filter", "yes"),)).overrides()
+
+
+def test_the_hook_applies_the_domains_policy(ns: Netns, site: tuple[str, str]) -> None:
+    from tests.test_hook import domain_xml, run_hook
+    from vmnet.config import Overrides
+
+    state, cfg = site
+    xml = domain_xml("pd", "0b7e0000-1111-2222-3333-444455556666",
+                     [("hp", Overrides(mac_filter=True, rate_to_vm="20mbit",
+                                       network="bare"))], cfg)
+    assert "<vmnet:mac-filter>on</vmnet:mac-filter>" in xml
+    res = run_hook(ns, state, cfg, "pd", "prepare", "begin", xml)
+    assert res.returncode == 0, res.stderr
+    chain = ns.run("nft", "list", "table", "bridge", "vmnet").stdout
+    assert "chain p_hp-0" in chain and "limit rate over 2500000 bytes/second" in chain
+    res = run_hook(ns, state, cfg, "pd", "release", "end", xml)
+    assert res.returncode == 0, res.stderr
+    assert "bridge vmnet" not in ns.run("nft", "list", "ruleset").stdout

@@ -36,8 +36,14 @@ NS_PREFIX = "vmnet"
 
 # Metadata child element -> Overrides field.  Order is the rendering order.
 FIELDS = ("bridge", "uplink", "user", "group", "nics", "queues", "mac", "mtu", "vnet-hdr",
-          "model")
-_INT_FIELDS = {"nics", "queues", "mtu"}
+          "model", "network", "ip", "mac-filter", "ip-filter", "guard", "port-isolation",
+          "rate-to-vm", "rate-from-vm", "vlan")
+_INT_FIELDS = {"nics", "queues", "mtu", "vlan"}
+_MULTI_FIELDS = {"mac", "ip"}  # one element per NIC, in order
+# on/off fields -> the Overrides keyword (guard off is no_guard: flags only tighten a NIC
+# but for that one, as on the command line)
+_ONOFF = {"vnet-hdr": "vnet_hdr", "mac-filter": "mac_filter", "ip-filter": "ip_filter",
+          "port-isolation": "port_isolation", "guard": "no_guard"}
 
 
 class VmEntry(Value):
@@ -56,26 +62,40 @@ class VmEntry(Value):
 
         text: dict[str, str] = {}
         ints: dict[str, int] = {}
-        macs: list[str] = []
-        vnet_hdr: bool | None = None
+        multi: dict[str, list[str]] = {"mac": [], "ip": []}
+        onoff: dict[str, bool] = {}
         for key, value in self.fields:
-            if key == "mac":
-                macs.append(value)
-            elif key == "vnet-hdr":
+            if key in _MULTI_FIELDS:
+                multi[key].append(value)
+            elif key in _ONOFF:
                 if value not in ("on", "off"):
-                    raise InputError(f"vmnet metadata for VM {self.name!r}: vnet-hdr must be "
+                    raise InputError(f"vmnet metadata for VM {self.name!r}: {key} must be "
                                      f"'on' or 'off', got {value!r}")
-                vnet_hdr = value == "on"
+                onoff[key] = value == "on"
             elif key in _INT_FIELDS:
                 ints[key] = validate.integer(value, f"vmnet metadata for VM {self.name!r}: "
                                                     f"{key}", 0, 10**9)
             else:
                 text[key] = value
+        if onoff.get("guard") is True:
+            raise InputError(f"vmnet metadata for VM {self.name!r}: guard is on by default "
+                             "with a filter; only 'off' means something here")
+        flags: dict[str, bool | None] = {}
+        for k, on in onoff.items():
+            if k == "vnet-hdr":
+                flags["vnet_hdr"] = on
+            elif k == "guard":
+                flags["no_guard"] = True  # (only off is accepted above)
+            else:
+                flags[_ONOFF[k]] = True if on else None  # off: as if not given
         return Overrides(bridge=text.get("bridge"), uplink=text.get("uplink"),
                          user=text.get("user"), group=text.get("group"),
                          nics=ints.get("nics"), queues=ints.get("queues"),
-                         macs=tuple(macs), mtu=ints.get("mtu"), vnet_hdr=vnet_hdr,
-                         model=text.get("model"))
+                         macs=tuple(multi["mac"]), mtu=ints.get("mtu"),
+                         model=text.get("model"), network=text.get("network"),
+                         ips=tuple(multi["ip"]), rate_to_vm=text.get("rate-to-vm"),
+                         rate_from_vm=text.get("rate-from-vm"), vlan=ints.get("vlan"),
+                         **flags)
 
 
 class InterfaceInfo(Value):
@@ -111,14 +131,18 @@ def override_fields(ov: Overrides) -> tuple[tuple[str, str], ...]:
     """The overrides given (not None) as metadata fields, in FIELDS order."""
     out: list[tuple[str, str]] = []
     for key in FIELDS:
-        if key == "mac":
-            out += [("mac", m) for m in ov.macs]
+        if key in _MULTI_FIELDS:
+            out += [(key, m) for m in (ov.macs if key == "mac" else ov.ips)]
             continue
-        if key == "vnet-hdr":
-            if ov.vnet_hdr is not None:
-                out.append((key, "on" if ov.vnet_hdr else "off"))
+        if key in _ONOFF:
+            flag = getattr(ov, _ONOFF[key])
+            if key == "guard":
+                if flag:
+                    out.append((key, "off"))
+            elif flag is not None:
+                out.append((key, "on" if flag else "off"))
             continue
-        value = getattr(ov, key)
+        value = getattr(ov, key.replace("-", "_"))
         if value is not None:
             out.append((key, str(value)))
     return tuple(out)
