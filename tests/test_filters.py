@@ -228,7 +228,12 @@ def test_rules_per_setting() -> None:
     assert both.index("ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept") < \
         both.index("ether type ip ip saddr != { 10.0.0.5 } drop")
     assert "ether type ip6 ip6 saddr != { ::, fe80::/10, 2001:db8::5 } drop" in both
-    assert both[-1] == "ether type != { ip, ip6, arp } drop"
+    assert "ether type arp arp saddr ip != 0.0.0.0 arp saddr ip != 10.0.0.5 drop" in both
+    assert both[-1] == "ether type != @l3_types drop"  # a named set, made once per table
+    v4_only = rules(PortFilter("t", "52:54:00:00:00:01", False, True, False, ("10.0.0.5",
+                                                                             "10.0.0.6")))
+    assert "ether type ip6 ip6 saddr != @link_local6 drop" in v4_only
+    assert "ether type arp arp saddr ip != { 0.0.0.0, 10.0.0.5, 10.0.0.6 } drop" in v4_only
     guard_only = rules(PortFilter("t", "52:54:00:00:00:01", False, False, True))
     assert all("saddr" not in r for r in guard_only) and len(guard_only) == 4
     assert rules(PortFilter("t", "52:54:00:00:00:01", False, False, False)) == []

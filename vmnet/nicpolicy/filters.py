@@ -105,28 +105,44 @@ def rules(f: PortFilter) -> list[str]:
         out.append(f"ether saddr != {f.mac} drop")
         out.append(f"ether type arp arp saddr ether != {f.mac} drop")
     if f.guard:
-        out.append("ether type ip6 icmpv6 type { nd-router-advert, nd-redirect } drop")
+        out.append("ether type ip6 icmpv6 type @router_types drop")
         out.append("ether type ip icmp type redirect drop")
         out.append("ether type ip udp sport 67 drop")
         out.append("ether type ip6 udp sport 547 drop")
     if f.ip_filter:
-        out.append(f"ether type arp arp saddr ip != {_set(('0.0.0.0', *f.ipv4))} drop")
+        if len(f.ipv4) == 1:  # two compares, no set (each anonymous set costs the kernel)
+            out.append(f"ether type arp arp saddr ip != 0.0.0.0 arp saddr ip != {f.ipv4[0]} "
+                       "drop")
+        else:
+            out.append(f"ether type arp arp saddr ip != {_set(('0.0.0.0', *f.ipv4))} drop")
         out.append("ether type ip ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept")
         if f.ipv4:
             out.append(f"ether type ip ip saddr != {_set(f.ipv4)} drop")
         else:
             out.append("ether type ip drop")
-        out.append(f"ether type ip6 ip6 saddr != {_set(('::', 'fe80::/10', *f.ipv6))} drop")
+        if f.ipv6:
+            out.append(f"ether type ip6 ip6 saddr != {_set(('::', 'fe80::/10', *f.ipv6))} "
+                       "drop")
+        else:
+            out.append("ether type ip6 ip6 saddr != @link_local6 drop")
     if f.mac_filter or f.ip_filter:
-        out.append("ether type != { ip, ip6, arp } drop")
+        out.append("ether type != @l3_types drop")
     return out
 
 
 # Declared (made if missing, kept if there), then the base chain's one rule set anew: a
 # declaration with rules would append them again each time.
+# The constant sets every port's chain uses are named, made once: an anonymous set per
+# rule and port costs the kernel a set each (an `up` of 1,000 filtered NICs: 2.7 s of
+# nft against 0.6 s with these shared; bench/policy.py).
 _BASE = (f"table {FAMILY} {TABLE} {{\n"
          "\tmap ports { type ifname : verdict; }\n"
          "\tmap ports_out { type ifname : verdict; }\n"
+         "\tset router_types { type icmpv6_type; elements = { nd-router-advert, "
+         "nd-redirect }; }\n"
+         "\tset l3_types { type ether_type; elements = { ip, ip6, arp }; }\n"
+         "\tset link_local6 { type ipv6_addr; flags interval; elements = { ::, "
+         "fe80::/10 }; }\n"
          "\tchain prerouting {\n"
          "\t\ttype filter hook prerouting priority -200; policy accept;\n"
          "\t}\n"
