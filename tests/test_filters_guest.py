@@ -25,11 +25,13 @@ import contextlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -41,7 +43,9 @@ from tests.world import dnsmasq_path, public_tmpdir
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(dnsmasq_path() is None,
-                                 reason="dnsmasq missing (apt-get install dnsmasq-base)")]
+                                 reason="dnsmasq missing (apt-get install dnsmasq-base)"),
+              pytest.mark.skipif(shutil.which("nft") is None,
+                                 reason="nft missing (apt-get install nftables)")]
 
 GATEWAY = "10.77.0.1"
 SPOOF_MAC = "52:54:00:ba:d0:01"  # the MAC the spoofer takes
@@ -121,6 +125,12 @@ def boot(ns: Netns, site: Site, img: GuestImage, vm: str, *, ping: Sequence[str]
 
 def vm_mac(ns: Netns, site: Site, vm: str) -> str:
     return str(json.loads(site.vmnet(ns, "ip", vm, "--json").stdout)["mac"]).lower()
+
+
+def nic_states(ns: Netns, site: Site) -> dict[str, str]:
+    """`vmnet status`'s state of each VM's first NIC."""
+    vms: list[dict[str, Any]] = json.loads(site.vmnet(ns, "status", "--json").stdout)["vms"]
+    return {str(v["vm"]): str(v["nics"][0]["state"]) for v in vms}
 
 
 class Sniffer:
@@ -246,6 +256,7 @@ def test_a_spoofing_guest_is_stopped_by_its_filters(
                 lease = spy.lease(BOOT_TIMEOUT)
                 assert lease.ip == f"{sip}/24" and lease.router == GATEWAY, lease
                 spy.wait_for(PING_OK_GW, 30)
+                assert nic_states(ns, site) == {"spy": "ok", "vic": "ok"}
                 spy.wait_for(rf"VMNET-SPOOF-DONE dhcpd:{re.escape(offered)}\s", 30)
                 r = ns.run(sys.executable, "-c", DISCOVER, "vmnet0")
                 assert r.returncode == 0, r.stderr

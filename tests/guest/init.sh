@@ -263,7 +263,7 @@ spoof_ip() {
     set -- $PEER
     if [ -n "${1:-}" ]; then
         res=LOST
-        for _ in 1 2 3; do
+        for try in 1 2 3; do
             if ping -c 1 -W 1 -I "$a" "$1" >/dev/null 2>&1; then res=OK; break; fi
         done
         echo "VMNET-SPOOF-PING $a $1 $res"
