@@ -114,7 +114,7 @@ def test_the_dnsmasq_command_line_reads_no_host_file() -> None:
                               group="nogroup", upstream=("192.0.2.53",), mtu=1400)
     assert nat[:4] == ["/usr/sbin/dnsmasq", "--conf-file=/dev/null", "--no-resolv",
                        "--no-hosts"]
-    for want in ("--interface=vmnet0", "--bind-interfaces", "--listen-address=10.77.0.1",
+    for want in ("--interface=vmnet0", "--bind-dynamic", "--listen-address=10.77.0.1",
                  "--dhcp-range=10.77.0.0,static,255.255.255.0,1h",
                  f"--dhcp-hostsdir={paths.hosts}", f"--pid-file={paths.pid}",
                  "--dhcp-option=option:mtu,1400", "--server=192.0.2.53", "--user=dnsmasq",

@@ -580,3 +580,81 @@ def test_a_bulk_up_makes_the_network_once(ns: Netns, site: Site) -> None:
     assert sorted(p.name for p in hosts.iterdir()) == sorted(f"{n}-0" for n in names)
     site.vmnet(ns, "down", "--all")
     assert_clean(ns, wan=None)
+
+
+# -- a freed address is free: dnsmasq forgets the NIC that went ----------------------------
+# DHCP DISCOVER/REQUEST from tap argv[1] with MAC argv[2]; prints the acked address or "none".
+DORA = r"""
+import fcntl, os, select, socket, struct, sys, time
+TUNSETIFF, IFF_TAP, IFF_NO_PI, IFF_VNET_HDR = 0x400454CA, 0x0002, 0x1000, 0x4000
+tap, mac = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", tap.encode(), IFF_TAP | IFF_NO_PI))
+time.sleep(0.3)
+def csum(d):
+    s = sum(struct.unpack(f"!{len(d) // 2}H", d))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+def frame(kind, xid, extra=b""):
+    opts = bytes([53, 1, kind]) + extra + b"\xff"
+    bootp = struct.pack("!BBBBIHH4s4s4s4s16s64s128sI", 1, 1, 6, 0, xid, 0, 0x8000, bytes(4),
+                        bytes(4), bytes(4), bytes(4), mac, b"", b"", 0x63825363) + opts
+    bootp += bytes(300 - len(bootp))
+    udp = struct.pack("!HHHH", 68, 67, 8 + len(bootp), 0) + bootp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, bytes(4),
+                     b"\xff" * 4)
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    return b"\xff" * 6 + mac + b"\x08\x00" + ip + udp
+def reply(xid, want):
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        f = os.read(fd, 65536)
+        b = f[42:]
+        if f[12:14] == b"\x08\x00" and len(b) > 240 and b[0] == 2 and \
+                struct.unpack("!I", b[4:8])[0] == xid and b[240:243] == bytes([53, 1, want]):
+            return socket.inet_ntoa(b[16:20])
+    return None
+xid = int.from_bytes(os.urandom(4), "big")
+os.write(fd, frame(1, xid))
+offered = reply(xid, 2)
+if offered is None:
+    print("none")
+    sys.exit(0)
+os.write(fd, frame(3, xid, bytes([50, 4]) + socket.inet_aton(offered) +
+                   bytes([54, 4]) + socket.inet_aton(sys.argv[3])))
+print(reply(xid, 5) or "none")
+"""
+
+
+def dora(ns: Netns, tap: str, mac: str) -> str:
+    r = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", DORA, tap, mac,
+                        "10.77.0.1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_an_address_freed_by_down_is_leased_to_the_next_nic(ns: Netns, site: Site) -> None:
+    site.vmnet(ns, "up", "keep")
+    site.vmnet(ns, "up", "gone")
+    gone = json.loads(site.vmnet(ns, "ip", "gone", "--json").stdout)
+    assert dora(ns, "gone-0", gone["mac"]) == gone["ip"]
+    leases = Path(site.state) / f"ns-{ns.inode}" / "dnsmasq" / "vmnet0" / "leases"
+    assert gone["mac"] in leases.read_text()
+    site.vmnet(ns, "down", "gone")
+    deadline = time.monotonic() + 3
+    while gone["mac"] in leases.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gone["mac"] not in leases.read_text()  # released, not left for an hour
+    site.vmnet(ns, "up", "new", "--ip", gone["ip"])
+    new = json.loads(site.vmnet(ns, "ip", "new", "--json").stdout)
+    assert dora(ns, "new-0", new["mac"]) == gone["ip"]
+    # and the gone NIC's MAC gets nothing any more (its static lease was dropped)
+    site.vmnet(ns, "up", "probe")
+    assert dora(ns, "probe-0", gone["mac"]) == "none"
+    log = (leases.parent / "log").read_text()
+    assert ".tmp" not in log and "duplicate" not in log, log  # no temp file was read
+    site.vmnet(ns, "down", "--all")
+    assert_clean(ns, wan=None)

@@ -547,7 +547,8 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
                 if n.ip is not None and site is not None:
                     from vmnet.kinds import l3
 
-                    hosts.append(l3.drop_host_step(site, n.bridge, n.tap))
+                    hosts.append(l3.drop_host_step(site, n.bridge, n.tap, n.mac, n.ip,
+                                                   bridges.get(n.bridge)))
                 link = view.link(n.tap)
                 if link is None:
                     moved = view.marked(nic_mark(vm, n.index))

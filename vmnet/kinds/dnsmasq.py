@@ -186,6 +186,42 @@ def leases(paths: Paths) -> dict[str, str]:
     return out
 
 
+def reload(paths: Paths) -> None:
+    """SIGHUP: dnsmasq re-reads its host directories (it reads new and changed files by
+    itself, but keeps a deleted file's hosts until told)."""
+    import signal
+
+    pid = running(paths)
+    if pid is not None:
+        try:  # noqa: SIM105
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            pass
+
+
+def release(paths: Paths, bridge: str, server: str, ip: str, mac: str) -> bool:
+    """Make dnsmasq forget the lease of `mac` on `ip` (a NIC that is gone), as
+    dnsmasq-utils' dhcp_release does: a DHCPRELEASE from the host, bound to the bridge.
+    Without it the lease stays an hour, and a new NIC given that address gets none."""
+    if leases(paths).get(mac.lower()) != ip:
+        return False
+    import socket
+    import struct
+
+    chaddr = bytes.fromhex(mac.replace(":", ""))
+    opts = bytes([53, 1, 7, 54, 4]) + socket.inet_aton(server) + bytes([255])
+    packet = struct.pack("!BBBBIHH4s4s4s4s16s64s128sI", 1, 1, 6, 0,
+                         int.from_bytes(os.urandom(4), "big"), 0, 0, socket.inet_aton(ip),
+                         bytes(4), bytes(4), bytes(4), chaddr, b"", b"", 0x63825363) + opts
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bridge.encode())
+            s.sendto(packet, (server, 67))
+    except OSError:
+        return False
+    return True
+
+
 def port_holders(address: str) -> list[str]:
     """Who holds UDP 53/67 or TCP 53 on `address` (or on every address): `pid N (comm)`."""
     import socket

@@ -298,11 +298,19 @@ class PutHost(Step):
             except OSError as e:
                 raise StateError(f"cannot create {os.path.dirname(p)}: {e.strerror}",
                                  errno=e.errno) from None
-            # dnsmasq sees one complete file (written whole, then renamed: inotify's move)
-            write_file(p, text.encode(), mode=0o644)
+            # dnsmasq sees one complete file: written whole beside the directory it watches
+            # (a temp file in it would be read too), then moved in (inotify's IN_MOVED_TO)
+            tmp = os.path.join(self.dir, "." + os.path.basename(os.path.dirname(p)) + "-" +
+                               os.path.basename(p))
+            write_file(tmp, text.encode(), mode=0o644)
+            try:
+                os.replace(tmp, p)
+            except OSError as e:
+                dnsmasq.unlink_quietly(tmp)
+                raise StateError(f"cannot write {p}: {e.strerror}", errno=e.errno) from None
 
     def undo(self) -> Step:
-        return DropHost(self.dir, self.tap)
+        return DropHost(self.dir, self.tap)  # (a rollback: no lease was handed out yet)
 
     def check(self, view: HostView) -> str | None:
         for p, text in self._files():
@@ -317,20 +325,38 @@ class PutHost(Step):
 
 
 class DropHost(Step):
-    __slots__ = ("dir", "tap")
+    """A NIC's static lease and name gone: its files, then dnsmasq told (SIGHUP: it keeps a
+    deleted file's hosts otherwise), and its lease released (a DHCPRELEASE: a new NIC
+    given the address would get none while the old lease lasts)."""
 
-    def __init__(self, directory: str, tap: str) -> None:
+    __slots__ = ("bridge", "dir", "gateway", "ip_", "mac", "tap")
+
+    def __init__(self, directory: str, tap: str, bridge: str = "", mac: str = "",
+                 ip: str = "", gateway: str = "") -> None:
         self.dir = directory
         self.tap = tap
+        self.bridge = bridge
+        self.mac = mac
+        self.ip_ = ip
+        self.gateway = gateway
 
     def ip(self, netns: str | None = None) -> str:
         key = _host_key(self.tap)
-        return command("rm", "-f", f"{self.dir}/hosts/{key}", f"{self.dir}/names/{key}")
+        head = ("ip", "netns", "exec", netns) if netns else ()
+        out = command("rm", "-f", f"{self.dir}/hosts/{key}", f"{self.dir}/names/{key}") + \
+            f"\nkill -HUP $(cat {command(self.dir + '/pid')})"
+        if self.mac and self.ip_:
+            out += "\n" + command(*head, "dhcp_release", self.bridge, self.ip_, self.mac)
+        return out
 
     def run(self, k: Kernel) -> None:
         key = _host_key(self.tap)
+        paths = render_dnsmasq.Paths(self.dir)
+        if self.mac and self.ip_ and self.gateway:
+            dnsmasq.release(paths, self.bridge, self.gateway, self.ip_, self.mac)
         dnsmasq.unlink_quietly(f"{self.dir}/hosts/{key}")
         dnsmasq.unlink_quietly(f"{self.dir}/names/{key}")
+        dnsmasq.reload(paths)
 
 
 # -- planning ------------------------------------------------------------------
@@ -627,8 +653,11 @@ def host_step(site: Site, bridge: str, vm: str, index: int, tap: str, mac: str,
     return PutHost(site.paths(bridge).dir, tap, dhcp, names)
 
 
-def drop_host_step(site: Site, bridge: str, tap: str) -> DropHost:
-    return DropHost(site.paths(bridge).dir, tap)
+def drop_host_step(site: Site, bridge: str, tap: str, mac: str = "", ip: str = "",
+                   rec: BridgeRecord | None = None) -> DropHost:
+    l3 = None if rec is None else L3.of(rec)
+    return DropHost(site.paths(bridge).dir, tap, bridge, mac, ip,
+                    "" if l3 is None else l3.gateway)
 
 
 
