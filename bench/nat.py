@@ -923,12 +923,15 @@ def main() -> int:
             f"marginal up cost {lo.n} -> {hi.n}, time-matched <= x{tg:g}":
                 (g["marginal_up"] <= tg, f"x{g['marginal_up']:.2f} (last {MARGINAL} ups: "
                  f"{lo.med('marginal_up') * 1e3:.1f} -> {hi.med('marginal_up') * 1e3:.1f} ms)"),
-            f"Nth NIC's lease {lo.n} -> {hi.n} <= x{tg:g}":
-                (max(g["nth_lease_offer"], g["nth_lease_ack"]) <= tg,
-                 f"x{g['nth_lease_offer']:.2f} offer, x{g['nth_lease_ack']:.2f} ack "
-                 f"({lo.lease_p50('offer') * 1e3:.3f} -> {hi.lease_p50('offer') * 1e3:.3f} ms;"
-                 f" bare dnsmasq x{g['bare_nth_lease_offer']:.2f} / "
-                 f"x{g['bare_nth_lease_ack']:.2f})"),
+            # dnsmasq's own per-packet work grows with the links of the namespace (a bare
+            # dnsmasq's lease grows as much): the target is that vmnet adds no growth
+            f"Nth NIC's lease growth {lo.n} -> {hi.n} vs a bare dnsmasq's <= x{tg:g}":
+                (max(g["nth_lease_offer"] / g["bare_nth_lease_offer"],
+                     g["nth_lease_ack"] / g["bare_nth_lease_ack"]) <= tg,
+                 f"vmnet x{g['nth_lease_offer']:.2f} offer / x{g['nth_lease_ack']:.2f} ack "
+                 f"({lo.lease_p50('offer') * 1e3:.3f} -> {hi.lease_p50('offer') * 1e3:.3f} ms)"
+                 f", bare dnsmasq x{g['bare_nth_lease_offer']:.2f} / "
+                 f"x{g['bare_nth_lease_ack']:.2f}"),
             f"lease at N={hi.n}, vmnet vs bare, same N (p50s) <= x{tl:g}":
                 (max(g["nth_vs_bare_offer"], g["nth_vs_bare_ack"]) <= tl,
                  f"x{g['nth_vs_bare_offer']:.2f} offer, x{g['nth_vs_bare_ack']:.2f} ack"),
