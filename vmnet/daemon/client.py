@@ -176,15 +176,22 @@ def state_dir_of(argv: Sequence[str], env: Mapping[str, str]) -> str:
     return found or env.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
 
 
+# What of root's environment a door reads (every VMNET_* too): the rest stays home, so a
+# request is not a hundred strings to encode and decode.
+_ENV_SENT = frozenset({"PATH", "SUDO_USER", "SUDO_UID", "SUDO_GID"})
+
+
 def request(door: str, argv: Sequence[str], env: Mapping[str, str], *,
             stdin: bytes | None = None, extra: dict[str, Plain] | None = None) -> Plain:
-    """A request as the wire carries it.  Root's environment goes along (the daemon
-    acts for root as root would in-process); a user's stays home: the daemon ignores it."""
+    """A request as the wire carries it.  What of root's environment the doors read goes
+    along (the daemon acts for root as root would in-process); a user's stays home: the
+    daemon ignores it."""
     try:
         cwd = posix.getcwd()
     except OSError:
         cwd = "/"
-    sent_env: dict[str, Plain] = dict(env) if as_root() else {}
+    sent_env: dict[str, Plain] = {k: v for k, v in env.items() if k in _ENV_SENT or
+                                  k.startswith("VMNET_")} if as_root() else {}
     args: list[Plain] = list(argv)
     return {"v": wire.VERSION, "door": door, "argv": args, "env": sent_env, "cwd": cwd,
             "stdin": stdin, "extra": extra or {}}
