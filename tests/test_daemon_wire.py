@@ -471,3 +471,13 @@ def test_a_request_with_non_utf8_argv_passes_the_wire() -> None:
     sent = client.request("vmnet", ["--config", path, "status"], {})
     req = wire.request(wire.decode(body(sent)))
     assert req.argv == ["--config", path, "status"]
+
+
+def test_roots_request_carries_only_the_environment_the_doors_read() -> None:
+    if not client.as_root():
+        pytest.skip("as a user the environment stays home entirely")
+    env = {"PATH": "/bin", "SUDO_USER": "alice", "VMNET_CONFIG": "/c.toml", "HOME": "/root",
+           "LS_COLORS": "x" * 2000, "SSH_AUTH_SOCK": "/tmp/agent"}
+    sent = client.request("vmnet", ["up", "vm1"], env)
+    assert isinstance(sent, dict)
+    assert sent["env"] == {"PATH": "/bin", "SUDO_USER": "alice", "VMNET_CONFIG": "/c.toml"}
