@@ -658,3 +658,36 @@ def test_an_address_freed_by_down_is_leased_to_the_next_nic(ns: Netns, site: Sit
     assert ".tmp" not in log and "duplicate" not in log, log  # no temp file was read
     site.vmnet(ns, "down", "--all")
     assert_clean(ns, wan=None)
+
+
+def test_a_kernel_without_nat_is_one_line_and_nothing_changed(ns: Netns, site: Site,
+                                                              tmp_path: Path) -> None:
+    """An nft that refuses the masquerade rule, as a kernel without nf_nat does (a script
+    bind-mounted over nft in a private mount namespace: the host's nft is not touched):
+    one line, and the bridge, sysctls and dnsmasq are rolled back."""
+    real = shutil.which("nft")
+    assert real is not None
+    copy = tmp_path / "nft.real"
+    shutil.copy(real, copy)
+    fake = tmp_path / "nft"
+    fake.write_text('#!/bin/sh\n'
+                    'if [ "$1" = "-f" ]; then\n'
+                    '  script=$(cat)\n'
+                    '  case "$script" in *masquerade*)\n'
+                    '    echo "Error: Could not process rule: No such file or directory" >&2\n'
+                    '    exit 1;;\n'
+                    '  esac\n'
+                    f'  printf "%s\\n" "$script" | exec {copy} "$@"\n'
+                    'fi\n'
+                    f'exec {copy} "$@"\n')
+    fake.chmod(0o755)
+    with world(ns.name):
+        before = {"links": set(ns.links())}
+        r = vmnet(ns, site.state, "up", "x", config=site.config_path, timeout=60,
+                  prefix=["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f'mount --bind {fake} {real} && exec "$@"', "sh"])
+        assert r.returncode == 1, r.stderr
+        assert "nft refused vmnet's rules" in r.stderr and "nat support" in r.stderr
+        assert r.stderr.count("\n") == 1, r.stderr
+        _unchanged(ns, site, before)
+        assert sysctl(ns, "net.ipv4.conf.wan0.forwarding") == "0"
