@@ -24,7 +24,8 @@ pytestmark = [pytest.mark.kernel,
 
 # Writes FRAMES (built from the sender's MAC and IP) into tap argv[1], reads tap argv[2]
 # for 1.5 s, prints the markers that arrived.
-STANDIN = r"""
+# What every stand-in script starts with: open an existing tap as its guest would.
+TAP = r"""
 import fcntl, json, os, select, struct, sys, time
 TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
 
@@ -32,6 +33,8 @@ def tap(name):
     fd = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
     return fd
+"""
+STANDIN = TAP + r"""
 
 def mac(text):
     return bytes.fromhex(text.replace(":", ""))
@@ -289,13 +292,7 @@ def test_filter_records_round_trip_and_old_records_have_none() -> None:
 # From tap argv[1] (MAC argv[2], IP argv[3]): a broadcast, a unicast to argv[4]'s MAC, and
 # an ARP request for the gateway argv[5]; reads every tap in argv[6:] (and argv[1] for the
 # gateway's ARP reply) for 1.5 s: which of them got what.
-ISOLATION = r"""
-import fcntl, json, os, select, struct, sys, time
-TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
-def tap(name):
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
-    return fd
+ISOLATION = TAP + r"""
 mac = lambda t: bytes.fromhex(t.replace(":", ""))
 ip4 = lambda t: bytes(int(x) for x in t.split("."))
 src, smac, sip, peer_mac, gw, *others = sys.argv[1:]
@@ -373,13 +370,8 @@ def test_isolated_ports_reach_the_gateway_and_other_ports_but_not_each_other(
 # argv[4] seconds while a thread reads tap argv[3]: prints the bytes per second received
 # in the steady state (from 0.5 s after the start to the end of the writing: the
 # policer's burst and the frames still queued when the writer stops are not the rate).
-BLAST = r"""
-import fcntl, os, select, struct, sys, threading, time
-TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
-def tap(name):
-    fd = os.open("/dev/net/tun", os.O_RDWR)
-    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
-    return fd
+BLAST = TAP + r"""
+import threading
 src, smac, dst, secs = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 a, b = tap(src), tap(dst)
 time.sleep(0.3)

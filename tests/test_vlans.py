@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.nsutil import Netns
+from tests.test_plan import link
 from tests.vmnetcli import vmnet
 from vmnet.config import Config, Overrides, parse_config, resolve_vm
 from vmnet.engine.observe import HostView
 from vmnet.engine.plan import BridgeRecords, BridgeUsers, Claims, plan_down_many, plan_up
 from vmnet.errors import ConfigError, ConflictError, InputError
-from vmnet.kernel.base import LinkInfo, Snapshot
+from vmnet.kernel.base import Snapshot
 from vmnet.model import Network
 from vmnet.state.records import BridgeRecord, Proc, VmRecord
 
@@ -28,13 +29,6 @@ CFG = Config(path=None, networks={"lab": NET, "plain": Network(name="plain", bri
 
 def vm(name: str, **kw: object):  # type: ignore[no-untyped-def]
     return resolve_vm(CFG, name, Overrides(user="0", **kw), env={})  # type: ignore[arg-type]
-
-
-def link(index: int, name: str, kind: str | None = None, **kw: object) -> LinkInfo:
-    base = dict(index=index, name=name, kind=kind, mac=f"02:00:00:00:00:{index:02x}",
-                mtu=1500, up=True, carrier=False, master=None, alias=None)
-    base.update(kw)
-    return LinkInfo(**base)  # type: ignore[arg-type]
 
 
 def lines(steps: list[object]) -> list[str]:

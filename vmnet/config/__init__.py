@@ -29,7 +29,7 @@ from vmnet.model.value import Value
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from typing import Any
 
 
@@ -372,22 +372,22 @@ def rate_pair(rate: Any, burst: Any, what: str) -> tuple[int, int]:
     return bits, size
 
 
-def _vids(raw: Any, where: str) -> list[int]:
+def _list_of(raw: Any, where: str, parse: Callable[[Any, str], Any], what: str) -> list[Any]:
+    """A config list, each item through `parse` (errors name the item's index)."""
     if not isinstance(raw, list):
-        raise ConfigError(f"{where}: expected a list of VLAN ids")
+        raise ConfigError(f"{where}: expected a list of {what}")
     try:
-        return [v.vlan_id(x, f"{where}[{i}]") for i, x in enumerate(raw)]
+        return [parse(x, f"{where}[{i}]") for i, x in enumerate(raw)]
     except InputError as e:
         raise ConfigError(e.message) from None
+
+
+def _vids(raw: Any, where: str) -> list[int]:
+    return _list_of(raw, where, v.vlan_id, "VLAN ids")
 
 
 def _addresses(raw: Any, where: str) -> list[str]:
-    if not isinstance(raw, list):
-        raise ConfigError(f"{where}: expected a list of IPv4/IPv6 addresses")
-    try:
-        return [v.address(a, f"{where}[{i}]") for i, a in enumerate(raw)]
-    except InputError as e:
-        raise ConfigError(e.message) from None
+    return _list_of(raw, where, v.address, "IPv4/IPv6 addresses")
 
 
 def _model(value: str, what: str) -> str:
