@@ -91,6 +91,20 @@ frames = {
                                             + b"router-advert")),
     "vlan-tagged": eth(smac, 0x8100, struct.pack("!HH", 7, 0x0800) +
                        udp4(sip, "255.255.255.255", 5000, 5000, b"vlan-tagged")),
+    # NDP: a solicitation whose source link-layer option is the VM's / another's MAC, an
+    # advertisement for a link-local target / for another's global address
+    "ns-good": eth(smac, 0x86DD, ip6(LL, 58, bytes([135, 0, 0, 0, 0, 0, 0, 0]) +
+                                     bytes.fromhex(GLOBAL) + bytes([1, 1]) + mac(smac) +
+                                     b"ns-good")),
+    "ns-spoof": eth(smac, 0x86DD, ip6(LL, 58, bytes([135, 0, 0, 0, 0, 0, 0, 0]) +
+                                      bytes.fromhex(GLOBAL) + bytes([1, 1]) +
+                                      mac(other_mac) + b"ns-spoof")),
+    "na-ll-target": eth(smac, 0x86DD, ip6(LL, 58, bytes([136, 0, 0, 0, 0x20, 0, 0, 0]) +
+                                          bytes.fromhex(LL) + bytes([2, 1]) + mac(smac) +
+                                          b"na-ll-target")),
+    "na-other-target": eth(smac, 0x86DD, ip6(LL, 58, bytes([136, 0, 0, 0, 0x20, 0, 0, 0]) +
+                                             bytes.fromhex(GLOBAL) + bytes([2, 1]) +
+                                             mac(smac) + b"na-other-target")),
 }
 arp_marks = {"10.77.0.201": "arp-good", "10.77.0.202": "arp-probe",
              "10.77.0.203": "arp-other-ip", "10.77.0.204": "arp-other-mac"}
@@ -116,9 +130,11 @@ while time.monotonic() < end:
 print(json.dumps(sorted(seen)))
 """
 
-ALLOWED = {"good-ip", "dhcp-discover", "arp-good", "arp-probe", "v6-linklocal"}
+ALLOWED = {"good-ip", "dhcp-discover", "arp-good", "arp-probe", "v6-linklocal", "ns-good",
+           "na-ll-target"}
 EVERYTHING = ALLOWED | {"spoof-mac", "spoof-ip", "rogue-dhcp", "arp-other-ip",
-                        "arp-other-mac", "v6-global", "router-advert", "vlan-tagged"}
+                        "arp-other-mac", "v6-global", "router-advert", "vlan-tagged",
+                        "ns-spoof", "na-other-target"}
 
 
 @pytest.fixture
@@ -178,7 +194,8 @@ def test_mac_filter_alone_and_the_guard(ns: Netns, site: tuple[str, str]) -> Non
     macs = {v["vm"]: v["nics"][0]["mac"] for v in mmac}
     got = standin(ns, "m1-0", "ob-0", macs["m1"], "10.77.0.99")
     assert got == {"good-ip", "spoof-ip", "dhcp-discover", "arp-good", "arp-probe",
-                   "arp-other-ip", "v6-linklocal", "v6-global"}, got
+                   "arp-other-ip", "v6-linklocal", "v6-global", "ns-good", "na-ll-target",
+                   "na-other-target"}, got  # MACs only: the addresses are free
     got = standin(ns, "g1-0", "ob-0", macs["g1"], "10.77.0.99")
     assert {"rogue-dhcp", "router-advert"} <= got and "spoof-mac" not in got
     vmnet(ns, state, "down", "m1", "g1", "ob", config=cfg, check=True)

@@ -88,6 +88,12 @@ def limit(rate: tuple[int, int]) -> str:
     return f"limit rate over {bits // 8} bytes/second burst {burst} bytes drop"
 
 
+def _v6hex(addr: str) -> str:
+    import ipaddress
+
+    return f"{int(ipaddress.IPv6Address(addr)):032x}"
+
+
 def _q(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -102,8 +108,17 @@ def rules(f: PortFilter) -> list[str]:
     if f.from_vm:
         out.append(limit(f.from_vm))
     if f.mac_filter:
+        hexmac = "0x" + f.mac.replace(":", "")
         out.append(f"ether saddr != {f.mac} drop")
         out.append(f"ether type arp arp saddr ether != {f.mac} drop")
+        # NDP's own link-layer addresses: nft has no ND option match, so the raw offsets
+        # of RFC 4861 (4.3, 4.4): the first option after the 24 bytes of ICMPv6 header,
+        # reserved/flags and target; type 1 = source, 2 = target link-layer address
+        for icmp_type, option in (("nd-neighbor-solicit", 1), ("nd-neighbor-advert", 2),
+                                  ("nd-router-solicit", 1)):
+            at = 64 if icmp_type == "nd-router-solicit" else 192  # an RS has no target
+            out.append(f"ether type ip6 icmpv6 type {icmp_type} @th,{at},8 {option} "
+                       f"@th,{at + 16},48 != {hexmac} drop")
     if f.guard:
         out.append("ether type ip6 icmpv6 type @router_types drop")
         out.append("ether type ip icmp type redirect drop")
@@ -125,6 +140,11 @@ def rules(f: PortFilter) -> list[str]:
                        "drop")
         else:
             out.append("ether type ip6 ip6 saddr != @link_local6 drop")
+        # a neighbour advertisement claims its target address: only link-local ones (not
+        # known in advance) and the VM's own
+        targets = " ".join(f"@th,64,128 != 0x{_v6hex(a)}" for a in f.ipv6)
+        out.append(f"ether type ip6 icmpv6 type nd-neighbor-advert @th,64,10 != 0x3fa "
+                   f"{targets} drop".replace("  ", " "))
     if f.mac_filter or f.ip_filter:
         out.append("ether type != @l3_types drop")
     return out
