@@ -128,6 +128,33 @@ def test_a_user_brings_their_vm_up_and_down(site: Site) -> None:
     assert "avm-0" not in site.ns.links() and "vmlab0" not in site.ns.links()
 
 
+def test_a_user_may_tighten_a_nics_policy(site: Site) -> None:
+    r = site.user(UA, "up", "tvm", "--bridge", "vmlab0", "--mac-filter", "--port-isolation",
+                  "--rate-from-vm", "10mbit")
+    assert r.returncode == 0, r.stderr
+    table = site.ns.run("nft", "list", "table", "bridge", "vmnet").stdout
+    assert "chain p_tvm-0" in table and "limit rate over 1250000 bytes/second" in table
+    assert site.ns.links()["tvm-0"]["linkinfo"]["info_slave_data"]["isolated"] is True
+    st = json.loads(site.user(UA, "status", "--json").stdout)
+    assert st["vms"][0]["nics"][0]["state"] == "ok"
+    assert site.user(UA, "down", "tvm").returncode == 0
+    assert "bridge vmnet" not in site.ns.run("nft", "list", "ruleset").stdout
+
+
+def test_a_user_may_not_loosen_a_configured_rate(site: Site) -> None:
+    site.config.write_text(CONFIG + f'\n[vms.slow]\nuser = {UA}\n[[vms.slow.nics]]\n'
+                                    'network = "lab"\nrate = {{ from_vm = "10mbit" }}\n'
+                           .replace("{{", "{").replace("}}", "}"))
+    before = site.shape()
+    refused(site.user(UA, "up", "slow", "--rate-from-vm", "1gbit"), 4,
+            "rate from_vm 1000000000 bit/s is looser", "vms.slow.nics[0].rate")
+    assert site.shape() == before
+    r = site.user(UA, "up", "slow", "--rate-from-vm", "5mbit")  # tighter: fine
+    assert r.returncode == 0, r.stderr
+    assert site.user(UA, "down", "slow").returncode == 0
+    site.config.write_text(CONFIG)
+
+
 def test_another_users_vm_is_out_of_reach(site: Site) -> None:
     assert site.user(UA, "up", "avm", "--bridge", "vmlab0", "--mac", MAC_A).returncode == 0
     before = site.shape()
@@ -181,6 +208,10 @@ def test_flags_a_user_may_not_give(site: Site) -> None:
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--uplink", "eth0"), 4, "--uplink")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--ip", "10.77.0.9"), 4,
             "--ip: only root may choose a NIC's address")
+    # a user may tighten a NIC's policy, never loosen it or pick its VLAN
+    refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--mac-filter", "--no-guard"), 4,
+            "--no-guard: only root may loosen")
+    refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--vlan", "7"), 4, "--vlan")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--user", str(UB)), 4, "--user")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--user", "root"), 4, "--user")
     refused(site.user(UA, "up", "v", "--bridge", "vmlab0", "--group", str(GPRIV)), 4,

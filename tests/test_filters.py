@@ -498,3 +498,15 @@ def test_the_hook_applies_the_domains_policy(ns: Netns, site: tuple[str, str]) -
     res = run_hook(ns, state, cfg, "pd", "release", "end", xml)
     assert res.returncode == 0, res.stderr
     assert "bridge vmnet" not in ns.run("nft", "list", "ruleset").stdout
+
+
+def test_addresses_outside_the_network_are_refused(ns: Netns, site: tuple[str, str],
+                                                   tmp_path: Path) -> None:
+    state, cfg = site
+    bad = tmp_path / "bad.toml"
+    bad.write_text(Path(cfg).read_text() + '[vms.o]\n[[vms.o.nics]]\nip_filter = true\n'
+                   'addresses = ["192.0.2.7"]\n')
+    r = vmnet(ns, state, "up", "o", config=str(bad))
+    assert r.returncode == 2 and "192.0.2.7" in r.stderr and "outside network" in r.stderr
+    assert r.stderr.count("\n") == 1
+    assert "o-0" not in ns.links() and "vmnet" not in ns.run("nft", "list", "ruleset").stdout

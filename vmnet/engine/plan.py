@@ -289,7 +289,8 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             host = l3.host_step(site, bridge, vm.name, nic.index, nic.tap, nic.mac, ip)
             if link is None or host.check(view) is not None:
                 steps.append(host)
-        protect = port_filter(vm, nic, ip)
+        l3rec = bridges.get(bridge) if nic.network.l3 else None
+        protect = port_filter(vm, nic, ip, l3rec.address if l3rec is not None else None)
         if protect is not None and (link is None or protect.check(view) is not None):
             steps.append(protect)  # before the tap exists, so before it joins the bridge
         # The record keeps the MTU asked for (None: the bridge's), not the one applied.
@@ -384,12 +385,23 @@ def _vlan_steps(vm: Vm, nic: Nic, br: LinkInfo, view: HostView, bridges: BridgeR
     return SetPortVlans(nic.tap, vlans)
 
 
-def port_filter(vm: Vm, nic: Nic, ip: str | None) -> ProtectPorts | None:
+def port_filter(vm: Vm, nic: Nic, ip: str | None,
+                subnet: str | None = None) -> ProtectPorts | None:
     """The step that puts the NIC's filters in force (None: it has none)."""
     if not (nic.mac_filter or nic.ip_filter or nic.guarded or nic.to_vm or nic.from_vm):
         return None
     v4 = tuple(a for a in ((ip,) if ip else ()) + nic.addresses if ":" not in a)
     v6 = tuple(a for a in nic.addresses if ":" in a)
+    if subnet is not None:
+        from vmnet.kinds import subnets
+
+        first, last = subnets.span(subnet)
+        outside = [a for a in v4 if not first < subnets.as_int(a) < last]
+        if outside:
+            raise InputError(f"VM {vm.name!r} NIC {nic.index}: address {outside[0]} (its "
+                             f"addresses) is outside network {nic.network.name!r} ({subnet})",
+                             hint="list addresses of the network's subnet, or none (its "
+                                  "DHCP address is allowed anyway)")
     if nic.ip_filter and not (v4 or v6):
         raise InputError(f"VM {vm.name!r} NIC {nic.index}: ip_filter, but no address of it is "
                          f"known (network {nic.network.name!r} is a {nic.network.kind} "
