@@ -37,6 +37,7 @@ META_PACKAGE = "linux-image-cloud-amd64"
 INIT_SCRIPT = Path(__file__).with_name("init.sh")
 # udhcpc's event script (init.sh runs "udhcpc -s /bin/vmnet-udhcpc" for vmnet.dhcp=1).
 UDHCPC_SCRIPT = Path(__file__).with_name("udhcpc.sh")
+RA_SOURCE = Path(__file__).with_name("ra.c")  # vmnet.spoof=ra: a rogue router (gcc -static)
 # Load order matters: the .deb has no modules.dep and busybox insmod
 # resolves nothing by itself.
 MODULES: tuple[str, ...] = (
@@ -124,7 +125,7 @@ def _content_hash() -> str:
     h = hashlib.sha256()
     h.update(f"format={FORMAT}\n".encode())
     h.update(("modules=" + ",".join(MODULES) + "\n").encode())
-    for script in (INIT_SCRIPT, UDHCPC_SCRIPT):
+    for script in (INIT_SCRIPT, UDHCPC_SCRIPT, RA_SOURCE):
         data = script.read_bytes()
         h.update(f"{script.name}={len(data)}\n".encode())
         h.update(data)
@@ -227,6 +228,13 @@ def _build(package: str, busybox: Path, work: Path, out: Path) -> None:
     (root / "init").chmod(0o755)
     shutil.copyfile(UDHCPC_SCRIPT, root / "bin" / "vmnet-udhcpc")
     (root / "bin" / "vmnet-udhcpc").chmod(0o755)
+    # The rogue router advertisement sender, where a static C build is possible (gcc and
+    # libc6-dev, which install-deps brings); without it the guest lacks vmnet.spoof=ra and
+    # the tests that need it skip.
+    if shutil.which("gcc"):
+        with contextlib.suppress(subprocess.CalledProcessError, OSError, GuestBuildError):
+            _run("gcc", "-static", "-Os", "-s", "-o", str(root / "bin" / "vmnet-ra"),
+                 str(RA_SOURCE))
     with contextlib.suppress(PermissionError):
         # The kernel gives init /dev/console as stdio when it exists in the
         # initramfs; init.sh re-opens it after mounting devtmpfs anyway.

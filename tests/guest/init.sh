@@ -37,10 +37,9 @@
 #       dhcpd:A            a DHCP server (busybox udhcpd) on eth0 offering A,
 #                          left running: it answers any DHCPDISCOVER it hears
 #       sleep:N            wait N seconds (a window for the test)
-#                          Router advertisements: none here (busybox cannot
-#                          send one and the initramfs has no other tool);
-#                          tests/test_filters.py proves the RA guard with a
-#                          tap-fd stand-in.
+#       ra                 three IPv6 router advertisements out of eth0, as a
+#                          rogue router (/bin/vmnet-ra, tests/guest/ra.c: busybox
+#                          cannot send one; built where gcc can link statically)
 # Console protocol (serial ttyS0):
 #   VMNET-LEASE ip=A/P router=R dns=D[,D] mtu=M domain=X  eth0's lease (dhcp;
 #                                                         missing: none)
@@ -304,6 +303,7 @@ spoof_all() {
             ip:*) spoof_ip "$arg" ;;
             garp:*) spoof_garp "$arg" ;;
             dhcpd:*) spoof_dhcpd "$arg" ;;
+            ra) /bin/vmnet-ra eth0 ;;
             sleep:*) sleep "$arg" ;;
             *) false ;;
         esac || echo "VMNET-ERROR spoof $what"

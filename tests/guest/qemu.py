@@ -164,7 +164,7 @@ def guest_argv(
     ``ip`` then lists the addresses of eth1, ...).  ``resolve`` names are
     looked up once the NICs are up (``Guest.resolved``); ``fetch`` is a URL
     the guest GETs until it works (``VMNET-FETCH-OK URL FIRST-LINE``).
-    ``spoof`` items (``mac:MAC``, ``ip:A/P``, ``garp:A``, ``dhcpd:A``,
+    ``spoof`` items (``ra``, ``mac:MAC``, ``ip:A/P``, ``garp:A``, ``dhcpd:A``,
     ``sleep:N``; see init.sh) run in order once the guest is ready (and its
     first ping address answered), each followed by ``VMNET-SPOOF-DONE ITEM``.
     ``netargs`` and then ``extra`` are appended verbatim.
@@ -192,8 +192,10 @@ def guest_argv(
     if fetch is not None:
         append.append(_kernel_word("vmnet.fetch", fetch))
     if spoof:
-        if any(not item or "," in item or ":" not in item for item in spoof):
-            raise ValueError(f"spoof={list(spoof)!r}: items are KIND:VALUE, without ','")
+        if any(not item or "," in item or (":" not in item and item != "ra")
+               for item in spoof):
+            raise ValueError(f"spoof={list(spoof)!r}: items are KIND:VALUE (or ra), "
+                             "without ','")
         append.append(_kernel_word("vmnet.spoof", ",".join(spoof)))
     return [
         QEMU,
