@@ -691,3 +691,24 @@ def test_a_kernel_without_nat_is_one_line_and_nothing_changed(ns: Netns, site: S
         assert r.stderr.count("\n") == 1, r.stderr
         _unchanged(ns, site, before)
         assert sysctl(ns, "net.ipv4.conf.wan0.forwarding") == "0"
+
+
+def test_a_bridge_deleted_under_a_nat_network_comes_back_whole(ns: Netns, site: Site) -> None:
+    """`ip link del vmnet0` behind vmnet's back (its dnsmasq lives on, bound to nothing):
+    `up` again makes the network anew with one dnsmasq, keeps what it must put back (the
+    outbound's forwarding switch), and `down` then leaves nothing."""
+    with world(ns.name):
+        site.vmnet(ns, "up", "w1")
+        (first,) = dnsmasqs(ns)
+        ns.ip("link", "del", "vmnet0")
+        site.vmnet(ns, "up", "w1")
+        assert "vmnet0" in ns.links() and ns.links()["w1-0"]["master"] == "vmnet0"
+        (second,) = dnsmasqs(ns)
+        assert second != first
+        st = site.status(ns)
+        net = next(b for b in st["bridges"] if b["bridge"] == "vmnet0")  # type: ignore[union-attr, index]
+        assert net["problems"] == [], net
+        w1 = json.loads(site.vmnet(ns, "ip", "w1", "--json").stdout)
+        assert dora(ns, "w1-0", w1["mac"]) == w1["ip"]  # its static lease came along
+        site.vmnet(ns, "down", "w1")
+        assert_clean(ns)  # wan0's forwarding back to 0: the first up's value was kept

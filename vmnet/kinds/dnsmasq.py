@@ -140,24 +140,36 @@ def _start(argv: list[str], paths: Paths, bridge: str, gateway: str) -> int:
     return pid
 
 
-def stop(paths: Paths) -> bool:
-    """Stop this network's dnsmasq if it runs (TERM, then KILL); remove its files.
-    True if one was running."""
+def _alive(pid: int) -> bool:
+    """The process exists and is no zombie (a zombie has let go of its sockets)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def stop(paths: Paths, *, remove: bool = True) -> bool:
+    """Stop this network's dnsmasq if it runs (TERM, then KILL), waiting until the process
+    itself is gone (it removes its pid file before it lets go of its sockets); remove its
+    files unless `remove` is false (a restart).  True if one was running."""
     import signal
     import time
 
     pid = running(paths)
     if pid is not None:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pid = None
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while pid is not None and running(paths) == pid and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if pid is not None and running(paths) == pid:
-            os.kill(pid, signal.SIGKILL)
-    remove_files(paths)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not _alive(pid):
+                break
+    if remove:
+        remove_files(paths)
     return pid is not None
 
 

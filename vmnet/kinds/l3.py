@@ -219,13 +219,18 @@ def table_has(k: Kernel, bridge: str) -> bool:
 
 
 class StartDnsmasq(Step):
-    __slots__ = ("argv", "bridge", "dir", "gateway")
+    """Start the network's dnsmasq; `restart`: its host files are the NICs' that are up,
+    so the down twin leaves them."""
 
-    def __init__(self, argv: list[str], directory: str, bridge: str, gateway: str) -> None:
+    __slots__ = ("argv", "bridge", "dir", "gateway", "restart")
+
+    def __init__(self, argv: list[str], directory: str, bridge: str, gateway: str,
+                 restart: bool = False) -> None:
         self.argv = argv
         self.dir = directory
         self.bridge = bridge
         self.gateway = gateway
+        self.restart = restart
 
     def ip(self, netns: str | None = None) -> str:
         head = ("ip", "netns", "exec", netns) if netns else ()
@@ -237,7 +242,7 @@ class StartDnsmasq(Step):
         dnsmasq.start(self.argv, render_dnsmasq.Paths(self.dir), self.bridge, self.gateway)
 
     def undo(self) -> Step:
-        return StopDnsmasq(self.dir)
+        return StopDnsmasq(self.dir, keep_files=self.restart)
 
     def check(self, view: HostView) -> str | None:
         return None if dnsmasq.running(render_dnsmasq.Paths(self.dir)) else "dnsmasq not running"
@@ -245,19 +250,20 @@ class StartDnsmasq(Step):
 
 class StopDnsmasq(Step):
     """Stop the network's dnsmasq (only the one its pid file and /proc agree on) and remove
-    its files."""
+    its files (`keep_files`: a restart, the NICs' host files stay)."""
 
-    __slots__ = ("dir",)
+    __slots__ = ("dir", "keep_files")
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, keep_files: bool = False) -> None:
         self.dir = directory
+        self.keep_files = keep_files
 
     def ip(self, netns: str | None = None) -> str:
-        pid = f"{self.dir}/pid"
-        return f"kill $(cat {command(pid)}); rm -r {command(self.dir)}"
+        pid = f"kill $(cat {command(self.dir + '/pid')})"
+        return pid if self.keep_files else f"{pid}; rm -r {command(self.dir)}"
 
     def run(self, k: Kernel) -> None:
-        dnsmasq.stop(render_dnsmasq.Paths(self.dir))
+        dnsmasq.stop(render_dnsmasq.Paths(self.dir), remove=not self.keep_files)
 
     def check(self, view: HostView) -> str | None:
         return "running" if dnsmasq.running(render_dnsmasq.Paths(self.dir)) else None
@@ -482,7 +488,7 @@ def plan_network(net: Network, br: LinkInfo | None, rec: BridgeRecord | None,
         if dnsmasq.running(paths) is None:  # it died: the next `up` restarts it
             notes.append(f"network {net.name}: dnsmasq was not running; restarted")
             steps.append(StartDnsmasq(dnsmasq_argv(net, l3, site), paths.dir, net.bridge,
-                                      l3.gateway))
+                                      l3.gateway, restart=True))
         if repair and view.k is not None and not table_has(view.k, net.bridge):
             notes.append(f"network {net.name}: its rules in table {render_nft.FAMILY} "
                          f"{render_nft.TABLE} were gone; applied again")
@@ -514,7 +520,9 @@ def plan_network(net: Network, br: LinkInfo | None, rec: BridgeRecord | None,
                                     hint="give the network another address in the config "
                                          "file (networks.NAME.address)")
     outbound = None
-    sysctls: dict[str, str] = {}
+    # A network whose bridge went behind vmnet's back (the watcher's re-creation, `up`
+    # again): what it changed before is still its to put back.
+    sysctls: dict[str, str] = dict(rec.sysctls) if rec is not None else {}
     if net.kind == "nat":
         outbound = net.outbound or default_outbound(view)
         if net.outbound is not None and view.link(net.outbound) is None:
@@ -538,15 +546,28 @@ def plan_network(net: Network, br: LinkInfo | None, rec: BridgeRecord | None,
             path = forwarding_path(outbound)
             old = view.k.sysctl(path)
             if old is not None and old != "1":
-                steps.append(SetSysctl(path, "1", old))
-                sysctls[path] = old
+                steps.append(SetSysctl(path, "1", sysctls.get(path, old)))
+                sysctls.setdefault(path, old)
+        # a switch of an outbound no longer used goes back, unless another network still
+        # goes out there (then it stays ours to hand over when this network goes)
+        still = {forwarding_path(r.outbound) for r in others if r.outbound} | (
+            {forwarding_path(outbound)} if outbound is not None else set())
+        for p, v in list(sysctls.items()):
+            if p not in still:
+                steps.append(RestoreSysctl(p, v, "1"))
+                del sysctls[p]
     new.sysctls = sysctls
     steps.append(ApplyTable(render_table([*others, new]), render_table(others), net.bridge))
     paths = site.paths(net.bridge)
-    steps.append(StartDnsmasq(dnsmasq_argv(net, l3, site), paths.dir, net.bridge, l3.gateway))
+    restart = rec is not None  # a bridge deleted under the network: its NICs' files stay
+    if dnsmasq.running(paths) is not None:  # (and its old dnsmasq, bound to nothing, goes)
+        steps.append(StopDnsmasq(paths.dir, keep_files=True))
+    steps.append(StartDnsmasq(dnsmasq_argv(net, l3, site), paths.dir, net.bridge, l3.gateway,
+                              restart=restart))
     view.planned(LinkInfo(0, net.bridge, "bridge", net.bridge_mac, net.mtu or 1500, True,
                           False, None, net.mark))
-    new.fixes = _firewall(net, l3, view, site, steps, notes, [])
+    new.fixes = _firewall(net, l3, view, site, steps, notes,
+                          list(rec.fixes) if rec is not None else [])
     return new
 
 
