@@ -243,9 +243,8 @@ def test_a_spoofing_guest_is_stopped_by_its_filters(
     sip, vip = vm_ip(ns, site, "spy"), vm_ip(ns, site, "vic")
     smac, vmac = vm_mac(ns, site, "spy"), vm_mac(ns, site, "vic")
     offered, foreign = unused(sip, vip)[:2]
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc missing: the guest image has no router advertisement sender "
-                    "(scripts/install-deps --test installs it)")
+    if image.no_ra_sender is not None:
+        pytest.skip(image.no_ra_sender)
     spoof = [f"dhcpd:{offered}", "sleep:2", f"garp:{vip}", "ra", f"ip:{foreign}/24",
              f"mac:{SPOOF_MAC}"]
     sniffer = Sniffer(ns, "spy-0", "vmnet0")

@@ -409,6 +409,8 @@ def image() -> Iterator[GuestImage]:
         for a, b in ((src.kernel, img.kernel), (src.initrd, img.initrd)):
             shutil.copyfile(a, b)
             b.chmod(0o644)
+        if src.no_ra_sender is not None:
+            (d / "no-ra-sender").write_text(src.no_ra_sender)
         yield img
     finally:
         shutil.rmtree(d, ignore_errors=True)

@@ -38,6 +38,7 @@ INIT_SCRIPT = Path(__file__).with_name("init.sh")
 # udhcpc's event script (init.sh runs "udhcpc -s /bin/vmnet-udhcpc" for vmnet.dhcp=1).
 UDHCPC_SCRIPT = Path(__file__).with_name("udhcpc.sh")
 RA_SOURCE = Path(__file__).with_name("ra.c")  # vmnet.spoof=ra: a rogue router (gcc -static)
+NO_RA_SENDER = "no-ra-sender"  # beside the image: why it was built without one
 # Load order matters: the .deb has no modules.dep and busybox insmod
 # resolves nothing by itself.
 MODULES: tuple[str, ...] = (
@@ -63,6 +64,12 @@ class GuestBuildError(RuntimeError):
 class GuestImage:
     kernel: Path
     initrd: Path
+
+    @property
+    def no_ra_sender(self) -> str | None:
+        """Why the image has no router advertisement sender (vmnet.spoof=ra), or None."""
+        why = self.kernel.with_name(NO_RA_SENDER)
+        return why.read_text().strip() if why.exists() else None
 
 
 def cache_dir() -> Path:
@@ -229,12 +236,14 @@ def _build(package: str, busybox: Path, work: Path, out: Path) -> None:
     shutil.copyfile(UDHCPC_SCRIPT, root / "bin" / "vmnet-udhcpc")
     (root / "bin" / "vmnet-udhcpc").chmod(0o755)
     # The rogue router advertisement sender, where a static C build is possible (gcc and
-    # libc6-dev, which install-deps brings); without it the guest lacks vmnet.spoof=ra and
-    # the tests that need it skip.
-    if shutil.which("gcc"):
-        with contextlib.suppress(subprocess.CalledProcessError, OSError, GuestBuildError):
-            _run("gcc", "-static", "-Os", "-s", "-o", str(root / "bin" / "vmnet-ra"),
-                 str(RA_SOURCE))
+    # libc6-dev, which install-deps --test brings); without it the guest lacks
+    # vmnet.spoof=ra and the tests that need it skip, saying why (NO_RA_SENDER).
+    try:
+        _run("gcc", "-static", "-Os", "-s", "-o", str(root / "bin" / "vmnet-ra"),
+             str(RA_SOURCE))
+    except GuestBuildError as e:
+        (out / NO_RA_SENDER).write_text(f"the guest has no router advertisement sender: "
+                                        f"{str(e)[:300]}; {INSTALL_HINT}\n")
     with contextlib.suppress(PermissionError):
         # The kernel gives init /dev/console as stdio when it exists in the
         # initramfs; init.sh re-opens it after mounting devtmpfs anyway.

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from vmnet.config import Config
     from vmnet.kernel.protocol import Kernel
-    from vmnet.kinds.l3 import Site
+    from vmnet.kinds.site import Site
 
 __all__ = ["Context"]
 
@@ -59,7 +59,7 @@ class Context:
         return self
 
     def site(self) -> Site:
-        from vmnet.kinds.l3 import Site
+        from vmnet.kinds.site import Site
 
         return Site(self.store().dir, self.data_dir, self.fix)
 

@@ -33,7 +33,6 @@ from vmnet.kernel.netns import current_inode, has_net_admin
 from vmnet.model.value import Value
 from vmnet.nicpolicy.filters import UnprotectPorts
 from vmnet.nicpolicy.filters import merge as merge_filters
-from vmnet.nicpolicy.isolation import ReleasePort
 from vmnet.state.records import NicRecord, Proc, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
@@ -196,8 +195,12 @@ def _up_locked(ctx: Context, store: StateStore, k: Kernel, names: list[str],
                      n.tap in now and not now[n.tap].filter)
         if gone:
             steps.append(UnprotectPorts(gone))
-        steps += [ReleasePort(n.tap, n.mac) for n in (prev.nics if prev else [])
-                  if n.isolated and n.tap in now and not now[n.tap].isolated]
+        released = [n for n in (prev.nics if prev else [])
+                    if n.isolated and n.tap in now and not now[n.tap].isolated]
+        if released:
+            from vmnet.nicpolicy.isolation import ReleasePort
+
+            steps += [ReleasePort(n.tap, n.mac) for n in released]
     steps = merge_filters(steps)
     if any(isinstance(s, CreateTap) for s in steps) and not os.path.exists(ctx.tun_path):
         raise NotFoundError(f"{ctx.tun_path} does not exist",

@@ -26,18 +26,16 @@ from vmnet.kernel.base import LinkInfo, TapSpec
 from vmnet.model import Network, Nic, Vm, nic_mark
 from vmnet.model import validate as v
 from vmnet.model.value import Value
-from vmnet.nicpolicy.filters import PortFilter, ProtectPorts, UnprotectPorts
-from vmnet.nicpolicy.isolation import IsolatePort
-from vmnet.nicpolicy.vlans import AddUplinkVlan, DropUplinkVlan, SetPortVlans, port_vlans
+from vmnet.nicpolicy import filters
+from vmnet.nicpolicy.filters import ProtectPorts, UnprotectPorts
 from vmnet.state.records import BridgeRecord, NicRecord, VmRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Iterable
-    from typing import Any
 
     from vmnet.engine.observe import HostView
-    from vmnet.kinds.l3 import Site
+    from vmnet.kinds.site import Site
     from vmnet.state.store import StateStore
 
 
@@ -236,13 +234,9 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
     # and re-created behind vmnet's back (the uplink then stays up, freed, meanwhile).
     was_down = rec.uplink_was_down if rec.uplink_attached and rec.uplink == net.uplink \
         else not up.up
-    updated = rec.with_(uplink=net.uplink, uplink_attached=True, uplink_was_down=was_down)
-    mine = next((i for i, r in enumerate(new) if r is rec), None)
-    if mine is not None:
-        new[mine] = updated
-    else:
-        changed.append(updated)
-    bridges[net.bridge] = updated
+    _put_bridge_record(bridges, new, changed,
+                       rec.with_(uplink=net.uplink, uplink_attached=True,
+                                 uplink_was_down=was_down))
 
 
 def plan_up(vm: Vm, view: HostView, claims: Claims,
@@ -290,7 +284,8 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             if link is None or host.check(view) is not None:
                 steps.append(host)
         l3rec = bridges.get(bridge) if nic.network.l3 else None
-        protect = port_filter(vm, nic, ip, l3rec.address if l3rec is not None else None)
+        pf = filters.for_nic(vm, nic, ip, l3rec.address if l3rec is not None else None)
+        protect = None if pf is None else ProtectPorts((pf,))
         if protect is not None and (link is None or protect.check(view) is not None):
             steps.append(protect)  # before the tap exists, so before it joins the bridge
         # The record keeps the MTU asked for (None: the bridge's), not the one applied.
@@ -299,22 +294,16 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
             mac=nic.mac, tap_mac=nic.tap_mac, mtu=nic.mtu or nic.network.mtu,
             queues=nic.queues,
             vnet_hdr=nic.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model, ip=ip,
-            filter=None if protect is None else {
-                "mac": nic.mac_filter, "ip": nic.ip_filter, "guard": nic.guarded,
-                "addresses": list(nic.addresses)}, isolated=nic.port_isolation,
-            rate={k: list(r) for k, r in (("to_vm", nic.to_vm), ("from_vm", nic.from_vm))
-                  if r} or None, vlans=_vlans_record(nic)))
-        isolate = IsolatePort(nic.tap, bridge, nic.mac) if nic.port_isolation else None
+            filter=filters.record_of(nic, pf), isolated=nic.port_isolation,
+            rate=filters.rates_of(nic), vlans=_vlans_record(nic)))
+        # the port's settings, once it is on the bridge
+        after = _port_steps(vm, nic, br, view, bridges, new, changed, steps)
         if link is not None:
             _check_existing_tap(vm, nic, link)
             steps += _change_existing(vm, nic, link, br, mtu, force)
             if link.master != br.index or not link.up:
                 view.planned(link.with_(master=br.index, up=True), bridge)
-            if isolate is not None and (link.master != br.index or isolate.check(view)):
-                steps.append(isolate)
-            vlan_step = _vlan_steps(vm, nic, br, view, bridges, new, changed, steps)
-            if vlan_step is not None and (link.master != br.index or vlan_step.check(view)):
-                steps.append(vlan_step)
+            steps += [s for s in after if link.master != br.index or s.check(view)]
             continue
         count = view.port_count(bridge)
         if count is not None and count + 1 > v.MAX_BRIDGE_PORTS:
@@ -325,21 +314,12 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
                        mac=nic.tap_mac, mtu=mtu, alias=vm.mark(nic))
         steps.append(CreateTap(spec))
         steps.append(AttachTap(nic.tap, bridge))
-        if isolate is not None:
-            steps.append(isolate)
-        vlan_step = _vlan_steps(vm, nic, br, view, bridges, new, changed, steps)
-        if vlan_step is not None:
-            steps.append(vlan_step)
+        steps += after
         view.planned(LinkInfo(0, nic.tap, "tun", nic.tap_mac, mtu or 1500, True, False,
                               br.index, spec.alias), bridge)
     claims.add(vm.name, nic_records)
     return UpPlan(vm=vm, steps=steps, nics=nic_records, new_bridges=new,
                   changed_bridges=changed, notes=notes)
-
-
-def _vlan_args(n: NicRecord) -> dict[str, Any]:
-    spec = n.vlan_spec()
-    return {"vlan": spec["vlan"], "trunk": spec["trunk"], "native": spec["native_vlan"]}
 
 
 def _vlans_record(nic: Nic) -> dict[str, object] | None:
@@ -350,78 +330,41 @@ def _vlans_record(nic: Nic) -> dict[str, object] | None:
     return None
 
 
-def _vlan_steps(vm: Vm, nic: Nic, br: LinkInfo, view: HostView, bridges: BridgeRecords,
+def _port_steps(vm: Vm, nic: Nic, br: LinkInfo, view: HostView, bridges: BridgeRecords,
                 new: list[BridgeRecord], changed: list[BridgeRecord],
-                steps: list[Step]) -> SetPortVlans | None:
-    """The NIC's port VLANs (its step, for the caller to place after the attach), after
-    adding to `steps` the VLANs its bridge's uplink still lacks (counted in the bridge
-    record: removed with the last NIC that uses them)."""
-    vlans = port_vlans(nic.vlan, nic.trunk, nic.native_vlan)
-    if not vlans:
-        return None
-    net = nic.network
-    if not br.vlan_filtering:
-        raise ConflictError(f"VM {vm.name!r} NIC {nic.index}: VLANs need a VLAN-aware bridge, "
-                            f"and bridge {net.bridge!r} has vlan_filtering off",
-                            ifname=net.bridge,
-                            hint=f"set networks.{net.name}.vlan_filtering = true (a bridge "
-                                 "vmnet creates), or turn it on on your bridge (ip link set "
-                                 f"{net.bridge} type bridge vlan_filtering 1)")
-    rec = bridges.get(net.bridge)
-    uplink = net.uplink or (rec.uplink if rec is not None and rec.uplink_attached else None)
-    if rec is not None and uplink is not None and view.link(uplink) is not None:
-        have = set() if view.k is None or view.link(uplink).index < 0 else {  # type: ignore[union-attr]
-            vid for vid, _ in view.k.port_vlans(uplink)}
-        added = [v.vid for v in vlans if v.vid not in have and v.vid not in rec.uplink_vlans]
-        if added:
-            steps += [AddUplinkVlan(uplink, vid) for vid in added]
-            updated = rec.with_(uplink_vlans=sorted({*rec.uplink_vlans, *added}))
-            mine = next((i for i, r in enumerate(new) if r.bridge == net.bridge), None)
-            if mine is not None:
-                new[mine] = updated
-            else:
-                changed[:] = [r for r in changed if r.bridge != net.bridge] + [updated]
-            bridges[net.bridge] = updated
-    return SetPortVlans(nic.tap, vlans)
+                steps: list[Step]) -> list[Step]:
+    """The NIC's port settings that go after its attach (isolation, VLANs); the VLANs its
+    bridge's uplink still lacks go into `steps` now, and into the bridge record (counted:
+    removed with the last NIC that uses them).  Their modules load only for NICs that
+    use them."""
+    out: list[Step] = []
+    if nic.port_isolation:
+        from vmnet.nicpolicy.isolation import IsolatePort
+
+        out.append(IsolatePort(nic.tap, nic.network.bridge, nic.mac))
+    if nic.vlan is None and not nic.trunk:
+        return out
+    from vmnet.nicpolicy import vlans
+
+    rec = bridges.get(nic.network.bridge)
+    uplink_steps, uplink_vlans = vlans.plan_nic(vm, nic, br, view, rec)
+    steps += uplink_steps
+    if rec is not None and uplink_vlans != rec.uplink_vlans:
+        _put_bridge_record(bridges, new, changed, rec.with_(uplink_vlans=uplink_vlans))
+    out.append(vlans.SetPortVlans(nic.tap, vlans.for_nic(nic)))
+    return out
 
 
-def port_filter(vm: Vm, nic: Nic, ip: str | None,
-                subnet: str | None = None) -> ProtectPorts | None:
-    """The step that puts the NIC's filters in force (None: it has none)."""
-    if not (nic.mac_filter or nic.ip_filter or nic.guarded or nic.to_vm or nic.from_vm):
-        return None
-    v4 = tuple(a for a in ((ip,) if ip else ()) + nic.addresses if ":" not in a)
-    v6 = tuple(a for a in nic.addresses if ":" in a)
-    if subnet is not None:
-        from vmnet.kinds import subnets
-
-        first, last = subnets.span(subnet)
-        outside = [a for a in v4 if not first < subnets.as_int(a) < last]
-        if outside:
-            raise InputError(f"VM {vm.name!r} NIC {nic.index}: address {outside[0]} (its "
-                             f"addresses) is outside network {nic.network.name!r} ({subnet})",
-                             hint="list addresses of the network's subnet, or none (its "
-                                  "DHCP address is allowed anyway)")
-    if nic.ip_filter and not (v4 or v6):
-        raise InputError(f"VM {vm.name!r} NIC {nic.index}: ip_filter, but no address of it is "
-                         f"known (network {nic.network.name!r} is a {nic.network.kind} "
-                         "network, which hands out none)",
-                         hint=f"list its addresses (vms.{vm.name}.nics[{nic.index}].addresses), "
-                              "or put it on a nat/isolated network")
-    return ProtectPorts((PortFilter(nic.tap, nic.mac, nic.mac_filter, nic.ip_filter,
-                                    nic.guarded, v4, v6, nic.to_vm, nic.from_vm),))
-
-
-def recorded_filter(n: NicRecord) -> PortFilter | None:
-    """The filter a NIC's record says `up` put in force."""
-    f = n.filter
-    if not f:
-        return None
-    addrs = [str(a) for a in f.get("addresses") or []]  # type: ignore[attr-defined]
-    v4 = tuple(a for a in ([n.ip] if n.ip else []) + addrs if ":" not in a)
-    return PortFilter(n.tap, n.mac, bool(f.get("mac")), bool(f.get("ip")),
-                      bool(f.get("guard")), v4, tuple(a for a in addrs if ":" in a),
-                      n.rate_of("to_vm"), n.rate_of("from_vm"))
+def _put_bridge_record(bridges: BridgeRecords, new: list[BridgeRecord],
+                       changed: list[BridgeRecord], updated: BridgeRecord) -> None:
+    """A plan's new version of a bridge record: in `new` if this plan makes it, else in
+    `changed` (once)."""
+    mine = next((i for i, r in enumerate(new) if r.bridge == updated.bridge), None)
+    if mine is not None:
+        new[mine] = updated
+    else:
+        changed[:] = [r for r in changed if r.bridge != updated.bridge] + [updated]
+    bridges[updated.bridge] = updated
 
 
 def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | None,
@@ -614,6 +557,8 @@ def _release_uplink_vlans(batch: dict[str, VmRecord | None], users: BridgeUsers,
         used = users.vids(bridge, set(batch))
         gone = [v for v in brec.uplink_vlans if v not in used]
         if gone and brec.uplink:
+            from vmnet.nicpolicy.vlans import DropUplinkVlan
+
             rel.steps[:0] = [DropUplinkVlan(brec.uplink, v) for v in gone]
             rel.put.append(brec.with_(uplink_vlans=[v for v in brec.uplink_vlans
                                                     if v in used]))
@@ -630,13 +575,12 @@ class BridgeUsers:
     def vids(self, bridge: str, leaving: set[str]) -> set[int]:
         """VLANs the NICs on `bridge` of the VMs not leaving use (reads every record: only
         for bridges with VLANs vmnet added to their uplink)."""
-        from vmnet.nicpolicy.vlans import port_vlans as vlans_of
+        from vmnet.nicpolicy.vlans import recorded
 
         records = self.records if self.records is not None else (
             self.store.vms() if self.store is not None else {})
         return {v.vid for name, r in records.items() if name not in leaving for n in r.nics
-                if n.bridge == bridge and n.vlans
-                for v in vlans_of(**_vlan_args(n))}
+                if n.bridge == bridge for v in recorded(n)}
 
     def other_user(self, bridge: str, leaving: set[str]) -> str | None:
         if self.records is not None:

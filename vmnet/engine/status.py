@@ -16,7 +16,7 @@ from vmnet.model.value import Value
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from vmnet.engine.observe import HostView
-    from vmnet.kinds.l3 import Site
+    from vmnet.kinds.site import Site
     from vmnet.state.records import BridgeRecord, NicRecord, VmRecord
 
 
@@ -102,23 +102,20 @@ def nic_steps(vm: str, n: NicRecord) -> list[Step]:
     """The steps `up` takes for a recorded NIC (their checks say whether it holds)."""
     spec = TapSpec(name=n.tap, owner=n.owner, group=n.group, multi_queue=n.queues > 1,
                    mac=n.tap_mac, mtu=n.mtu, alias=nic_mark(vm, n.index))
-    from vmnet.engine.plan import recorded_filter
-    from vmnet.nicpolicy.filters import ProtectPorts
+    from vmnet.nicpolicy import filters
 
     out: list[Step] = [CreateTap(spec), AttachTap(n.tap, n.bridge)]
-    f = recorded_filter(n)
+    f = filters.recorded(n)
     if f is not None:
-        out.append(ProtectPorts((f,)))
+        out.append(filters.ProtectPorts((f,)))
     if n.isolated:
         from vmnet.nicpolicy.isolation import IsolatePort
 
         out.append(IsolatePort(n.tap, n.bridge, n.mac))
     if n.vlans:
-        from vmnet.nicpolicy.vlans import SetPortVlans, port_vlans
+        from vmnet.nicpolicy import vlans
 
-        vs = n.vlan_spec()
-        out.append(SetPortVlans(n.tap, port_vlans(vs["vlan"], vs["trunk"],
-                                                  vs["native_vlan"])))
+        out.append(vlans.SetPortVlans(n.tap, vlans.recorded(n)))
     return out
 
 

@@ -20,6 +20,7 @@ from vmnet.errors import ConflictError, NotFoundError, StateError
 from vmnet.kernel.base import LinkInfo
 from vmnet.kernel.sysctl import forwarding_path
 from vmnet.kinds import dnsmasq, subnets
+from vmnet.kinds.site import Site
 from vmnet.model import L3_KINDS, Network
 from vmnet.model.names import sha256
 from vmnet.model.value import Value
@@ -80,22 +81,6 @@ class L3(Value):
     @property
     def subnet(self) -> str:
         return f"{self.network_address}/{self.prefixlen}"
-
-
-class Site(Value):
-    """Where a plan's nat/isolated networks keep their files: dnsmasq's under the
-    namespace's state directory, chosen subnets under the data directory."""
-
-    __slots__ = ("data_dir", "fix", "store_dir")
-
-    def __init__(self, store_dir: str, data_dir: str, fix: Iterable[str] = ()) -> None:
-        self.store_dir = store_dir
-        self.data_dir = data_dir
-        self.fix = frozenset(fix)  # networks whose foreign firewall drops vmnet fixes
-
-    def paths(self, bridge: str) -> render_dnsmasq.Paths:
-        return render_dnsmasq.Paths(os.path.join(self.store_dir, "dnsmasq",
-                                                 fname(bridge)[: -len(".json")]))
 
 
 # -- steps -------------------------------------------------------------------------

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
     from vmnet.engine.observe import HostView
     from vmnet.kernel.protocol import Kernel
+    from vmnet.model import Nic, Vm
+    from vmnet.state.records import NicRecord
 
 FAMILY = "bridge"
 TABLE = "vmnet"
@@ -322,3 +324,60 @@ def merge(steps: list[Step]) -> list[Step]:
     if at_u is not None:
         out[at_u] = UnprotectPorts(tuple(unprotect))
     return out
+
+
+# -- from a NIC, to its record, back -------------------------------------------------------
+def for_nic(vm: Vm, nic: Nic, ip: str | None, subnet: str | None = None
+            ) -> PortFilter | None:
+    """What the NIC's settings put in force (None: nothing); `ip`: its fixed address on a
+    nat/isolated network of `subnet`.  Refuses addresses outside that subnet, and
+    ip_filter where no address of the NIC is known."""
+    from vmnet.errors import InputError
+
+    if not (nic.mac_filter or nic.ip_filter or nic.guarded or nic.to_vm or nic.from_vm):
+        return None
+    v4 = tuple(a for a in ((ip,) if ip else ()) + nic.addresses if ":" not in a)
+    v6 = tuple(a for a in nic.addresses if ":" in a)
+    if subnet is not None:
+        from vmnet.kinds import subnets
+
+        first, last = subnets.span(subnet)
+        outside = [a for a in v4 if not first < subnets.as_int(a) < last]
+        if outside:
+            raise InputError(f"VM {vm.name!r} NIC {nic.index}: address {outside[0]} (its "
+                             f"addresses) is outside network {nic.network.name!r} ({subnet})",
+                             hint="list addresses of the network's subnet, or none (its "
+                                  "DHCP address is allowed anyway)")
+    if nic.ip_filter and not (v4 or v6):
+        raise InputError(f"VM {vm.name!r} NIC {nic.index}: ip_filter, but no address of it is "
+                         f"known (network {nic.network.name!r} is a {nic.network.kind} "
+                         "network, which hands out none)",
+                         hint=f"list its addresses (vms.{vm.name}.nics[{nic.index}].addresses), "
+                              "or put it on a nat/isolated network")
+    return PortFilter(nic.tap, nic.mac, nic.mac_filter, nic.ip_filter, nic.guarded, v4, v6,
+                      nic.to_vm, nic.from_vm)
+
+
+def record_of(nic: Nic, f: PortFilter | None) -> dict[str, object] | None:
+    """The NIC record's `filter` (its rates are the record's `rate`: rates_of)."""
+    if f is None:
+        return None
+    return {"mac": nic.mac_filter, "ip": nic.ip_filter, "guard": nic.guarded,
+            "addresses": list(nic.addresses)}
+
+
+def rates_of(nic: Nic) -> dict[str, list[int]] | None:
+    return {k: list(r) for k, r in (("to_vm", nic.to_vm), ("from_vm", nic.from_vm))
+            if r} or None
+
+
+def recorded(n: NicRecord) -> PortFilter | None:
+    """The filter a NIC's record says `up` put in force."""
+    f = n.filter
+    if not f:
+        return None
+    addrs = [str(a) for a in f.get("addresses") or []]  # type: ignore[attr-defined]
+    v4 = tuple(a for a in ([n.ip] if n.ip else []) + addrs if ":" not in a)
+    return PortFilter(n.tap, n.mac, bool(f.get("mac")), bool(f.get("ip")),
+                      bool(f.get("guard")), v4, tuple(a for a in addrs if ":" in a),
+                      n.rate_of("to_vm"), n.rate_of("from_vm"))

@@ -24,7 +24,10 @@ from vmnet.render.shell import command
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from vmnet.engine.observe import HostView
+    from vmnet.kernel.base import LinkInfo
     from vmnet.kernel.protocol import Kernel
+    from vmnet.model import Nic, Vm
+    from vmnet.state.records import BridgeRecord, NicRecord
 
 DEFAULT_VLAN = 1  # the bridge's default_pvid: every new port starts with it (pvid untagged)
 PVID, UNTAGGED = 0x2, 0x4  # BRIDGE_VLAN_INFO_* (include/uapi/linux/if_bridge.h)
@@ -160,3 +163,45 @@ class DropUplinkVlan(Step):
         flags = dict(k.port_vlans(self.uplink)).get(self.vid)
         if flags is not None and not flags & (PVID | UNTAGGED):
             k.vlan_del(self.uplink, self.vid)
+
+
+# -- from a NIC and its record ---------------------------------------------------------------
+def for_nic(nic: Nic) -> tuple[PortVlan, ...]:
+    return port_vlans(nic.vlan, nic.trunk, nic.native_vlan)
+
+
+def recorded(n: NicRecord) -> tuple[PortVlan, ...]:
+    """The VLANs a NIC's record says its port has (none: no record of any)."""
+    d = n.vlans or {}
+    trunk = d.get("trunk") or []
+    native = d.get("native")
+    vlan = d.get("vlan")
+    return port_vlans(vlan if isinstance(vlan, int) else None,
+                      tuple(trunk) if isinstance(trunk, list) else (),
+                      native if isinstance(native, int) else None)
+
+
+def plan_nic(vm: Vm, nic: Nic, br: LinkInfo, view: HostView, rec: BridgeRecord | None
+             ) -> tuple[list[Step], list[int]]:
+    """The steps that give the bridge's uplink the NIC's VLANs it still lacks, and the
+    VLANs vmnet has added there then (the bridge record's `uplink_vlans`).  Refuses VLANs
+    on a bridge that is not VLAN-aware."""
+    from vmnet.errors import ConflictError
+
+    net = nic.network
+    if not br.vlan_filtering:
+        raise ConflictError(f"VM {vm.name!r} NIC {nic.index}: VLANs need a VLAN-aware bridge, "
+                            f"and bridge {net.bridge!r} has vlan_filtering off",
+                            ifname=net.bridge,
+                            hint=f"set networks.{net.name}.vlan_filtering = true (a bridge "
+                                 "vmnet creates), or turn it on on your bridge (ip link set "
+                                 f"{net.bridge} type bridge vlan_filtering 1)")
+    ours = list(rec.uplink_vlans) if rec is not None else []
+    uplink = net.uplink or (rec.uplink if rec is not None and rec.uplink_attached else None)
+    link = view.link(uplink) if uplink is not None else None
+    if rec is None or uplink is None or link is None:
+        return [], ours
+    have = set() if view.k is None or link.index < 0 else {
+        vid for vid, _ in view.k.port_vlans(uplink)}
+    added = [v.vid for v in for_nic(nic) if v.vid not in have and v.vid not in ours]
+    return [AddUplinkVlan(uplink, vid) for vid in added], sorted({*ours, *added})
