@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -35,9 +34,10 @@ from typing import Any
 
 import pytest
 
-from tests.guest import Guest, GuestImage, guest_argv
+from tests.guest import Guest, GuestImage
 from tests.nsutil import Netns
 from tests.test_nat import Site, assert_clean, dnsmasqs, vm_ip
+from tests.test_nat import boot as nat_boot
 from tests.test_run import BOOT_TIMEOUT, image  # noqa: F401 - the guest fixture
 from tests.world import dnsmasq_path, public_tmpdir
 
@@ -117,14 +117,8 @@ def site() -> Iterator[Site]:
 
 def boot(ns: Netns, site: Site, img: GuestImage, vm: str, *, ping: Sequence[str] = (),
          spoof: Sequence[str] = ()) -> Guest:
-    """QEMU on the tap `vmnet up` made (its own qemu-args), the guest asking DHCP."""
-    words = shlex.split(site.vmnet(ns, "qemu-args", vm).stdout)
-    argv = guest_argv(words, dhcp=True, hostname=vm, ping=",".join(ping) or None,
-                      spoof=spoof, image=img)
-    proc = subprocess.Popen(["ip", "netns", "exec", ns.name, *argv],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-    return Guest(proc, name=vm)
+    """test_nat's guest on vmnet's tap (DHCP), pinging several peers."""
+    return nat_boot(ns, site, img, vm, ping=",".join(ping) or None, spoof=spoof)
 
 
 def vm_mac(ns: Netns, site: Site, vm: str) -> str:

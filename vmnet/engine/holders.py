@@ -42,11 +42,16 @@ def tap_holders(names: set[str], netns: int | None = None) -> dict[str, list[str
             if name in names:
                 found.add(name)
         if found:
-            try:
-                with open(f"/proc/{pid}/comm") as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = "?"
             for name in found:
-                out.setdefault(name, []).append(f"pid {pid} ({comm})")
+                out.setdefault(name, []).append(who(pid))
     return out
+
+
+def who(pid: int | str) -> str:
+    """A process as vmnet names it in messages: `pid 123 (qemu-system-x86)`."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        comm = "?"
+    return f"pid {pid} ({comm})"

@@ -294,7 +294,7 @@ def reload_network(ctx: Context, net: Network) -> list[str]:
                                 hint=f"`vmnet up VM --network {net.name}` brings it up")
         steps: list[Step] = []
         notes: list[str] = []
-        made = l3.plan_network(net, view.link(net.bridge), rec, view, store.bridges(),
+        made = l3.plan_network(net, view.link(net.bridge), rec, view, store.bridges,
                                ctx.site(), steps, notes, repair=True)
         with Transaction(k, store, ctx.netns) as txn:
             if made is not rec:

@@ -173,11 +173,7 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
         if site is None:
             raise InputError(f"network {net.name!r} is of kind {net.kind}, which this "
                              "operation cannot set up")
-        if br is not None and rec is not None and rec.kind == net.kind and rec.address:
-            all_records: dict[str, BridgeRecord] = {}  # an existing network: no table change
-        else:
-            all_records = bridges.all()
-        made = l3.plan_network(net, br, rec, view, all_records, site, steps, notes)
+        made = l3.plan_network(net, br, rec, view, bridges.all, site, steps, notes)
         if made is not rec:
             new.append(made)
             bridges[net.bridge] = made

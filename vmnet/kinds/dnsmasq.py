@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from vmnet.errors import ConflictError, KernelError, NotFoundError, StateError
+from vmnet.state.files import proc_start_time
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -63,12 +64,7 @@ def running(paths: Paths) -> int | None:
     if not argv or os.path.basename(argv[0]) != "dnsmasq" or \
             f"--pid-file={paths.pid}" not in argv:
         return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return None
-    return None if state in ("Z", "X") else pid
+    return pid if _alive(pid) else None
 
 
 def prepare(paths: Paths) -> None:
@@ -142,11 +138,7 @@ def _start(argv: list[str], paths: Paths, bridge: str, gateway: str) -> int:
 
 def _alive(pid: int) -> bool:
     """The process exists and is no zombie (a zombie has let go of its sockets)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
+    return proc_start_time(pid) is not None
 
 
 def stop(paths: Paths, *, remove: bool = True) -> bool:
@@ -264,12 +256,9 @@ def port_holders(address: str) -> list[str]:
             except OSError:
                 continue
             if target.startswith("socket:[") and target[8:-1] in inodes:
-                try:
-                    with open(f"/proc/{pid}/comm") as f:
-                        comm = f.read().strip()
-                except OSError:
-                    comm = "?"
-                found.append(f"{inodes[target[8:-1]]} is held by pid {pid} ({comm})")
+                from vmnet.engine.holders import who
+
+                found.append(f"{inodes[target[8:-1]]} is held by {who(pid)}")
                 break
     return found
 

@@ -32,7 +32,7 @@ from vmnet.state.records import BridgeRecord
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from vmnet.config import Config
     from vmnet.engine.observe import HostView
@@ -443,7 +443,8 @@ def host_resolvers(path: str = "/etc/resolv.conf") -> tuple[str, ...]:
 
 
 def plan_network(net: Network, br: LinkInfo | None, rec: BridgeRecord | None,
-                 view: HostView, all_records: dict[str, BridgeRecord], site: Site,
+                 view: HostView, all_records: Callable[[], dict[str, BridgeRecord]],
+                 site: Site,
                  steps: list[Step], notes: list[str], *, repair: bool = False) -> BridgeRecord:
     """Steps that bring up (or keep up) nat/isolated network `net`; its new record.
 
@@ -477,8 +478,8 @@ def plan_network(net: Network, br: LinkInfo | None, rec: BridgeRecord | None,
         if repair and view.k is not None and not table_has(view.k, net.bridge):
             notes.append(f"network {net.name}: its rules in table {render_nft.FAMILY} "
                          f"{render_nft.TABLE} were gone; applied again")
-            steps.append(ApplyTable(render_table(all_records.values()),
-                                    render_table(all_records.values()), net.bridge))
+            every = all_records().values()
+            steps.append(ApplyTable(render_table(every), render_table(every), net.bridge))
         if repair:  # firewall_fix set since the network came up
             fixes = _firewall(net, l3, view, site, steps, notes, rec.fixes)
             if fixes != rec.fixes:
@@ -488,7 +489,7 @@ def plan_network(net: Network, br: LinkInfo | None, rec: BridgeRecord | None,
 
     nft.binary()  # both programs are there, or one line naming the package, before anything
     dnsmasq.binary()
-    others = [r for b, r in all_records.items() if b != net.bridge]
+    others = [r for b, r in all_records().items() if b != net.bridge]  # (reads them all)
     address = net.address or (rec.address if rec is not None else None) or \
         subnets.recall(site.data_dir, net.name)
     taken = taken_spans(view, net.bridge, others)
