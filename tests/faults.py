@@ -5,8 +5,9 @@
 Nothing of this is in vmnet itself: the points are wrappers this launcher puts
 around vmnet's own functions before it runs MODULE as __main__:
 
-- ``step:<Step class>``: before each step runs (vmnet.engine.steps, vmnet.kinds.l3 and
-  vmnet.kinds.firewall: kernel changes, sysctls, nft, dnsmasq, host files);
+- ``step:<Step class>``: before each step runs (vmnet.engine.steps, vmnet.kinds.l3,
+  vmnet.kinds.firewall and vmnet.kinds.ovn: kernel changes, sysctls, nft, dnsmasq, host
+  files, OVN's databases);
 - ``up:recorded`` / ``down:recorded``: records written, before the kernel steps;
 - ``up:applied`` / ``down:applied``: kernel steps done, before the records settle;
 - ``record:<put_vm|drop_vm|put_bridge|drop_bridge|begin>``: after each record write
@@ -76,10 +77,10 @@ def _after(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
 def install() -> None:
     from vmnet.engine import apply, steps
     from vmnet.integrations.qemu import run
-    from vmnet.kinds import firewall, l3
+    from vmnet.kinds import firewall, l3, ovn
     from vmnet.state import store
 
-    for module in (steps, l3, firewall):  # every module that defines steps
+    for module in (steps, l3, firewall, ovn):  # every module that defines steps
         for cls in vars(module).values():
             if isinstance(cls, type) and issubclass(cls, steps.Step) and "run" in vars(cls) \
                     and cls.__module__ == module.__name__:

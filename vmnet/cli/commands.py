@@ -86,7 +86,8 @@ def up(g: Globals, values: Values) -> None:
     try:
         results = ops.up_resolved(ctx, names, resolve, dry_run=dry_run,
                                   progress=_progress(len(names)),
-                                  force=bool(values.get("force")))
+                                  force=bool(values.get("force")),
+                                  move=bool(values.get("move")))
     finally:
         ctx.close()
     for res in results:
@@ -107,7 +108,7 @@ def up(g: Globals, values: Values) -> None:
         for line in qemu.up_lines(vm):
             out(line)
         for nrec in res.record.nics if res.record is not None else ():
-            if nrec.ip is not None:
+            if nrec.ip is not None and not nrec.ovn:
                 out(f"{vm.name}: NIC {nrec.index} address {nrec.ip} on network "
                     f"{nrec.network} (by DHCP from {nrec.bridge}; `vmnet ip {vm.name}`)")
 

@@ -80,13 +80,20 @@ def status(g: Globals, values: Values) -> None:
     for r in rows:
         for n in r.nics:
             state = n.state + (" (stale record)" if r.stale else "")
-            addr = "-" if n.ip is None else n.ip + ("" if n.leased else " (not leased yet)")
+            addr = "-" if n.ip is None else n.ip + (
+                "" if n.leased or n.ovn is not None else " (not leased yet)")
             table.append((r.vm, str(n.index), n.tap, n.bridge,
                           owner_text(n.owner, n.group), n.mac,
                           str(n.mtu or "-"), str(n.queues), "on" if n.vnet_hdr else "off",
                           ",".join(n.holders) or ("yes" if n.held else "no"),
                           str(n.rx_bytes), str(n.tx_bytes), f"{r.mode}/{state}", addr))
     _print_table(table)
+    for r in rows:
+        for n in r.nics:
+            if n.ovn is not None:
+                from vmnet.kinds.ovn import status_text
+
+                out(f"{r.vm} NIC {n.index}: {status_text(n.ovn)}")
     for b in bridges:
         if b.get("kind") in ("nat", "isolated"):
             for line in network_lines(b):
@@ -208,7 +215,7 @@ def ip(g: Globals, values: Values) -> None:
                          "bridge: vmnet gives no address there",
                          hint="put the NIC on a nat or isolated network (--network default)")
     leased = None
-    if isinstance(wait, float):
+    if isinstance(wait, float) and not nic.ovn:  # (an ovn port's address is OVN's to give)
         paths = ctx.site().paths(nic.bridge)
         deadline = time.monotonic() + wait
         while True:

@@ -99,7 +99,9 @@ COMMANDS = (
             opts=(Opt("--all", dest="all_vms", help="Every VM in the config file."),
                   *OVERRIDES, _DRY,
                   Opt("--force", help="For a VM that is up: change its MAC, bridge or QEMU "
-                                      "settings even while a guest holds its taps.")),
+                                      "settings even while a guest holds its taps."),
+                  Opt("--move", help="On an ovn network: take the VM's logical switch "
+                                     "ports from the chassis they are bound to.")),
             args=(Arg("VM", dest="vms", nargs="*", complete="vm"),),
             target="vmnet.cli.commands:up"),
     Command("down", "Remove VM's taps, and bridges vmnet made that nothing uses any more.",

@@ -17,8 +17,10 @@ from vmnet.model import (
     BARE_NETWORK,
     DEFAULT_BRIDGE,
     DEFAULT_NETWORK,
+    OVN_BRIDGE,
     Network,
     Nic,
+    Ovn,
     Vm,
     default_mac,
     default_tap_name,
@@ -35,11 +37,14 @@ if TYPE_CHECKING:
 
 _NETWORK_KEYS = {"bridge", "uplink", "mtu", "stp", "forward_delay", "address",
                  "allow_users", "allow_groups", "kind", "outbound", "domain", "upstream",
-                 "firewall_fix", "vlan_filtering"}
+                 "firewall_fix", "vlan_filtering", "switch", "northbound", "ovs_db",
+                 "ovn_rundir", "ssl_key", "ssl_cert", "ssl_ca", "bind_timeout"}
+_OVN_KEYS = ("switch", "northbound", "ovs_db", "ovn_rundir", "ssl_key", "ssl_cert", "ssl_ca",
+             "bind_timeout")
 _VM_KEYS = {"user", "group", "nics"}
 _NIC_KEYS = {"network", "mac", "queues", "mtu", "tap", "vnet_hdr", "model", "ip",
              "mac_filter", "ip_filter", "guard", "addresses", "port_isolation", "rate",
-             "vlan", "trunk", "native_vlan"}
+             "vlan", "trunk", "native_vlan", "port"}
 _RATE_KEYS = {"to_vm", "from_vm", "to_vm_burst", "from_vm_burst"}
 _TOP_KEYS = {"networks", "vms", "defaults"}
 _DEFAULTS_KEYS = {"network", "mac_scheme", "user_max_nics", "user_max_queues", "data_dir"}
@@ -52,8 +57,8 @@ class NicSpec(Value):
     """One `[[vms.NAME.nics]]` table as written (None: not given)."""
 
     __slots__ = ("addresses", "from_vm", "guard", "ip", "ip_filter", "mac", "mac_filter",
-                 "model", "mtu", "native_vlan", "network", "port_isolation", "queues", "tap",
-                 "to_vm", "trunk", "vlan", "vnet_hdr")
+                 "model", "mtu", "native_vlan", "network", "port", "port_isolation", "queues",
+                 "tap", "to_vm", "trunk", "vlan", "vnet_hdr")
 
     def __init__(self, network: str | None = None, mac: str | None = None,
                  queues: int | None = None, mtu: int | None = None, tap: str | None = None,
@@ -63,7 +68,9 @@ class NicSpec(Value):
                  addresses: tuple[str, ...] = (), port_isolation: bool | None = None,
                  to_vm: tuple[int, int] | None = None,
                  from_vm: tuple[int, int] | None = None, vlan: int | None = None,
-                 trunk: tuple[int, ...] = (), native_vlan: int | None = None) -> None:
+                 trunk: tuple[int, ...] = (), native_vlan: int | None = None,
+                 port: str | None = None) -> None:
+        self.port = port
         self.vlan = vlan
         self.trunk = tuple(trunk)
         self.native_vlan = native_vlan
@@ -280,8 +287,24 @@ def _access(t: dict[str, Any], where: str) -> Access | None:
     return Access(users, groups) if users or groups else None
 
 
+def _ovn(t: dict[str, Any], where: str) -> Ovn | None:
+    """An ovn network's keys (None: none given; the model says what a kind needs)."""
+    if not any(k in t for k in _OVN_KEYS):
+        return None
+    from vmnet.model import OVN_BIND_TIMEOUT, OVN_NB_DB, OVN_RUNDIR, OVS_DB
+
+    s = {k: _typed(t.get(k), str, f"{where}.{k}") for k in _OVN_KEYS if k != "bind_timeout"}
+    timeout = t.get("bind_timeout", OVN_BIND_TIMEOUT)
+    return Ovn(switch=s["switch"] or "", nb=s["northbound"] or OVN_NB_DB,
+               ovs=s["ovs_db"] or OVS_DB, rundir=s["ovn_rundir"] or OVN_RUNDIR,
+               ssl_key=s["ssl_key"], ssl_cert=s["ssl_cert"], ssl_ca=s["ssl_ca"],
+               bind_timeout=v.duration(timeout, f"{where}.bind_timeout", 0.1, 600.0))
+
+
 def _network(name: str, t: dict[str, Any], where: str) -> Network:
     _check_keys(t, _NETWORK_KEYS, where)
+    if "bridge" not in t and t.get("kind") == "ovn":
+        t = {**t, "bridge": OVN_BRIDGE}  # the integration bridge
     if "bridge" not in t:
         raise ConfigError(f"{where}: 'bridge' is required")
     upstream = t.get("upstream")
@@ -303,6 +326,7 @@ def _network(name: str, t: dict[str, Any], where: str) -> Network:
             upstream=None if upstream is None else tuple(upstream),
             vlan_filtering=bool(_typed(t.get("vlan_filtering", False), bool,
                                        f"{where}.vlan_filtering")),
+            ovn=_ovn(t, where),
         )
     except InputError as e:
         raise ConfigError(f"{where}: {e.message}") from None
@@ -328,6 +352,7 @@ def _nic(t: Any, where: str) -> NicSpec:
         vlan=_typed(t.get("vlan"), int, f"{where}.vlan"),
         trunk=tuple(_vids(t.get("trunk", []), f"{where}.trunk")),
         native_vlan=_typed(t.get("native_vlan"), int, f"{where}.native_vlan"),
+        port=_typed(t.get("port"), str, f"{where}.port"),
     )
     try:
         if spec.ip is not None:
@@ -424,6 +449,8 @@ def parse_config(text: str, path: str | None = None) -> Config:
             fixes.append(name)
     bridges: dict[str, str] = {}
     for n in networks.values():
+        if n.kind == "ovn":
+            continue  # ovn networks share this chassis' integration bridge
         if n.bridge in bridges:
             raise ConfigError(f"{src}: networks {bridges[n.bridge]!r} and {n.name!r} "
                               f"use the same bridge {n.bridge!r}")
@@ -596,10 +623,11 @@ def _network_for(cfg: Config, name: str | None, ov: Overrides) -> Network:
 
 def _nic_ip(flag: str | None, spec: str | None, net: Network, index: int,
             where: str) -> str | None:
-    if (flag or spec) is not None and not net.l3:
+    if (flag or spec) is not None and not net.l3 and net.kind != "ovn":
         what = f"--ip (#{index + 1})" if flag is not None else f"{where}.nics[{index}].ip"
         raise InputError(f"{what}: NIC {index} is on network {net.name!r}, of kind "
-                         f"{net.kind}; fixed addresses are for nat and isolated networks")
+                         f"{net.kind}; fixed addresses are for nat, isolated and ovn "
+                         "networks")
     return flag or spec
 
 
@@ -671,5 +699,6 @@ def resolve_vm(cfg: Config, name: str, ov: Overrides | None = None,
             vlan=ov.vlan if ov.vlan is not None else nspec.vlan,
             trunk=() if ov.vlan is not None else nspec.trunk,
             native_vlan=None if ov.vlan is not None else nspec.native_vlan,
+            port=nspec.port,
         ))
     return Vm(name=name, uid=uid, gid=gid, nics=tuple(nics), user=user)

@@ -37,7 +37,9 @@ _ROOT_FLAGS = (("uplink", "--uplink", "enslave an uplink"),
                ("ips", "--ip", "choose a NIC's address (it is derived, or set in the config)"),
                ("vlan", "--vlan", "choose a NIC's VLAN (it is the config's to give)"),
                ("no_guard", "--no-guard", "loosen a NIC's policy (a user may only tighten "
-                                          "it: --mac-filter, --ip-filter)"))
+                                          "it: --mac-filter, --ip-filter)"),
+               ("move", "--move", "take a VM's logical switch port from another OVN "
+                                  "chassis"))
 _CONFIG_HINT = "ask root to add it to {where}"
 
 

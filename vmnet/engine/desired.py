@@ -36,7 +36,13 @@ def as_config(cfg: Config, rec: VmRecord, bridges: BridgeRecords) -> Config:
     nics = []
     for n in sorted(rec.nics, key=lambda n: n.index):
         net = networks.get(n.network)
-        if net is None or net.bridge != n.bridge:  # e.g. `up --bridge`: named after it
+        if n.ovn and (net is None or net.ovn is None):  # a network gone from the config
+            from vmnet.kinds.ovn import recorded
+
+            got = recorded(n)
+            assert got is not None
+            net = Network(name=n.network, bridge=n.bridge, kind="ovn", ovn=got[0])
+        elif net is None or net.bridge != n.bridge:  # e.g. `up --bridge`: named after it
             net = next((x for x in networks.values() if x.bridge == n.bridge),
                        Network(name=n.bridge, bridge=n.bridge))
         b = bridges.get(n.bridge)
@@ -45,7 +51,8 @@ def as_config(cfg: Config, rec: VmRecord, bridges: BridgeRecords) -> Config:
         networks[net.name] = net
         nics.append(NicSpec(network=net.name, mac=n.mac, queues=n.queues, mtu=n.mtu,
                             tap=n.tap, vnet_hdr=n.vnet_hdr, model=n.model,
-                            ip=n.ip if net.l3 else None, **n.policy_spec()))
+                            ip=n.ip if net.l3 or net.ovn else None,
+                            port=str(n.ovn["port"]) if n.ovn else None, **n.policy_spec()))
     owner, group = rec.nics[0].owner, rec.nics[0].group
     spec = VmSpec(user=None if owner is None else str(owner),
                   group=None if group is None else str(group), nics=tuple(nics))

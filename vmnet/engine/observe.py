@@ -161,6 +161,13 @@ class HostView:
                                      for a in self.k.addresses(lk.index)}
         return self._addrs[name]
 
+    def link_with_address(self, ip: str) -> LinkInfo | None:
+        """The link holding address `ip` (one dump of the namespace's addresses)."""
+        if self.k is None:
+            return None
+        a = next((a for a in self.k.addresses() if (a.local or a.address) == ip), None)
+        return None if a is None else self.by_index(a.index)
+
     def host_traffic(self, name: str, ours: set[str] | None = None) -> list[str]:
         """Why `name` carries the host's traffic (empty: it does not).
 

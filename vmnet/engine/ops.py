@@ -140,7 +140,8 @@ def up_resolved(ctx: Context, names: list[str],
                 resolve: Callable[[str, VmRecord | None], Vm], *, mode: Mode = "up",
                 dry_run: bool = False, holder: Proc | None = None,
                 domain_uuid: str | None = None, refuse_held: bool = False,
-                progress: Progress = None, force: bool = False) -> list[UpResult]:
+                progress: Progress = None, force: bool = False,
+                move: bool = False) -> list[UpResult]:
     """up_many for VMs whose model depends on their record: `resolve(name, record)` is
     called under the lock, with the record read there (vmnet.engine.desired: a VM that
     is up is its record, changed by the flags)."""
@@ -152,7 +153,7 @@ def up_resolved(ctx: Context, names: list[str],
         try:
             return _up_locked(ctx, store, k, names, resolve, mode=mode, dry_run=dry_run,
                               holder=holder, domain_uuid=domain_uuid, refuse_held=refuse_held,
-                              progress=progress, force=force)
+                              progress=progress, force=force, move=move)
         except BaseException:
             store.cleanup_dir()  # a refusal leaves the state directory as it was, too
             raise
@@ -161,7 +162,8 @@ def up_resolved(ctx: Context, names: list[str],
 def _up_locked(ctx: Context, store: StateStore, k: Kernel, names: list[str],
                resolve: Callable[[str, VmRecord | None], Vm], *, mode: Mode,
                dry_run: bool, holder: Proc | None, domain_uuid: str | None,
-               refuse_held: bool, progress: Progress, force: bool) -> list[UpResult]:
+               refuse_held: bool, progress: Progress, force: bool,
+               move: bool = False) -> list[UpResult]:
     prevs = {n: store.get_vm(n) for n in names}
     vms = [resolve(n, prevs[n]) for n in names]
     for vm in vms:
@@ -177,7 +179,7 @@ def _up_locked(ctx: Context, store: StateStore, k: Kernel, names: list[str],
             _refuse_renamed(vm, view)
     bridges = BridgeRecords(store)
     plans = plan_up_many(vms, view, Claims(store, exclude=names), bridges, force=force,
-                         site=ctx.site())
+                         site=ctx.site(), move=move)
     changes = {p.vm.name: setting_changes(prev, p.nics, view, force)
                for p in plans if (prev := prevs[p.vm.name]) is not None}
 

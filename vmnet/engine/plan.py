@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from vmnet.engine.observe import HostView
+    from vmnet.kinds.ovn import Chassis
     from vmnet.kinds.site import Site
     from vmnet.state.store import StateStore
 
@@ -236,7 +237,8 @@ def _plan_network(net: Network, view: HostView, bridges: BridgeRecords,
 
 
 def plan_up(vm: Vm, view: HostView, claims: Claims,
-            bridges: BridgeRecords, *, force: bool = False, site: Site | None = None) -> UpPlan:
+            bridges: BridgeRecords, *, force: bool = False, site: Site | None = None,
+            move: bool = False) -> UpPlan:
     """Steps that give `vm` its network; raises before any change if refused.
 
     `bridges`: updated with the bridge records this plan will write.  A tap of the
@@ -247,17 +249,31 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
     new: list[BridgeRecord] = []
     changed: list[BridgeRecord] = []
     notes: list[str] = []
-    for net in {n.network.bridge: n.network for n in vm.nics}.values():
+    chassis: dict[str, Chassis] = {}
+    for net in {n.network.name if n.network.ovn else n.network.bridge: n.network
+                for n in vm.nics}.values():
+        if net.ovn is not None:
+            from vmnet.kinds import ovn
+
+            chassis[net.name] = ovn.plan_network(net.ovn, net.bridge)
+            continue
         _plan_network(net, view, bridges, steps, new, changed, site, notes)
 
     nic_records: list[NicRecord] = []
     ips: set[str] = set()
+    nics: list[Nic] = []  # as they will be (an ovn NIC's MTU and vnet_hdr are the host's)
     for nic in vm.nics:
         bridge = nic.network.bridge
         owner = claims.tap_owner(nic.tap)
         if owner is not None and owner != vm.name:
             raise ConflictError(f"tap {nic.tap!r} already belongs to VM {owner!r}",
                                 ifname=nic.tap, hint="give this NIC another tap name")
+        if nic.network.ovn is not None:
+            nic = _plan_ovn_nic(vm, nic, view, claims, chassis[nic.network.name], steps,
+                                nic_records, move=move, force=force)
+            nics.append(nic)
+            continue
+        nics.append(nic)
         link = view.link(nic.tap)
         br = view.link(bridge)
         assert br is not None  # made by _plan_network
@@ -314,8 +330,54 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
         view.planned(LinkInfo(0, nic.tap, "tun", nic.tap_mac, mtu or 1500, True, False,
                               br.index, spec.alias), bridge)
     claims.add(vm.name, nic_records)
+    if nics != list(vm.nics):
+        vm = Vm(name=vm.name, uid=vm.uid, gid=vm.gid, nics=tuple(nics), user=vm.user)
     return UpPlan(vm=vm, steps=steps, nics=nic_records, new_bridges=new,
                   changed_bridges=changed, notes=notes)
+
+
+def _plan_ovn_nic(vm: Vm, nic: Nic, view: HostView, claims: Claims, ch: Chassis,
+                  steps: list[Step], records: list[NicRecord], *, move: bool,
+                  force: bool) -> Nic:
+    """A NIC on an ovn network: its tap, plugged into the integration bridge and bound to
+    its logical switch port (vmnet.kinds.ovn).  Returns the NIC as it will be."""
+    from vmnet.kinds import ovn
+
+    other = claims.mac_owner(nic.network.bridge, nic.mac)
+    if other is not None and other != vm.name:
+        raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} is already "
+                            f"used by VM {other!r} on this chassis' OVN networks",
+                            hint="give a different --mac (or set it in the config file)")
+    link = view.link(nic.tap)
+    op = ovn.plan_nic(vm, nic, ch, view, move=move)
+    nic = Nic(**{**nic.as_dict(), "mtu": op.mtu, "vnet_hdr": op.vnet_hdr})  # type: ignore[arg-type]
+    steps += op.before
+    if link is not None:
+        _check_existing_tap(vm, nic, link)
+        held = link.carrier and not force
+        new_mac = nic.tap_mac if link.mac != nic.tap_mac else None
+        if new_mac and held:
+            raise BusyError(f"tap {nic.tap!r} of VM {vm.name!r} is held by a running guest, "
+                            f"whose MAC is fixed in its QEMU: MAC {nic.mac} would not reach "
+                            "it", ifname=nic.tap, hint="stop the VM, then `vmnet up` again")
+        if new_mac or link.mtu != op.mtu:
+            steps.append(ConfigureTap(nic.tap, new_mac, op.mtu if link.mtu != op.mtu else None,
+                                      link.mac, link.mtu))
+        if not link.up:
+            steps.append(SetUp(nic.tap))
+        steps += [s for s in op.after if s.check(view) is not None]
+    else:
+        spec = TapSpec(name=nic.tap, owner=vm.uid, group=vm.gid, multi_queue=nic.multi_queue,
+                       mac=nic.tap_mac, mtu=op.mtu, alias=vm.mark(nic))
+        steps += [CreateTap(spec), SetUp(nic.tap), *op.after]
+        view.planned(LinkInfo(0, nic.tap, "tun", nic.tap_mac, op.mtu, True, False, None,
+                              spec.alias))
+    records.append(NicRecord(
+        index=nic.index, tap=nic.tap, bridge=nic.network.bridge, network=nic.network.name,
+        mac=nic.mac, tap_mac=nic.tap_mac, mtu=op.mtu, queues=nic.queues,
+        vnet_hdr=op.vnet_hdr, owner=vm.uid, group=vm.gid, model=nic.model, ip=nic.ip,
+        ovn=op.record))
+    return nic
 
 
 def _vlans_record(nic: Nic) -> dict[str, object] | None:
@@ -393,7 +455,7 @@ def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | 
 
 def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
                  bridges: BridgeRecords, *, force: bool = False,
-                 site: Site | None = None) -> list[UpPlan]:
+                 site: Site | None = None, move: bool = False) -> list[UpPlan]:
     """Plans for several VMs at once, each seeing what the ones before it will create.
 
     Any refusal refuses the whole batch (the error names the VM).
@@ -405,7 +467,8 @@ def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
             raise InputError(f"VM {vm.name!r} is named twice")
         seen.add(vm.name)
         try:
-            plans.append(plan_up(vm, view, claims, bridges, force=force, site=site))
+            plans.append(plan_up(vm, view, claims, bridges, force=force, site=site,
+                                 move=move))
         except VmnetError as e:
             if len(vms) > 1:
                 e.message = f"VM {vm.name!r}: {e.message}"
@@ -489,10 +552,16 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
     used_bridges: set[str] = set()
     hosts: list[Step] = []
     unprotect: list[str] = []
+    unplug: list[Step] = []  # ovn NICs' interfaces and logical ports (before their taps)
     for vm, rec in batch.items():
         if rec is not None:
             for n in rec.nics:
-                used_bridges.add(n.bridge)
+                if n.ovn:
+                    from vmnet.kinds import ovn
+
+                    unplug += ovn.down_steps(vm, n)
+                else:
+                    used_bridges.add(n.bridge)
                 if n.filter:
                     unprotect.append(n.tap)
                 if n.ip is not None and site is not None:
@@ -533,6 +602,7 @@ def plan_down_many(batch: dict[str, VmRecord | None], view: HostView,
     steps: list[Step] = []
     if unprotect:
         steps.append(UnprotectPorts(tuple(unprotect)))
+    steps += unplug
     if taps:
         steps.append(DeleteLinks(tuple(taps)))
     steps.extend(hosts)

@@ -31,6 +31,7 @@ class NicStatus(Value):
         "leased",
         "mac",
         "mtu",
+        "ovn",
         "owner",
         "queues",
         "rx_bytes",
@@ -45,7 +46,8 @@ class NicStatus(Value):
                  group: int | None, mac: str, tap_mac: str | None, mtu: int | None,
                  queues: int, vnet_hdr: bool, held: bool, holders: list[str], rx_bytes: int,
                  tx_bytes: int, state: str, ip: str | None = None,
-                 leased: bool | None = None) -> None:
+                 leased: bool | None = None, ovn: dict[str, object] | None = None) -> None:
+        self.ovn = ovn  # on an ovn network: its logical port and binding (kinds.ovn)
         self.ip = ip  # its fixed address on a nat/isolated network
         self.leased = leased  # the guest has taken it by DHCP (None: not such a network)
         self.index = index
@@ -62,7 +64,7 @@ class NicStatus(Value):
         self.holders = holders
         self.rx_bytes = rx_bytes
         self.tx_bytes = tx_bytes
-        self.state = state  # ok | missing | foreign | detached | down
+        self.state = state  # ok | missing | foreign | detached | down | unbound
 
     def to_json(self) -> dict[str, object]:
         return self.as_dict()
@@ -104,6 +106,10 @@ def nic_steps(vm: str, n: NicRecord) -> list[Step]:
                    mac=n.tap_mac, mtu=n.mtu, alias=nic_mark(vm, n.index))
     from vmnet.nicpolicy import filters
 
+    if n.ovn:
+        from vmnet.kinds import ovn
+
+        return [CreateTap(spec), *ovn.record_steps(vm, n)]
     out: list[Step] = [CreateTap(spec), AttachTap(n.tap, n.bridge)]
     f = filters.recorded(n)
     if f is not None:
@@ -151,7 +157,8 @@ def vm_status(rec: VmRecord, view: HostView, holders: dict[str, list[str]],
             rx_bytes=link.rx_bytes if ours and link else 0,
             tx_bytes=link.tx_bytes if ours and link else 0, state=state, ip=n.ip,
             leased=None if n.ip is None or leases is None else
-            (leases.get(n.bridge) or {}).get(n.mac) == n.ip))
+            (leases.get(n.bridge) or {}).get(n.mac) == n.ip,
+            ovn=_ovn_status(n)))
     writer_alive = rec.writer.alive()
     stale = (rec.phase != "ready" and not writer_alive) or \
         (rec.mode == "run" and holder_alive is False) or \
@@ -159,6 +166,14 @@ def vm_status(rec: VmRecord, view: HostView, holders: dict[str, list[str]],
     return VmStatus(vm=rec.vm, mode=rec.mode, phase=rec.phase, writer_alive=writer_alive,
                     holder_alive=holder_alive, domain_uuid=rec.domain_uuid, stale=stale,
                     nics=nics)
+
+
+def _ovn_status(n: NicRecord) -> dict[str, object] | None:
+    if not n.ovn:
+        return None
+    from vmnet.kinds import ovn
+
+    return ovn.port_status(n)
 
 
 def unrecorded_taps(view: HostView, records: dict[str, VmRecord]) -> list[str]:

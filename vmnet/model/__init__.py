@@ -26,10 +26,61 @@ from vmnet.model.names import (
 )
 from vmnet.model.value import Value
 
-KINDS = ("bridge", "nat", "isolated")
+KINDS = ("bridge", "nat", "isolated", "ovn")
 L3_KINDS = ("nat", "isolated")  # kinds with a host address, DHCP and DNS (vmnet.engine.l3)
 DEFAULT_DOMAIN = "vmnet"
 MAX_L3_PREFIX = 29  # a /30 leaves one guest address beside the host's: too small for DHCP
+OVN_BRIDGE = "br-int"  # the integration bridge ovn-controller manages (its ovn-bridge)
+OVS_DB = "unix:/var/run/openvswitch/db.sock"
+OVN_NB_DB = "unix:/var/run/ovn/ovnnb_db.sock"
+OVN_RUNDIR = "/var/run/ovn"
+OVN_BIND_TIMEOUT = 20.0  # seconds `up` waits for this chassis to bind a port
+
+
+class Ovn(Value):
+    """How a kind "ovn" network reaches OVN: its logical switch, the northbound database
+    (unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT, with key, certificate and CA for ssl),
+    this chassis' Open vSwitch database, and ovn-controller's run directory."""
+
+    __slots__ = ("bind_timeout", "nb", "ovs", "rundir", "ssl_ca", "ssl_cert", "ssl_key",
+                 "switch")
+
+    def __init__(self, switch: str, nb: str = OVN_NB_DB, ovs: str = OVS_DB,
+                 rundir: str = OVN_RUNDIR, ssl_key: str | None = None,
+                 ssl_cert: str | None = None, ssl_ca: str | None = None,
+                 bind_timeout: float = OVN_BIND_TIMEOUT) -> None:
+        self.switch = switch
+        self.nb = nb
+        self.ovs = ovs
+        self.rundir = rundir
+        self.ssl_key = ssl_key
+        self.ssl_cert = ssl_cert
+        self.ssl_ca = ssl_ca
+        self.bind_timeout = bind_timeout
+
+    def check(self, what: str) -> None:
+        v.ovn_name(self.switch, f"{what} switch")
+        for key, addr in (("northbound", self.nb), ("ovs_db", self.ovs)):
+            v.ovsdb_address(addr, f"{what} {key}")
+        ssl = (self.ssl_key, self.ssl_cert, self.ssl_ca)
+        if self.nb.startswith("ssl:") and None in ssl:
+            raise InputError(f"{what} northbound: {self.nb!r} needs ssl_key, ssl_cert and "
+                             "ssl_ca (the private key, certificate and CA certificate files)")
+        if not self.nb.startswith("ssl:") and ssl != (None, None, None):
+            raise InputError(f"{what}: ssl_key, ssl_cert and ssl_ca are for an ssl: "
+                             "northbound address")
+        for key, path in (("ovn_rundir", self.rundir), ("ssl_key", self.ssl_key),
+                          ("ssl_cert", self.ssl_cert), ("ssl_ca", self.ssl_ca)):
+            if path is not None and not path.startswith("/"):
+                raise InputError(f"{what} {key}: {path!r} is not an absolute path")
+        v.duration(self.bind_timeout, f"{what} bind_timeout", 0.1, 600.0)
+
+    def to_json(self) -> dict[str, object]:
+        return {k: val for k, val in self.as_dict().items() if val is not None}
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> Ovn:
+        return cls(**d)  # type: ignore[arg-type]
 
 
 class Network(Value):
@@ -42,15 +93,16 @@ class Network(Value):
     """
 
     __slots__ = ("address", "bridge", "domain", "forward_delay", "kind", "mtu", "name",
-                 "outbound", "stp", "upstream", "uplink", "vlan_filtering")
+                 "outbound", "ovn", "stp", "upstream", "uplink", "vlan_filtering")
 
     def __init__(self, name: str, bridge: str, uplink: str | None = None,
                  mtu: int | None = None, stp: bool = False, forward_delay: int = 0,
                  address: str | None = None, kind: str = "bridge",
                  outbound: str | None = None, domain: str | None = None,
                  upstream: tuple[str, ...] | None = None,
-                 vlan_filtering: bool = False) -> None:
+                 vlan_filtering: bool = False, ovn: Ovn | None = None) -> None:
         self.vlan_filtering = vlan_filtering  # a bridge vmnet creates is VLAN-aware
+        self.ovn = ovn  # kind "ovn": the logical switch and databases (bridge: br-int)
         self.name = name
         self.bridge = bridge
         self.uplink = uplink
@@ -97,6 +149,15 @@ class Network(Value):
                 raise InputError(f"{what}: a {self.kind} network has no uplink (guests reach "
                                  "the outside through the host's routing); use kind = "
                                  "\"bridge\" to bridge an interface")
+        if (self.kind == "ovn") != (self.ovn is not None):
+            raise InputError(f"{what}: a kind \"ovn\" network names its logical switch "
+                             "(switch = \"...\"); switch and the OVN keys are for kind "
+                             "\"ovn\" only")
+        if self.ovn is not None:
+            self.ovn.check(what)
+            if self.uplink is not None or self.address is not None or self.stp:
+                raise InputError(f"{what}: an ovn network has no uplink, address or stp "
+                                 "(its integration bridge is ovn-controller's)")
         if self.vlan_filtering and self.kind != "bridge":
             raise InputError(f"{what}: vlan_filtering is for kind \"bridge\" networks")
         if self.kind not in L3_KINDS and (self.outbound, self.domain, self.upstream) != (
@@ -139,8 +200,8 @@ class Nic(Value):
     """One virtual NIC of a VM: a tap on a network's bridge."""
 
     __slots__ = ("addresses", "from_vm", "guard", "index", "ip", "ip_filter", "mac",
-                 "mac_filter", "model", "mtu", "native_vlan", "network", "port_isolation",
-                 "queues", "tap", "to_vm", "trunk", "vlan", "vnet_hdr")
+                 "mac_filter", "model", "mtu", "native_vlan", "network", "port",
+                 "port_isolation", "queues", "tap", "to_vm", "trunk", "vlan", "vnet_hdr")
 
     def __init__(self, index: int, network: Network, tap: str, mac: str, queues: int = 1,
                  mtu: int | None = None, vnet_hdr: bool = True,
@@ -149,7 +210,9 @@ class Nic(Value):
                  guard: bool | None = None, addresses: tuple[str, ...] = (),
                  port_isolation: bool = False, to_vm: tuple[int, int] | None = None,
                  from_vm: tuple[int, int] | None = None, vlan: int | None = None,
-                 trunk: tuple[int, ...] = (), native_vlan: int | None = None) -> None:
+                 trunk: tuple[int, ...] = (), native_vlan: int | None = None,
+                 port: str | None = None) -> None:
+        self.port = port  # an ovn network's logical switch port (None: vmnet-VM-INDEX)
         self.vlan = vlan  # access port: untagged to the VM, its PVID
         self.trunk = tuple(trunk)  # tagged VLANs to the VM
         self.native_vlan = native_vlan  # a trunk's untagged VLAN
@@ -176,11 +239,26 @@ class Nic(Value):
         if self.mtu is not None:
             v.mtu(self.mtu, f"{what} mtu")
         if self.ip is not None:
-            if not network.l3:
+            if not network.l3 and network.kind != "ovn":
                 raise InputError(f"{what} ip: network {network.name!r} is of kind "
-                                 f"{network.kind!r}; fixed addresses are for nat and "
-                                 "isolated networks")
+                                 f"{network.kind!r}; fixed addresses are for nat, "
+                                 "isolated and ovn networks")
             v.ipv4(self.ip, f"{what} ip")
+        if self.port is not None:
+            if network.kind != "ovn":
+                raise InputError(f"{what} port: a logical switch port is for an ovn "
+                                 f"network; {network.name!r} is of kind {network.kind!r}")
+            v.ovn_name(self.port, f"{what} port")
+        if network.kind == "ovn":
+            bad = [k for k, on in (("port_isolation", port_isolation),
+                                   ("rate", to_vm is not None or from_vm is not None),
+                                   ("vlan/trunk", vlan is not None or bool(trunk)))
+                   if on]
+            if bad:
+                raise InputError(f"{what}: {', '.join(bad)} cannot be set on ovn network "
+                                 f"{network.name!r}: its ports live on OVN's logical switch "
+                                 "(use OVN's QoS, port groups or localnet tags in the "
+                                 "northbound database)")
 
         for i, a in enumerate(self.addresses):
             v.address(a, f"{what} addresses[{i}]")
@@ -239,6 +317,10 @@ class Vm(Value):
     def mark(self, nic: Nic) -> str:
         return nic_mark(self.name, nic.index)
 
+    def lsp(self, nic: Nic) -> str:
+        """The logical switch port of a NIC on an ovn network."""
+        return nic.port or f"vmnet-{self.name}-{nic.index}"
+
 
 __all__ = [
     "BARE_BRIDGE",
@@ -250,9 +332,11 @@ __all__ = [
     "KINDS",
     "L3_KINDS",
     "MARK_PREFIX",
+    "OVN_BRIDGE",
     "QEMU_OUI",
     "Network",
     "Nic",
+    "Ovn",
     "Vm",
     "bridge_mark",
     "default_mac",

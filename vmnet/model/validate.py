@@ -275,3 +275,30 @@ def _is_number(text: str) -> bool:
 def vlan_id(value: object, what: str) -> int:
     """A VLAN id a port can carry: 1..4094 (0 means "no VLAN", 4095 is reserved)."""
     return int_range(value, what, 1, 4094)
+
+
+def ovsdb_address(value: object, what: str) -> str:
+    """An OVSDB remote as OVS writes them: unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT
+    (several, comma-separated, for a clustered database)."""
+    if not isinstance(value, str) or not value or _spaced_or_unprintable(value):
+        raise InputError(f"{what}: expected an OVSDB address like unix:/run/ovn/ovnnb_db.sock "
+                         f"or tcp:192.0.2.10:6641, got {value!r}")
+    for part in value.split(","):
+        proto, _, rest = part.partition(":")
+        if proto == "unix" and rest.startswith("/"):
+            continue
+        host, _, port = rest.rpartition(":")
+        if proto in ("tcp", "ssl") and host and port.isdigit() and 0 < int(port) < 65536:
+            continue
+        raise InputError(f"{what}: {part!r} is not unix:/ABSOLUTE/PATH, tcp:HOST:PORT or "
+                         "ssl:HOST:PORT")
+    return value
+
+
+def ovn_name(value: object, what: str) -> str:
+    """A logical switch or port name: printable, no spaces, at most 255 characters."""
+    if not isinstance(value, str) or not value or len(value) > 255 or \
+            _spaced_or_unprintable(value):
+        raise InputError(f"{what}: {value!r} is not a logical name (printable, no spaces, "
+                         "1..255 characters)")
+    return value

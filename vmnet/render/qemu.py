@@ -86,10 +86,14 @@ def netdev(nic: Nic, *, fds: Sequence[int] | None = None,
 
 
 def device(nic: Nic) -> list[str]:
-    """`-device MODEL,netdev=...,mac=...` (+ mq=on,vectors=2Q+2 for Q queues)."""
+    """`-device MODEL,netdev=...,mac=...` (+ mq=on,vectors=2Q+2 for Q queues; host_mtu=
+    for a virtio-net NIC with an MTU)."""
     pairs: list[tuple[str, str | int]] = [("netdev", nic.netdev_id), ("mac", nic.mac)]
     if nic.queues > 1:
         pairs += [("mq", "on"), ("vectors", 2 * nic.queues + 2)]
+    mtu = nic.mtu or nic.network.mtu
+    if mtu and nic.model.startswith("virtio-net"):
+        pairs.append(("host_mtu", mtu))  # the guest learns it (VIRTIO_NET_F_MTU), as <mtu>'s
     return ["-device", _opts(nic.model, pairs)]
 
 
@@ -116,7 +120,10 @@ def up_lines(vm: Vm) -> list[str]:
     lines = []
     owner = owner_text(vm.uid, vm.gid)
     for nic in vm.nics:
-        lines.append(f"{vm.name}: tap {nic.tap} on bridge {nic.network.bridge} "
+        on = f"bridge {nic.network.bridge}" if nic.network.ovn is None else \
+            f"logical switch {nic.network.ovn.switch} (port {vm.lsp(nic)} on " \
+            f"{nic.network.bridge}, MTU {nic.mtu})"
+        lines.append(f"{vm.name}: tap {nic.tap} on {on} "
                      f"(owner {owner}, mac {nic.mac}, queues {nic.queues})")
     lines.append("QEMU options: " + " ".join(shell_quote(a) for a in vm_args(vm)))
     return lines

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 
-from vmnet.errors import StateError
+from vmnet.errors import InputError, StateError
 from vmnet.model.value import Value
 from vmnet.state.files import proc_start_time
 
@@ -94,6 +94,7 @@ class NicRecord(Value):
         "model",
         "mtu",
         "network",
+        "ovn",
         "owner",
         "queues",
         "rate",
@@ -109,7 +110,10 @@ class NicRecord(Value):
                  model: str = DEFAULT_MODEL, ip: str | None = None,
                  filter: dict[str, object] | None = None, isolated: bool = False,
                  rate: dict[str, list[int]] | None = None,
-                 vlans: dict[str, object] | None = None) -> None:
+                 vlans: dict[str, object] | None = None,
+                 ovn: dict[str, object] | None = None) -> None:
+        # on an ovn network: {"switch", "port", "chassis", "net": the network's OVN keys}
+        self.ovn = ovn
         self.rate = rate  # {"to_vm": [bits/s, burst bytes], "from_vm": [...]}
         self.vlans = vlans  # {"vlan": N} or {"trunk": [N, ...], "native": N or null}
         self.isolated = isolated  # port_isolation
@@ -132,7 +136,7 @@ class NicRecord(Value):
 
     def to_json(self) -> dict[str, object]:
         d = {s: getattr(self, s) for s in self.__slots__}
-        for key in ("ip", "filter", "isolated", "rate", "vlans"):
+        for key in ("ip", "filter", "isolated", "rate", "vlans", "ovn"):
             if not d[key]:
                 del d[key]  # (unused: the record reads as before 0.5)
         return d
@@ -278,7 +282,6 @@ def _proc(d: object) -> Proc:
 
 
 def _name(value: str) -> str:
-    from vmnet.errors import InputError
     from vmnet.model import validate
 
     try:
@@ -326,7 +329,8 @@ def vm_from_json(d: object, path: str = "record") -> VmRecord:
             filter=_filter(_get(n, "filter", dict, optional=True)),
             isolated=_get(n, "isolated", bool, optional=True, default=False),
             rate=_rate(_get(n, "rate", dict, optional=True)),
-            vlans=_vlans(_get(n, "vlans", dict, optional=True))))
+            vlans=_vlans(_get(n, "vlans", dict, optional=True)),
+            ovn=_ovn(_get(n, "ovn", dict, optional=True))))
     holder = d.get("holder")
     created_at = _get(d, "created_at", (int, float), optional=True, default=0.0)
     return VmRecord(vm=_get(d, "vm", str), mode=mode, phase=phase,
@@ -372,6 +376,22 @@ def _filter(d: dict[str, Any] | None) -> dict[str, object] | None:
             not isinstance(d.get("addresses"), list) or \
             not all(isinstance(a, str) for a in d["addresses"]):
         raise Corrupt("port filter is not mac, ip, guard and addresses")
+    return d
+
+
+def _ovn(d: dict[str, Any] | None) -> dict[str, object] | None:
+    if d is None:
+        return None
+    net = d.get("net")
+    if not all(isinstance(d.get(k), str) for k in ("switch", "port", "chassis")) or \
+            not isinstance(net, dict) or not all(isinstance(k, str) for k in net):
+        raise Corrupt("ovn is not switch, port, chassis and net")
+    try:
+        from vmnet.model import Ovn
+
+        Ovn.from_json(net).check("record")
+    except (TypeError, InputError) as e:
+        raise Corrupt(f"ovn net: {e}") from None
     return d
 
 

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
     from vmnet.config import Config
     from vmnet.engine.context import Context
+    from vmnet.model import Vm
+    from vmnet.state.records import VmRecord
     from vmnet.state.store import StateStore
 
 IFUP = "vmnet-qemu-ifup"
@@ -45,10 +47,11 @@ IFDOWN = "vmnet-qemu-ifdown"
 class Port(Value):
     """What ifup does to a tap: the bridge it joins, its MTU and MAC (None: leave)."""
 
-    __slots__ = ("bridge", "mtu", "nic_mtu", "source", "tap", "tap_mac")
+    __slots__ = ("bridge", "mtu", "nic_mtu", "ovn", "source", "tap", "tap_mac")
 
     def __init__(self, tap: str, bridge: str, mtu: int | None, tap_mac: str | None,
-                 source: str, nic_mtu: bool = False) -> None:
+                 source: str, nic_mtu: bool = False, ovn: str | None = None) -> None:
+        self.ovn = ovn  # a tap `up` made on an ovn network: its VM (brought up again)
         self.tap = tap
         self.bridge = bridge
         self.mtu = mtu
@@ -63,7 +66,8 @@ def port_from_records(tap: str, store: StateStore) -> Port | None:
     rec = None if vm is None else store.get_vm(vm)
     for n in rec.nics if rec is not None else ():
         if n.tap == tap:
-            return Port(tap, n.bridge, n.mtu, n.tap_mac, f"record of VM {vm} NIC {n.index}")
+            return Port(tap, n.bridge, n.mtu, n.tap_mac, f"record of VM {vm} NIC {n.index}",
+                        ovn=vm if n.ovn else None)
     return None
 
 
@@ -89,6 +93,11 @@ def port_from_config(tap: str, cfg: Config, env: Mapping[str, str]) -> Port:
         except VmnetError:
             continue  # not a name vmnet could have given this tap
         for nic in vm.nics:
+            if nic.tap == tap and nic.network.ovn is not None:
+                raise ConflictError(f"{tap} is for ovn network {nic.network.name!r} (VM "
+                                    f"{name}), whose taps `vmnet up` makes", ifname=tap,
+                                    hint=f"`vmnet up {name}` first, then start QEMU with "
+                                         f"`vmnet qemu-args {name}` (ifname mode)")
             if nic.tap == tap:
                 return Port(tap, nic.network.bridge, nic.mtu or nic.network.mtu, nic.tap_mac,
                             f"{'config' if name in cfg.vms else 'default'} VM {name} "
@@ -110,11 +119,14 @@ def find_port(tap: str, store: StateStore, env: Mapping[str, str]
     return port_from_config(tap, cfg, env), cfg
 
 
-def ifup(tap: str, env: Mapping[str, str], ctx: Context) -> Port:
+def ifup(tap: str, env: Mapping[str, str], ctx: Context, daemon: bool = False) -> Port:
     """Apply MTU, MAC, IPv6 off, bridge and up to an existing tap; return what was done.
 
     Under the namespace lock, as `up` and `down` are: a `down` racing this never
-    deletes the bridge under the tap being enslaved.
+    deletes the bridge under the tap being enslaved.  A tap `vmnet up` made on an ovn
+    network is brought back to what `up` made (plugged and bound) by that same `up`,
+    and only through vmnetd (`daemon`): OVN's databases take writes from root's CLI,
+    the hook and vmnetd, never from a script QEMU runs.
     """
     store = ctx.store()
     with store.locked(ctx.lock_timeout):
@@ -122,13 +134,42 @@ def ifup(tap: str, env: Mapping[str, str], ctx: Context) -> Port:
             port = _ifup_locked(tap, env, ctx, store)
         finally:
             store.cleanup_dir()  # the lock made the namespace's directory: gone if empty
+    if port.ovn is not None:
+        _ovn_up(port, env, ctx, daemon)
     return port
+
+
+def _ovn_up(port: Port, env: Mapping[str, str], ctx: Context, daemon: bool) -> None:
+    vm = port.ovn
+    assert vm is not None
+    if not daemon:
+        raise PrivilegeError(f"{port.tap} is on an ovn network (VM {vm}): the ifup script "
+                             "writes to OVN's databases only through vmnetd",
+                             hint="start vmnetd; or open the tap with `vmnet run` or "
+                                  "`vmnet qemu-args` (ifname mode) after `vmnet up`")
+    from vmnet.config import Overrides, load_config, resolve_vm
+    from vmnet.engine import ops
+    from vmnet.engine.desired import as_config
+    from vmnet.engine.plan import BridgeRecords
+
+    store = ctx.store()
+    cfg = load_config(None, env, cache_dir=store.root)
+
+    def resolve(name: str, rec: VmRecord | None) -> Vm:
+        if rec is None:
+            raise NotFoundError(f"VM {name!r} went down while its tap {port.tap} came up")
+        return resolve_vm(as_config(cfg, rec, BridgeRecords(store)), name, Overrides(),
+                          env=env)
+
+    ops.up_resolved(ctx, [vm], resolve)
 
 
 def _ifup_locked(tap: str, env: Mapping[str, str], ctx: Context, store: StateStore) -> Port:
     from vmnet.engine.ownership import is_our_bridge
 
     port, cfg = find_port(tap, store, env)
+    if port.ovn is not None:
+        return port  # (not a Linux bridge's port: `up` does it, after the lock)
     k = ctx.kernel()
     link = k.link(tap)
     if link is None:
@@ -168,7 +209,7 @@ def _ifup_locked(tap: str, env: Mapping[str, str], ctx: Context, store: StateSto
     return port
 
 
-def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
+def ifdown(tap: str, env: Mapping[str, str], ctx: Context, daemon: bool = False) -> None:
     """Take the tap off its bridge and down; a tap already gone is fine.
 
     Only off the bridge ifup puts it on (the same lookup: records, then config):
@@ -200,7 +241,7 @@ def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
             store.cleanup_dir()
 
 
-def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
+def serve(prog: str, action: Callable[[str, Mapping[str, str], Context, bool], object],
           argv: list[str], env: Mapping[str, str], privileged: bool | None = None) -> int:
     """Run the script's action here (in-process, or in vmnetd for a root QEMU, which
     says whether its peer holds CAP_NET_ADMIN: `privileged`)."""
@@ -222,7 +263,7 @@ def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object]
                       lock_timeout=DEFAULT_LOCK_TIMEOUT if not timeout else
                       validate.duration(timeout, "$VMNET_LOCK_TIMEOUT"))
         try:
-            action(tap, env, ctx)
+            action(tap, env, ctx, privileged is not None)
         finally:
             ctx.close()
     except VmnetError as e:
