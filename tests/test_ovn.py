@@ -43,7 +43,7 @@ class Host:
         self.config = str(root / f"vmnet-{ch.name}.toml")
         self.write(extra)
 
-    def write(self, extra: str = "", *, nb: str | None = None) -> None:
+    def write(self, extra: str = "", *, nb: str | None = None, network: str = "") -> None:
         Path(self.config).write_text(f"""
 [networks.o]
 kind = "ovn"
@@ -52,6 +52,7 @@ northbound = "{nb or self.world.nb}"
 ovs_db = "{self.ch.ovs_db}"
 ovn_rundir = "{self.ch.ovn_rundir}"
 bind_timeout = 10
+{network}
 
 [defaults]
 network = "o"
@@ -369,6 +370,29 @@ def test_the_ifup_script_refuses_ovn_unless_vmnetd_runs(
         # and through vmnetd, down removes the port from the databases as the CLI does
         a.vmnet("down", "vm1")
         assert lsp(world, "vmnet-vm1-0") is None and a.ports() == []
+    finally:
+        d.stop()
+
+
+def test_a_user_without_root_plugs_a_nic_through_vmnetd_but_may_not_move_it(
+        world: OvnWorld, hosts: dict[str, Host]) -> None:
+    a = hosts["a"]
+    uid = 64123
+    a.write(f'[vms.uvm]\nuser = {uid}\n[[vms.uvm.nics]]\nmac = "52:54:00:0a:00:33"\n',
+            network=f"allow_users = [{uid}]")
+    user = ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups"]
+    d = Vmnetd(a.state, a.config, ns=a.ch.ns)
+    try:
+        r = vmnet(None, a.state, "up", "uvm", prefix=user)
+        assert r.returncode == 0, r.stderr
+        assert binding(world, "vmnet-uvm-0") == "a" and a.ports() == ["uvm-0"]
+        link = a.ch.ns.link("uvm-0")
+        assert link is not None and int(link["linkinfo"]["info_data"]["user"]) == uid
+        r = vmnet(None, a.state, "up", "uvm", "--move", prefix=user)
+        assert r.returncode != 0 and "--move" in r.stderr, r.stderr
+        r = vmnet(None, a.state, "down", "uvm", prefix=user)
+        assert r.returncode == 0, r.stderr
+        assert lsp(world, "vmnet-uvm-0") is None and a.ports() == []
     finally:
         d.stop()
 
