@@ -251,7 +251,14 @@ def network_list(g: Globals, values: Values) -> None:
     finally:
         ctx.close()
     nets = []
+    ovn_up = {n.network for r in (store.vms() if os.path.isdir(store.dir) else {}).values()
+              for n in r.nics if n.ovn} if any(n.ovn for n in cfg.networks.values()) else set()
     for net in cfg.networks.values():
+        if net.ovn is not None:  # (its switch is OVN's; "up": a NIC of this host is on it)
+            nets.append({"network": net.name, "kind": net.kind, "bridge": net.bridge,
+                         "up": net.name in ovn_up, "subnet": None, "switch": net.ovn.switch,
+                         "northbound": net.ovn.nb, "state": None})
+            continue
         row = rows.pop(net.bridge, None)
         nets.append({"network": net.name, "kind": net.kind, "bridge": net.bridge,
                      "up": row is not None and bool(row.get("present")),
@@ -268,10 +275,11 @@ def network_list(g: Globals, values: Values) -> None:
         st = n["state"] if isinstance(n["state"], dict) else {}
         pid = st.get("dnsmasq_pid")
         table.append((str(n["network"]), str(n["kind"]), str(n["bridge"]),
+                      f"switch {n['switch']}" if n["kind"] == "ovn" else
                       str(n["subnet"] or ("chosen at first up" if n["kind"] != "bridge"
                                           else "-")),
                       "yes" if n["up"] else "no",
-                      "-" if n["kind"] == "bridge" or not n["up"] else
+                      "-" if n["kind"] in ("bridge", "ovn") or not n["up"] else
                       (f"pid {pid}" if pid else "NOT running")))
     _print_table(table)
     for n in nets:
