@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tests.nsutil import Netns, netns
+from tests.world import stop_process
 
 __all__ = [
     "Chassis",
@@ -199,18 +200,8 @@ class _Daemon:
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM by PID, SIGKILL after ``grace`` s; reap.  Idempotent."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace)
 
 
 def _env(rundir: Path) -> dict[str, str]:
@@ -288,6 +279,14 @@ class OvnWorld:
     def nbctl(self, *args: str) -> str:
         """``ovn-nbctl --db=NB ARGS``; stdout (OvnWorldError on failure)."""
         return _ctl([_exe("ovn-nbctl"), f"--db={self.nb}", *args], self._env)
+
+    def bound(self, lsp: str) -> str:
+        """The name of the chassis the SB binds ``lsp`` to ("" when unbound)."""
+        uuid = self.sbctl("--bare", "--columns=chassis", "find", "Port_Binding",
+                          f"logical_port={lsp}").strip()
+        if not uuid:
+            return ""
+        return self.sbctl("--bare", "--columns=name", "list", "Chassis", uuid).strip()
 
     def sbctl(self, *args: str) -> str:
         """``ovn-sbctl --db=SB ARGS``; stdout (OvnWorldError on failure)."""

@@ -141,6 +141,8 @@ CASES = [
     ("two-networks-bridge", "web", Overrides(), "bridge"),
     ("hashed-name", "db<&\"'>", Overrides(), "ethernet"),
     ("rtl8139", "vm2", Overrides(model="rtl8139", macs=("02:00:00:00:00:01",)), "ethernet"),
+    # (what an ovn network on the userspace datapath gives: no vnet_hdr, the overlay's MTU)
+    ("no-offloads", "vm1", Overrides(vnet_hdr=False, mtu=1442, queues=2), "ethernet"),
 ]
 
 

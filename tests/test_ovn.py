@@ -107,15 +107,6 @@ def _value(v: object) -> object:
     return v
 
 
-def binding(world: OvnWorld, port: str) -> str:
-    """The chassis name SB's Port_Binding of `port` has (empty: none)."""
-    uuid = world.sbctl("--bare", "--columns=chassis", "find", "Port_Binding",
-                       f"logical_port={port}").strip()
-    if not uuid:
-        return ""
-    return world.sbctl("--bare", "--columns=name", "list", "Chassis", uuid).strip()
-
-
 @pytest.fixture
 def world() -> Iterator[OvnWorld]:
     with ovn_world() as w:
@@ -153,7 +144,7 @@ def test_up_plugs_a_system_port_bound_here_and_down_removes_only_it(
     assert isinstance(ext, dict) and ext["vmnet:vm"] == "vm1" and ext["vmnet:chassis"] == "a"
     assert p["options"] == {"requested-chassis": "a"}
     assert p["up"] is True
-    assert binding(world, "vmnet-vm1-0") == "a"
+    assert world.bound("vmnet-vm1-0") == "a"
 
     # a system port (type ""), never type=tap: OVS must not open the tap itself
     assert a.ports() == ["vm1-0"]
@@ -217,7 +208,7 @@ def test_a_restarted_controller_binds_the_port_again(
     st = json.loads(a.vmnet("status", "--json").stdout)["vms"][0]["nics"][0]
     assert st["state"] == "unbound" and st["ovn"]["bound"] is None
     a.ch.start_controller()
-    wait_until(lambda: binding(world, "vmnet-vm1-0") == "a", 20, "rebound to a")
+    wait_until(lambda: world.bound("vmnet-vm1-0") == "a", 20, "rebound to a")
     wait_until(lambda: a.iface_ids("vm1-0").get("ovn-installed") == "true", 20,
                "installed again")
     st = json.loads(a.vmnet("status", "--json").stdout)["vms"][0]["nics"][0]
@@ -299,7 +290,7 @@ def test_an_interface_holding_the_iface_id_is_replaced_only_if_vmnet_may(
     a.write('tap = "new0"\n')
     a.vmnet("up", "vm1")
     assert a.ports() == ["new0"]
-    assert binding(world, "vmnet-vm1-0") == "a"
+    assert world.bound("vmnet-vm1-0") == "a"
     assert a.ch.ns.link("old0") is not None  # the tap itself is its record's to remove
     a.vmnet("down", "vm1")
     a.ch.ns.ip("link", "del", "old0")
@@ -336,14 +327,14 @@ def test_move_takes_the_port_and_the_old_chassis_lets_go(
     p = lsp(world, "vmnet-vm1-0")
     assert p is not None and p["options"] == {"requested-chassis": "b"}
     assert isinstance(p["external_ids"], dict) and p["external_ids"]["vmnet:chassis"] == "b"
-    assert binding(world, "vmnet-vm1-0") == "b"
+    assert world.bound("vmnet-vm1-0") == "b"
     st = json.loads(a.vmnet("status", "--json").stdout)["vms"][0]["nics"][0]
     assert st["ovn"]["bound"] == "b" and st["ovn"]["requested"] == "b"
     assert "requested to b (moved)" in a.vmnet("status").stdout
     # down on a: its own interface goes, the port (b's now) stays
     a.vmnet("down", "vm1")
     assert a.ports() == [] and lsp(world, "vmnet-vm1-0") is not None
-    assert binding(world, "vmnet-vm1-0") == "b"
+    assert world.bound("vmnet-vm1-0") == "b"
     b.vmnet("down", "vm1")
     assert lsp(world, "vmnet-vm1-0") is None and b.ports() == []
 
@@ -385,7 +376,7 @@ def test_a_user_without_root_plugs_a_nic_through_vmnetd_but_may_not_move_it(
     try:
         r = vmnet(None, a.state, "up", "uvm", prefix=user)
         assert r.returncode == 0, r.stderr
-        assert binding(world, "vmnet-uvm-0") == "a" and a.ports() == ["uvm-0"]
+        assert world.bound("vmnet-uvm-0") == "a" and a.ports() == ["uvm-0"]
         link = a.ch.ns.link("uvm-0")
         assert link is not None and int(link["linkinfo"]["info_data"]["user"]) == uid
         r = vmnet(None, a.state, "up", "uvm", "--move", prefix=user)
@@ -426,7 +417,7 @@ def test_a_kill_anywhere_in_an_ovn_up_or_down_is_finished_by_gc(
             assert a.ports() == [], where
             assert a.ch.ns.link("vm1-0") is None, where
         a.vmnet("up", "vm1")
-        assert binding(world, "vmnet-vm1-0") == "a"
+        assert world.bound("vmnet-vm1-0") == "a"
         a.vmnet("down", "vm1")
 
 

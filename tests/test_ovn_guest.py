@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.guest import Guest, GuestImage, guest_argv
-from tests.ovnworld import OvnWorld, ovn_missing, ovn_world
-from tests.test_ovn import SWITCH, Host, binding
+from tests.ovnworld import OvnWorld, ovn_missing
+from tests.test_ovn import SWITCH, Host, world  # noqa: F401 - the OVN world fixture
 from tests.test_run import BOOT_TIMEOUT, image  # noqa: F401 - the guest fixture
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu,
@@ -96,14 +96,7 @@ def boot(host: Host, img: GuestImage, vm: str, ip: str, *, ping: str,
 
 
 @pytest.fixture
-def world() -> Iterator[OvnWorld]:
-    with ovn_world() as w:
-        w.nbctl("ls-add", SWITCH)
-        yield w
-
-
-@pytest.fixture
-def pair(world: OvnWorld) -> Iterator[tuple[Host, Host]]:
+def pair(world: OvnWorld) -> Iterator[tuple[Host, Host]]:  # noqa: F811
     """vm1 on chassis a, vm2 on chassis b."""
     root = Path(tempfile.mkdtemp(prefix="vmnet-ovng-"))
     root.chmod(0o755)
@@ -120,7 +113,8 @@ def pair(world: OvnWorld) -> Iterator[tuple[Host, Host]]:
 
 
 def test_guests_on_two_chassis_talk_over_geneve_and_a_spoofed_mac_gets_nothing_through(
-        world: OvnWorld, pair: tuple[Host, Host], image: GuestImage) -> None:  # noqa: F811
+        world: OvnWorld, pair: tuple[Host, Host],  # noqa: F811
+        image: GuestImage) -> None:  # noqa: F811
     a, b = pair
     spoof = ("sleep:10", f"mac:{SPOOF_MAC}")
     with boot(a, image, "vm1", IP1, ping=IP2, fetch=URL2, spoof=spoof) as g1, \
@@ -129,7 +123,7 @@ def test_guests_on_two_chassis_talk_over_geneve_and_a_spoofed_mac_gets_nothing_t
         g2.wait_for(rf"VMNET-PING-OK {re.escape(IP1)}\s", BOOT_TIMEOUT)
         # TCP across chassis (the guest segments: no vnet_hdr on the userspace datapath)
         g1.wait_for(rf"VMNET-FETCH-OK {re.escape(URL2)} vmnet-guest-ok", 60)
-        assert binding(world, "vmnet-vm1-0") == "a" and binding(world, "vmnet-vm2-0") == "b"
+        assert world.bound("vmnet-vm1-0") == "a" and world.bound("vmnet-vm2-0") == "b"
 
         # vm1 takes another MAC: port security drops everything it sends from it
         mark = g1.mark()
@@ -160,7 +154,8 @@ def test_without_the_tso_handling_tcp_across_chassis_stalls(
 
 
 def test_a_moved_port_is_reachable_on_the_new_chassis(
-        world: OvnWorld, pair: tuple[Host, Host], image: GuestImage) -> None:  # noqa: F811
+        world: OvnWorld, pair: tuple[Host, Host],  # noqa: F811
+        image: GuestImage) -> None:  # noqa: F811
     a, b = pair  # (both configs declare vm1: tests.test_ovn.Host)
     with boot(b, image, "vm2", IP2, ping=IP1) as g2:
         with boot(a, image, "vm1", IP1, ping=IP2):
@@ -168,9 +163,9 @@ def test_a_moved_port_is_reachable_on_the_new_chassis(
         mark = g2.mark()
         g2.wait_for(rf"VMNET-PING-LOST {re.escape(IP1)}\s", 30, since=mark)
         b.vmnet("up", "vm1", "--move")
-        assert binding(world, "vmnet-vm1-0") == "b"
+        assert world.bound("vmnet-vm1-0") == "b"
         with boot(b, image, "vm1", IP1, ping=IP2):
             g2.wait_for(rf"VMNET-PING-OK {re.escape(IP1)}\s", BOOT_TIMEOUT, since=mark)
         a.vmnet("down", "vm1")  # a lets go of its tap; the port is b's
-        assert binding(world, "vmnet-vm1-0") == "b"
+        assert world.bound("vmnet-vm1-0") == "b"
         assert "vmnet-vm1-0" in world.nbctl("lsp-list", SWITCH)

@@ -39,15 +39,6 @@ def guest(stack: contextlib.ExitStack, ch: Chassis, lsp: str, mac: str, ip: str)
     return g
 
 
-def bound_chassis(world: OvnWorld, lsp: str) -> str:
-    """The name of the chassis the SB binds ``lsp`` to ("" when unbound)."""
-    uuid = world.sbctl("--bare", "--columns=chassis", "find", "Port_Binding",
-                       f"logical_port={lsp}").strip()
-    if not uuid:
-        return ""
-    return world.sbctl("--bare", "--columns=name", "list", "Chassis", uuid).strip()
-
-
 def add_lsp(world: OvnWorld, lsp: str, mac: str, ip: str) -> None:
     world.nbctl("lsp-add", "ls0", lsp, "--", "lsp-set-addresses", lsp, f"{mac} {ip}")
 
@@ -100,8 +91,8 @@ def test_two_chassis_geneve_and_controller_restart() -> None:
         guests = {name: guest(stack, world.chassis[name], *port)
                   for name, port in PORTS.items()}
         wait_up(world, "lsp-a", "lsp-b")
-        assert bound_chassis(world, "lsp-a") == "a"
-        assert bound_chassis(world, "lsp-b") == "b"
+        assert world.bound("lsp-a") == "a"
+        assert world.bound("lsp-b") == "b"
         r = ping(guests["a"], PORTS["b"][2])
         assert r.returncode == 0, r.stdout + r.stderr
 
@@ -114,13 +105,13 @@ def test_two_chassis_geneve_and_controller_restart() -> None:
         world.nbctl("lsp-del", "lsp-a")
         add_lsp(world, *PORTS["a"])
         world.nbctl("--timeout=10", "--wait=sb", "sync")
-        assert bound_chassis(world, "lsp-a") == ""
+        assert world.bound("lsp-a") == ""
         a.start_controller()
         new = a.controller_pid()
         assert new is not None and new != old
         assert int(pidfile.read_text()) == new
         wait_up(world, "lsp-a")
-        assert bound_chassis(world, "lsp-a") == "a"
+        assert world.bound("lsp-a") == "a"
         world.nbctl("--timeout=10", "--wait=hv", "sync")
         r = ping(guests["a"], PORTS["b"][2])
         assert r.returncode == 0, r.stdout + r.stderr

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.nsutil import Netns, netns, sh
 
@@ -47,6 +48,7 @@ __all__ = [
     "dnsmasq",
     "dnsmasq_path",
     "public_tmpdir",
+    "stop_process",
     "world",
 ]
 
@@ -117,7 +119,7 @@ def public_tmpdir(prefix: str = "vmnet-world-") -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+def stop_process(proc: subprocess.Popen[Any], grace: float = 5.0) -> None:
     """SIGTERM the process (by its PID), SIGKILL after ``grace`` s; reap it."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
@@ -185,7 +187,7 @@ def dnsmasq(ns_name: str, args: Sequence[str], workdir: Path, *,
             time.sleep(0.02)
         yield server
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @dataclass
@@ -233,7 +235,7 @@ def _start_http(ns: Netns, address: str, clients_file: Path,
     finally:
         proc.stdout.close()  # it prints nothing after "ready"
     if line.strip() != b"ready":
-        _stop(proc)
+        stop_process(proc)
         raise WorldError(f"world HTTP server did not start: {line!r} "
                          f"{log.read_text(errors='replace')}")
     return proc
@@ -273,7 +275,7 @@ def world(ns_name: str, *, host_ip: str = "198.51.100.1/24",
         clients_file = scratch / "clients"
         clients_file.touch()
         http = _start_http(wns, world_addr, clients_file, scratch / "http.log")
-        stack.callback(_stop, http)
+        stack.callback(stop_process, http)
 
         server: Dnsmasq | None = None
         if dns:

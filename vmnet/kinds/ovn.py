@@ -281,9 +281,11 @@ class PutLsp(Step):
                 a.lsp_add(self.switch, self.port, external_ids=ext,
                           options={REQUESTED: self.chassis}, **cols)])
             return
-        if now.vm not in (None, self.vm) or (now.vm is None and now.external_ids):
-            raise ConflictError(f"logical switch port {self.port!r} changed hands while "
-                                f"vmnet worked (now VM {now.vm!r})")
+        seen = self.prev.chassis if self.prev is not None else None
+        if now.vm != self.vm or now.chassis not in (seen, self.chassis):
+            raise ConflictError(f"logical switch port {self.port!r} changed while vmnet "
+                                f"planned (now VM {now.vm!r}, chassis {now.chassis!r})",
+                                hint="run `vmnet up` again to see what it holds now")
         options = {**now.options, REQUESTED: self.chassis}
         ovsdb.run(a, f"updating logical switch port {self.port!r}", [
             a.db_set("Logical_Switch_Port", self.port, ("external_ids", ext),
@@ -389,7 +391,10 @@ class BindPort(Step):
         got = iface(self.net, self.tap)
         if got is None or got.bridge != self.bridge:
             return "detached"
-        return None if got.iface_id == self.iface_id else "foreign"
+        if got.iface_id != self.iface_id:
+            return "foreign"
+        return None if all(got.external_ids.get(k) == v for k, v in self.external_ids) and \
+            got.type == "" else "changed"
 
 
 class UnbindPort(Step):

@@ -84,6 +84,7 @@ class NicView:
     queues: int
     mtu: int | None
     alias: str
+    no_offloads: bool = False
 
 
 def libvirt_model(qemu_model: str) -> str:
@@ -95,7 +96,8 @@ def nic_view(nic: Nic, mode: str = "ethernet") -> NicView:
         raise InputError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
     return NicView(type=mode, mac=nic.mac, tap=nic.tap, bridge=nic.network.bridge,
                    model=libvirt_model(nic.model), queues=nic.queues,
-                   mtu=nic.mtu or nic.network.mtu, alias=alias_for(nic.tap))
+                   mtu=nic.mtu or nic.network.mtu, alias=alias_for(nic.tap),
+                   no_offloads=not nic.vnet_hdr and nic.model.startswith("virtio-net"))
 
 
 def interface_xml(nic: Nic, mode: str = "ethernet") -> str:
