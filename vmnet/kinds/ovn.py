@@ -134,7 +134,7 @@ def chassis(net: Ovn) -> Chassis:
                             hint="configure ovn-controller (system-id, ovn-remote, "
                                  "ovn-encap-type, ovn-encap-ip) with ovs-vsctl")
     bridge = ids.get("ovn-bridge", "br-int")
-    brow = next((b for b in ovsdb.rows(a, "Bridge") if b.name == bridge), None)
+    brow = ovsdb.lookup(a, "Bridge", bridge)
     if brow is None:
         raise NotFoundError(f"no integration bridge {bridge!r} in the Open vSwitch database "
                             f"at {net.ovs}", ifname=bridge,
@@ -172,32 +172,71 @@ def _lsp_of(row: Any, switch: str | None) -> Lsp:
 
 
 def lsp(net: Ovn, name: str) -> Lsp | None:
+    """A logical switch port (its switch: the network's if the port is on it, else the
+    one it is on, found by a scan of the switches)."""
     a = ovsdb.nb(net)
-    for sw in ovsdb.rows(a, "Logical_Switch"):
-        for p in sw.ports:
-            if p.name == name:
-                return _lsp_of(p, sw.name)
-    row = next((p for p in ovsdb.rows(a, "Logical_Switch_Port") if p.name == name), None)
-    return None if row is None else _lsp_of(row, None)
+    ovsdb.want(a, "Logical_Switch_Port", ["name", "==", name])
+    with a.ovsdb_connection.lock:
+        row = ovsdb.lookup(a, "Logical_Switch_Port", name)
+        if row is None:
+            return None
+        ours = ovsdb.lookup(a, "Logical_Switch", net.switch)
+        if ours is not None and row in ours.ports:
+            return _lsp_of(row, net.switch)
+        on = next((sw.name for sw in a.tables["Logical_Switch"].rows.values()
+                   if row in sw.ports), None)
+        return _lsp_of(row, on)
 
 
 def switch_exists(net: Ovn) -> bool:
-    return any(sw.name == net.switch for sw in ovsdb.rows(ovsdb.nb(net), "Logical_Switch"))
+    return ovsdb.lookup(ovsdb.nb(net), "Logical_Switch", net.switch) is not None
 
 
-def ifaces(net: Ovn) -> list[Iface]:
+def _iface_of(a: Any, row: Any) -> Iface:
+    """An Interface row as data, with the bridge its port (named as it is) is on."""
+    port = ovsdb.lookup(a, "Port", row.name)
+    bridge = None if port is None else next(
+        (b.name for b in a.tables["Bridge"].rows.values() if port in b.ports), None)
+    return Iface(row.name, row.type, bridge, dict(row.external_ids))
+
+
+def holding(net: Ovn, iface_id: str) -> list[Iface]:
+    """This chassis' Interfaces whose external_ids:iface-id is `iface_id` (one scan of the
+    Interface table's external_ids)."""
     a = ovsdb.ovs(net)
-    owner: dict[Any, str] = {}
-    for b in ovsdb.rows(a, "Bridge"):
-        for p in b.ports:
-            for i in p.interfaces:
-                owner[i.uuid] = b.name
-    return [Iface(i.name, i.type, owner.get(i.uuid), dict(i.external_ids))
-            for i in ovsdb.rows(a, "Interface")]
+    ovsdb.want(a, "Interface", ["external_ids", "includes", ["map", [["iface-id", iface_id]]]])
+    with a.ovsdb_connection.lock:
+        names = [r.name for r in a.tables["Interface"].rows.values()
+                 if r.external_ids.get("iface-id") == iface_id]
+    ovsdb.want(a, "Port", *(["name", "==", n] for n in names))
+    with a.ovsdb_connection.lock:
+        return [_iface_of(a, r) for r in a.tables["Interface"].rows.values()
+                if r.external_ids.get("iface-id") == iface_id]
+
+
+def _want_port(a: Any, name: str) -> None:
+    ovsdb.want(a, "Interface", ["name", "==", name])
+    ovsdb.want(a, "Port", ["name", "==", name])
 
 
 def iface(net: Ovn, name: str) -> Iface | None:
-    return next((i for i in ifaces(net) if i.name == name), None)
+    a = ovsdb.ovs(net)
+    _want_port(a, name)
+    with a.ovsdb_connection.lock:
+        row = ovsdb.lookup(a, "Interface", name)
+        return None if row is None else _iface_of(a, row)
+
+
+def installed(net: Ovn, name: str, iface_id: str) -> bool:
+    """ovn-controller has installed Interface `name` bound to `iface_id` (one lookup)."""
+    a = ovsdb.ovs(net)
+    _want_port(a, name)
+    with a.ovsdb_connection.lock:
+        row = ovsdb.lookup(a, "Interface", name)
+        if row is None:
+            return False
+        ids = row.external_ids
+        return bool(ids.get("ovn-installed") == "true" and ids.get("iface-id") == iface_id)
 
 
 def binding_chassis(net: Ovn, sb_address: str | None, port: str) -> str | None:
@@ -209,10 +248,10 @@ def binding_chassis(net: Ovn, sb_address: str | None, port: str) -> str | None:
         a = ovsdb.sb(sb_address)
     except OvnError:
         return None
-    for pb in ovsdb.rows(a, "Port_Binding"):
-        if pb.logical_port == port:
-            return pb.chassis[0].name if pb.chassis else None
-    return None
+    ovsdb.want(a, "Port_Binding", ["logical_port", "==", port])
+    with a.ovsdb_connection.lock:
+        pb = ovsdb.lookup(a, "Port_Binding", port)
+        return pb.chassis[0].name if pb is not None and pb.chassis else None
 
 
 def overlay_mtu(ch: Chassis, view: HostView) -> int:
@@ -379,10 +418,22 @@ class BindPort(Step):
 
     def run(self, k: Kernel) -> None:
         a = ovsdb.ovs(self.net)
+        _want_port(a, self.tap)  # (add-port's may_exist and the check below read them)
         ovsdb.run(a, f"adding {self.tap!r} to {self.bridge!r}", [
             a.add_port(self.bridge, self.tap, may_exist=True),
             a.db_set("Interface", self.tap, ("type", ""),
                      ("external_ids", dict(self.external_ids)))])
+        # ovs-vswitchd reports a port it could not open only in the Interface row (and
+        # ovsdbapp only logs it): refused here, the port taken out again.
+        with a.ovsdb_connection.lock:
+            row = ovsdb.lookup(a, "Interface", self.tap)
+            error = (row.error[0] if row.error else None) if row is not None else "gone"
+            ofport = (row.ofport[0] if row.ofport else None) if row is not None else None
+        if error or ofport == -1:
+            ovsdb.run(a, f"removing {self.tap!r} again", [a.del_port(self.tap, if_exists=True)])
+            raise OvnError(f"Open vSwitch could not add {self.tap!r} to {self.bridge!r}: "
+                           f"{error or 'no OpenFlow port'}", ifname=self.tap,
+                           hint="see ovs-vswitchd's log")
 
     def undo(self) -> Step:
         return UnbindPort(self.net, self.tap, self.iface_id, dict(self.external_ids)[MARK_KEY])
@@ -441,8 +492,7 @@ class WaitBound(Step):
         start = time.monotonic()
         deadline = start + self.net.bind_timeout
         while True:
-            got = iface(self.net, self.tap)
-            if got is not None and got.installed and got.iface_id == self.port:
+            if installed(self.net, self.tap, self.port):
                 from vmnet import log
 
                 log.debug(f"{self.port}: bound on this chassis after "
@@ -547,8 +597,8 @@ def plan_nic(vm: Vm, nic: Nic, ch: Chassis, view: HostView, *, move: bool) -> Ov
         before.append(want)
     # An interface of this chassis already holding the iface-id: ours to unplug only if
     # it is a vmnet tap no process holds.
-    for other in ifaces(net):
-        if other.iface_id != port or other.name == nic.tap:
+    for other in holding(net, port):
+        if other.name == nic.tap:
             continue
         link = view.link(other.name)
         mark = other.external_ids.get(MARK_KEY)
