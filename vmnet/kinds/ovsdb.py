@@ -55,12 +55,12 @@ class OvnError(VmnetError):
 # (python-ovs from PyPI parses JSON in pure Python: ~2.4 ms per port at 100 ports).
 NARROW = {"Open_vSwitch": ("Port", "Interface"), "OVN_Northbound": ("Logical_Switch_Port",),
           "OVN_Southbound": ("Port_Binding",)}
-MAX_CLAUSES = 256  # a table asked for more rows than this is monitored whole
+MAX_CLAUSES = 16  # a table asked for more rows than this is monitored whole (bulk, vmnetd)
 WANT_TIMEOUT = 10.0
 
 _lock = threading.Lock()
 _wanted: dict[int, dict[str, list[Any]]] = {}
-_apis: dict[tuple[str, str], Any] = {}
+_apis: dict[tuple[str, str, int], Any] = {}
 _ssl_set: tuple[str | None, str | None, str | None] | None = None
 
 
@@ -130,8 +130,11 @@ def set_ssl(net: Ovn) -> None:
 
 
 def api(address: str, schema: str) -> Any:
-    """The ovsdbapp API of the database at `address` (connected once, then kept)."""
-    key = (address, schema)
+    """The ovsdbapp API of the database at `address` (connected once per network
+    namespace, then kept: a tcp: connection lives in the namespace it was made in)."""
+    from vmnet.kernel.netns import current_inode
+
+    key = (address, schema, current_inode())
     with _lock:
         got = _apis.get(key)
         if got is not None:
