@@ -67,7 +67,8 @@ def test_the_example_config_parses_and_covers_every_setting() -> None:
 
     text = cli(["config", "example"]).stdout
     cfg = parse_config(text, "example")
-    assert set(cfg.networks) == {"default", "bare", "lan", "lab"} and set(cfg.vms) == {"web"}
+    assert set(cfg.networks) == {"default", "bare", "lan", "lab", "cloud"}
+    assert set(cfg.vms) == {"web"}
     keys = {line.split("=")[0].strip() for line in text.splitlines()
             if "=" in line and not line.lstrip().startswith("#")}
     assert (_NETWORK_KEYS | _VM_KEYS - {"nics"} | _NIC_KEYS | {"network", "data_dir"}) <= keys

@@ -44,6 +44,20 @@ firewall_fix = false       # true: insert a commented accept for this bridge int
                            # chains that would drop its traffic (Docker's DOCKER-USER,
                            # a drop-policy forward or input chain); removed with the network
 
+[networks.cloud]
+kind = "ovn"               # ovn: NICs on an OVN logical switch (pip install 'vmnet[ovn]');
+                           # this host must be an OVN chassis (ovn-controller runs here)
+switch = "ls-cloud"        # required: the logical switch (it must exist)
+northbound = "ssl:192.0.2.10:6641"  # default unix:/var/run/ovn/ovnnb_db.sock; tcp: or
+ssl_key = "/etc/vmnet/ovn/key.pem"    # ssl: (these three then required)
+ssl_cert = "/etc/vmnet/ovn/cert.pem"
+ssl_ca = "/etc/vmnet/ovn/cacert.pem"
+ovs_db = "unix:/var/run/openvswitch/db.sock"  # this chassis' Open vSwitch database
+ovn_rundir = "/var/run/ovn"  # where ovn-controller writes its pid file
+bind_timeout = 20          # seconds `up` waits for ovn-controller to bind a port
+                           # bridge: default "br-int"; mtu: default what the overlay
+                           # leaves (1442 for Geneve on a 1500-byte IPv4 underlay)
+
 [vms.web]
 user = "alice"             # tap owner: name or uid; default $SUDO_USER, else root
 group = "kvm"              # tap group: name or gid; a group alone grants that group
@@ -79,4 +93,8 @@ port_isolation = true      # no traffic with the bridge's other isolated ports (
 [[vms.web.nics]]
 network = "lan"
 vlan = 30                  # an access port of VLAN 30: untagged to the VM
+
+[[vms.web.nics]]
+network = "cloud"
+port = "web-cloud"         # ovn: its logical switch port; default vmnet-<vm>-<n>
 """
