@@ -246,10 +246,13 @@ def test_fds_handed_out_survive_the_daemon(ns: Netns, state_dir: str, tmp_path: 
 
 
 CLIENT_DOOR = """
-import sys
+import posix, sys
 sys.path.insert(0, {root!r})
 door = sys.argv[1]
 sys.argv = [door, *sys.argv[2:]]
+def _exit(code):  # a served door ends with posix._exit: here, so that we can look after
+    raise SystemExit(code)
+posix._exit = _exit
 try:
     if door == "vmnet":
         from vmnet.daemon.client import main

@@ -23,6 +23,7 @@ from vmnet.daemon import wire
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from typing import NoReturn
 
     from vmnet.daemon.wire import Plain
 
@@ -271,6 +272,21 @@ def print_reply(reply: Mapping[str, Plain]) -> int:
     return rc if isinstance(rc, int) and not isinstance(rc, bool) else 1
 
 
+def exit_served(rc: int) -> NoReturn:
+    """End a door's process once vmnetd has served it and its reply is printed: output
+    flushed, then posix._exit, which skips the interpreter's teardown (freeing every
+    object and module: over a millisecond, more than the rest of the client costs).
+    Nothing here needs it: the connection and the fds are closed, nothing is registered
+    with atexit, and no file of ours is open for writing.  (A door that ran in-process
+    ends the usual way.)"""
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - contextlib costs an import on this path
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: the status still tells
+            pass
+    posix._exit(rc & 0xFF)
+
+
 # -- `vmnet`: which command lines the daemon serves -----------------------------------
 SERVED = frozenset({"up", "down", "status", "list", "gc", "qemu-args", "ip", "network"})
 _VALUED = frozenset({"--netns", "--state-dir", "--config", "--lock-timeout"})
@@ -374,5 +390,7 @@ def main() -> None:
     if rc is None:
         from vmnet.cli.main import execute
 
-        rc = execute(argv, None)
-    sys.exit(rc)
+        sys.exit(execute(argv, None))
+    if command_word(argv) == "run":  # QEMU ran as this process's child: the usual end
+        sys.exit(rc)
+    exit_served(rc)

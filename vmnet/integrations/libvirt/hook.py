@@ -291,13 +291,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if op in (PREPARE, STARTED, RELEASE):
             data = read_bounded(stdin)
             from vmnet.daemon.client import call as ask
-            from vmnet.daemon.client import environ, print_reply
+            from vmnet.daemon.client import environ, exit_served, print_reply
 
             got = ask(state_dir, "hook", args, environ(), stdin=data)
             if got is not None:
                 for fd in got[1]:
                     posix.close(fd)
-                return print_reply(got[0])
+                exit_served(print_reply(got[0]))
             import io
 
             stdin = io.BytesIO(data)

@@ -17,7 +17,7 @@ IFDOWN = "vmnet-qemu-ifdown"
 
 
 def _main(prog: str, argv: list[str]) -> int:
-    from vmnet.daemon.client import call, environ, print_reply
+    from vmnet.daemon.client import call, environ, exit_served, print_reply
 
     env = environ()
     try:
@@ -35,7 +35,7 @@ def _main(prog: str, argv: list[str]) -> int:
 
         for fd in got[1]:
             posix.close(fd)
-        return print_reply(got[0])
+        exit_served(print_reply(got[0]))
     import os
 
     from vmnet.integrations.qemu import ifup
