@@ -265,9 +265,9 @@ try:
         sys.exit(main())
 except SystemExit as e:
     code = e.code
-heavy = ("os", "typing", "re", "json", "vmnet.model", "vmnet.config", "vmnet.engine.ops",
-         "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args", "vmnet.cli.main",
-         "vmnet.errors", "vmnet.integrations.qemu.ifup")
+heavy = ("os", "typing", "__future__", "re", "json", "vmnet.model", "vmnet.config",
+         "vmnet.engine.ops", "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args",
+         "vmnet.cli.main", "vmnet.errors", "vmnet.integrations.qemu.ifup")
 sys.stderr.write(f"EXIT {{code}} HEAVY {{sorted(m for m in heavy if m in sys.modules)}}\\n")
 """
 
