@@ -121,7 +121,8 @@ def ifup(tap: str, env: Mapping[str, str], ctx: Context) -> Port:
         try:
             port = _ifup_locked(tap, env, ctx, store)
         finally:
-            store.cleanup_dir()  # the lock made the namespace's directory: gone if empty
+            # the lock made the namespace's directory: gone if empty (ifup writes nothing)
+            store.cleanup_dir(tidy=False)
     return port
 
 
@@ -197,7 +198,7 @@ def ifdown(tap: str, env: Mapping[str, str], ctx: Context) -> None:
                     return
             k.set_link(tap, nomaster=detach, up=False)
         finally:
-            store.cleanup_dir()
+            store.cleanup_dir(tidy=False)
 
 
 def serve(prog: str, action: Callable[[str, Mapping[str, str], Context], object],
