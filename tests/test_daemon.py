@@ -261,13 +261,14 @@ try:
         from vmnet.integrations.qemu.scripts import main_ifup
         main_ifup()
     else:
-        from vmnet.integrations.libvirt.hook import main
+        from vmnet.daemon.libvirt_hook import main
         sys.exit(main())
 except SystemExit as e:
     code = e.code
 heavy = ("os", "typing", "__future__", "re", "json", "vmnet.model", "vmnet.config",
          "vmnet.engine.ops", "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args",
-         "vmnet.cli.main", "vmnet.errors", "vmnet.integrations.qemu.ifup")
+         "vmnet.cli.main", "vmnet.errors", "vmnet.integrations.qemu.ifup",
+         "vmnet.integrations.libvirt.hook")
 sys.stderr.write(f"EXIT {{code}} HEAVY {{sorted(m for m in heavy if m in sys.modules)}}\\n")
 """
 

@@ -16,17 +16,19 @@ replacement XML), leave no child behind, and do not block forever (libvirtd
 waits without a timeout, so lock waits are bounded).  A non-zero exit at
 `prepare` aborts the start and libvirt shows our one stderr line.
 
-Import-light on purpose: builtins only at import (libvirtd runs this for
-every event of every domain); the XML reader (pyexpat), the config and
-vmnet.engine.ops are imported only when there is work.
+The process entry point is vmnet.daemon.libvirt_hook (vmnetd first); this is
+the hook's logic, which vmnetd runs (vmnet.daemon.doors) or that entry runs
+in-process.  Import-light all the same: builtins only at import; the XML reader
+(pyexpat), the config and vmnet.engine.ops are imported only when there is work.
 """
 
-# No `from __future__ import annotations` here: importing __future__ costs a door that
-# vmnetd serves ~0.2 ms; annotations naming TYPE_CHECKING-only types are strings.
+from __future__ import annotations
 
 import sys
 
 from vmnet.consts import DEFAULT_STATE_DIR, HOOK_LOCK_TIMEOUT, MAX_XML_BYTES
+from vmnet.daemon.libvirt_hook import PREPARE, RELEASE, STARTED, read_bounded, say
+from vmnet.daemon.libvirt_hook import main as main
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
@@ -36,11 +38,6 @@ if TYPE_CHECKING:
     from vmnet.integrations.libvirt.domainxml import DomainInfo
 
 DEFAULT_LOCK_TIMEOUT = HOOK_LOCK_TIMEOUT
-# (op, subop) pairs with work; libvirt 9.0 also calls start/started/stopped,
-# reconnect, migrate, restore, attach: none of them concerns the taps.
-PREPARE = ("prepare", "begin")
-STARTED = ("started", "begin")  # QEMU runs: it becomes the holder of the domain's VMs
-RELEASE = ("release", "end")
 
 
 class Call:
@@ -58,7 +55,7 @@ class Call:
         self.domain, self.op, self.subop = domain, op, subop
 
 
-def parse_args(argv: "Sequence[str]") -> Call:
+def parse_args(argv: Sequence[str]) -> Call:
     from vmnet.errors import InputError
 
     opts: dict[str, str] = {}
@@ -82,37 +79,7 @@ def parse_args(argv: "Sequence[str]") -> Call:
                 domain=pos[0], op=pos[1], subop=pos[2])
 
 
-def _route(argv: "Sequence[str]") -> tuple[str, tuple[str, str]]:
-    """The state directory and (op, subop) of a call, read without validating anything
-    (parse_args does, wherever the call is handled): all the client needs."""
-    state_dir = DEFAULT_STATE_DIR
-    pos: list[str] = []
-    for arg in argv:
-        if arg.startswith("--state-dir=") and not pos:
-            state_dir = arg[len("--state-dir="):] or DEFAULT_STATE_DIR
-        elif not (arg.startswith("--") and "=" in arg and not pos):
-            pos.append(arg)
-    return state_dir, (pos[1], pos[2]) if len(pos) >= 3 else ("", "")
-
-
-def read_bounded(stream: "IO[bytes]", limit: int = MAX_XML_BYTES) -> bytes:
-    """Read at most limit+1 bytes; more than `limit` is refused (not parsed)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = stream.read(min(65536, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > limit:
-        from vmnet.errors import InputError
-
-        raise InputError(f"domain XML on stdin is larger than {limit >> 20} MiB; refused")
-    return b"".join(chunks)
-
-
-def _drain(stream: "IO[bytes]") -> None:
+def _drain(stream: IO[bytes]) -> None:
     """Swallow stdin (bounded) so libvirt's write of the XML never blocks or fails."""
     try:
         for _ in range(MAX_XML_BYTES // 65536 + 1):
@@ -122,7 +89,7 @@ def _drain(stream: "IO[bytes]") -> None:
         pass
 
 
-def prepare(call: Call, info: "DomainInfo") -> list[str]:
+def prepare(call: Call, info: DomainInfo) -> list[str]:
     """Bring up every vmnet VM the domain names; all-or-nothing.  Returns VM names."""
     from vmnet.config import load_config, resolve_vm
     from vmnet.engine import ops
@@ -243,7 +210,7 @@ def release(call: Call, name: str, uuid: str | None) -> list[str]:
     return names
 
 
-def run(argv: "Sequence[str]", stdin: "IO[bytes]") -> int:
+def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
     """The hook's logic; raises VmnetError for anything a person should read."""
     call = parse_args(argv)
     if (call.op, call.subop) not in (PREPARE, STARTED, RELEASE):
@@ -270,69 +237,20 @@ def run(argv: "Sequence[str]", stdin: "IO[bytes]") -> int:
     return 0
 
 
-def main(argv: "Sequence[str] | None" = None) -> int:
-    """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.integrations.libvirt.hook`,
-    the installed hook file); one line on error.  Through vmnetd when one serves the
-    state directory (the XML and this process's network namespace go with the request)."""
-    # Nothing may reach stdout, whatever a library prints: libvirt may read
-    # it as replacement XML.
-    import posix  # (built in; os costs a millisecond for os.environ)
-
-    try:
-        devnull = posix.open("/dev/null", posix.O_WRONLY)
-        posix.dup2(devnull, 1)
-        posix.close(devnull)
-    except OSError:
-        pass
-    args = sys.argv[1:] if argv is None else list(argv)
-    stdin = sys.stdin.buffer
-    try:
-        state_dir, op = _route(args)
-        if op in (PREPARE, STARTED, RELEASE):
-            data = read_bounded(stdin)
-            from vmnet.daemon.client import call as ask
-            from vmnet.daemon.client import environ, exit_served, print_reply
-
-            got = ask(state_dir, "hook", args, environ(), stdin=data)
-            if got is not None:
-                for fd in got[1]:
-                    posix.close(fd)
-                exit_served(print_reply(got[0]))
-            import io
-
-            stdin = io.BytesIO(data)
-    except Exception as e:
-        from vmnet.errors import VmnetError
-
-        if not isinstance(e, VmnetError):
-            raise
-        _say(f"vmnet: error: {e.one_line()}")
-        return 1
-    return handle(args, stdin)
-
-
-def handle(args: "Sequence[str]", stdin: "IO[bytes]") -> int:
+def handle(args: Sequence[str], stdin: IO[bytes]) -> int:
     """The hook for one call, errors as their one line on stderr; the exit status."""
     from vmnet.errors import VmnetError
 
     try:
         return run(args, stdin)
     except VmnetError as e:
-        _say(f"vmnet: error: {e.one_line()}")
+        say(f"vmnet: error: {e.one_line()}")
         return 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug: still one line, never a traceback in libvirt's error
-        _say(f"vmnet: internal error: {type(e).__name__}: {e}")
+        say(f"vmnet: internal error: {type(e).__name__}: {e}")
         return 1
-
-
-def _say(line: str) -> None:
-    try:
-        sys.stderr.write(" ".join(line.split()) + "\n")
-        sys.stderr.flush()
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":
