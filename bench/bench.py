@@ -27,6 +27,8 @@ p99 latency); and the throughput of single-VM ups from one load process with
     --daemon-runs 21 --daemon-clients 100 --daemon-ups 1000 --daemon-inflight 100
     --daemon-profile FILE   also run the daemon under cProfile (stats to FILE);
                             its timings are then not the target's
+    --only daemon           only this vmnetd part (with --daemon-clients 0
+                            --daemon-ups 0: only its start commands)
 """
 
 from __future__ import annotations
@@ -485,6 +487,7 @@ class DaemonResult:
     def __init__(self) -> None:
         self.bare = 0.0  # median whole-process times (s), all run inside the namespace
         self.starts: dict[str, float] = {}
+        self.spread: dict[str, tuple[float, float]] = {}  # each one's quartiles (s)
         self.conc_lat: list[float] = []
         self.conc_fails: list[str] = []
         self.thr_lat: list[float] = []
@@ -562,6 +565,9 @@ def daemon_paths(runs: int, clients: int, total: int, inflight: int, tmp: str,
                     times[name].append(f_(i))
             res.bare = statistics.median(bares)
             res.starts = {k: statistics.median(v) for k, v in times.items()}
+            for what, v in {"bare": bares, **times}.items():
+                q = statistics.quantiles(v, n=4) if len(v) > 1 else [v[0]] * 3
+                res.spread[what] = (q[0], q[2])
             # one load process, inside the namespace
             r = subprocess.run(in_ns(ns, PY, os.path.abspath(__file__), "--load-worker", ns,
                                      state, cfg, str(clients), str(total), str(inflight)),
@@ -607,6 +613,50 @@ def import_times() -> dict[str, float]:
     return out
 
 
+def daemon_report(a: argparse.Namespace, tmp: str) -> dict[str, bool]:
+    """Run and print the vmnetd part; its verdicts."""
+    dm = daemon_paths(a.daemon_runs, a.daemon_clients, a.daemon_ups, a.daemon_inflight,
+                      tmp, a.daemon_profile)
+    print(f"through vmnetd (whole process inside the namespace, median of {a.daemon_runs} "
+          "interleaved runs, each under `ip netns exec`):")
+    def iqr(k: str) -> str:
+        lo, hi = dm.spread.get(k, (float("nan"), float("nan")))
+        return f"[IQR {lo * 1e3:.1f}-{hi * 1e3:.1f}]"
+
+    print(f"  {'bare python3 -IS -c pass':<32} {dm.bare * 1e3:7.1f} ms {iqr('bare')}")
+    for name, t in dm.starts.items():
+        own = statistics.median(dm.service.get(DAEMON_DOOR[name]) or [float("nan")])
+        print(f"  {name:<32} {t * 1e3:7.1f} ms {iqr(name)}: bare + {(t - dm.bare) * 1e3:5.1f}"
+              f" ms (vmnetd's own {own * 1e3:.2f} ms, the rest the client process)")
+    n_ok = len(dm.conc_lat) - len(dm.conc_fails)
+    if a.daemon_clients:
+        print(f"  {a.daemon_clients} concurrent clients (one load process): {n_ok} of "
+              f"{a.daemon_clients} served rc 0; latency p50 "
+              f"{percentile(dm.conc_lat, 50) * 1e3:.1f} ms, p99 "
+              f"{percentile(dm.conc_lat, 99) * 1e3:.1f} ms")
+    for line in dm.conc_fails[:3] + dm.thr_fails[:3]:
+        print(f"    failed: {line}")
+    if dm.total:
+        print(f"  {dm.total} single-VM ups, {a.daemon_inflight} in flight, a connection "
+              f"each: {dm.ups_s():.0f} ups/s ({dm.thr_wall:.2f} s; latency p50 "
+              f"{percentile(dm.thr_lat, 50) * 1e3:.1f} ms, p99 "
+              f"{percentile(dm.thr_lat, 99) * 1e3:.1f} ms; {len(dm.thr_fails)} failed; "
+              f"vmnetd's own per up: median "
+              f"{statistics.median(dm.service.get('up vm') or [float('nan')]) * 1e3:.2f} ms)")
+    print(f"  then down --all of {a.daemon_clients + dm.total + 2 * (a.daemon_runs + 1)} VMs "
+          f"through it: {dm.down_all * 1e3:.0f} ms; its log: "
+          + ", ".join(f"{v} {k}" for k, v in dm.served.items()))
+    if a.daemon_profile:
+        print(f"  (vmnetd ran under cProfile: stats in {a.daemon_profile}; timings slowed)")
+    out = {"vmnetd start": all((t - dm.bare) * 1e3 <= TARGETS["daemon_start_ms"]
+                               for t in dm.starts.values())}
+    if a.daemon_clients:
+        out["vmnetd served"] = n_ok >= TARGETS["daemon_served"] * a.daemon_clients
+    if a.daemon_ups:
+        out["vmnetd ups/s"] = dm.ups_s() >= TARGETS["daemon_ups_s"] and not dm.thr_fails
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10,100,1000")
@@ -624,6 +674,9 @@ def main() -> None:
                     help="of those, how many in flight at a time")
     ap.add_argument("--daemon-profile", metavar="FILE",
                     help="run vmnetd under cProfile, its stats to FILE (slows it)")
+    ap.add_argument("--only", choices=("daemon",),
+                    help="daemon: only the vmnetd part (its start commands, then the load "
+                         "unless --daemon-clients 0 --daemon-ups 0)")
     ap.add_argument("--load-worker", nargs=6, help=argparse.SUPPRESS,
                     metavar=("NS", "STATE", "CFG", "CLIENTS", "TOTAL", "INFLIGHT"))
     a = ap.parse_args()
@@ -640,6 +693,10 @@ def main() -> None:
     try:
         VMNET = os.path.join(launchers(tmp), "vmnet")
         print(f"vmnet as installed by scripts/install: {VMNET} (python -IS launcher)")
+        if a.only == "daemon":
+            for k, ok in daemon_report(a, tmp).items():
+                print(f"  {k:<16} {'met' if ok else 'MISSED'}")
+            return
         print(f"{'N':>6} {'vmnet up':>9} {'ip -batch':>9} {'ratio':>6}   "
               f"{'vmnet down':>10} {'ip del grp':>10} {'ratio':>6}   {'T0':>6} {'RSS MB':>7}")
         rows = {}
@@ -674,32 +731,7 @@ def main() -> None:
         print(f"single up on an empty host {first * 1e3:.1f} ms, next to {a.host_vms} VMs "
               f"{nth * 1e3:.1f} ms: x{nth / first:.2f} (medians of {a.single_runs} "
               "interleaved runs)")
-        dm = daemon_paths(a.daemon_runs, a.daemon_clients, a.daemon_ups, a.daemon_inflight,
-                          tmp, a.daemon_profile)
-        print(f"through vmnetd (whole process inside the namespace, median of {a.daemon_runs} "
-              "interleaved runs, each under `ip netns exec`):")
-        print(f"  {'bare python3 -IS -c pass':<32} {dm.bare * 1e3:7.1f} ms")
-        for name, t in dm.starts.items():
-            own = statistics.median(dm.service.get(DAEMON_DOOR[name]) or [float("nan")])
-            print(f"  {name:<32} {t * 1e3:7.1f} ms: bare + {(t - dm.bare) * 1e3:5.1f} ms "
-                  f"(vmnetd's own {own * 1e3:.1f} ms, the rest the client process)")
-        n_ok = len(dm.conc_lat) - len(dm.conc_fails)
-        print(f"  {a.daemon_clients} concurrent clients (one load process): {n_ok} of "
-              f"{a.daemon_clients} served rc 0; latency p50 {percentile(dm.conc_lat, 50) * 1e3:.1f}"
-              f" ms, p99 {percentile(dm.conc_lat, 99) * 1e3:.1f} ms")
-        for line in dm.conc_fails[:3] + dm.thr_fails[:3]:
-            print(f"    failed: {line}")
-        print(f"  {dm.total} single-VM ups, {a.daemon_inflight} in flight, a connection each: "
-              f"{dm.ups_s():.0f} ups/s ({dm.thr_wall:.2f} s; latency p50 "
-              f"{percentile(dm.thr_lat, 50) * 1e3:.1f} ms, p99 "
-              f"{percentile(dm.thr_lat, 99) * 1e3:.1f} ms; {len(dm.thr_fails)} failed; "
-              f"vmnetd's own per up: median "
-              f"{statistics.median(dm.service.get('up vm') or [float('nan')]) * 1e3:.2f} ms)")
-        print(f"  then down --all of {a.daemon_clients + dm.total + 2 * (a.daemon_runs + 1)} VMs "
-              f"through it: {dm.down_all * 1e3:.0f} ms; its log: "
-              + ", ".join(f"{v} {k}" for k, v in dm.served.items()))
-        if a.daemon_profile:
-            print(f"  (vmnetd ran under cProfile: stats in {a.daemon_profile}; timings slowed)")
+        verdict_d = daemon_report(a, tmp)
         print("import time of each edge (-X importtime, vmnet's modules, median):")
         for name, secs in import_times().items():
             print(f"  {name:<32} {secs * 1e3:6.1f} ms")
@@ -716,10 +748,7 @@ def main() -> None:
                                    if not k.startswith(" ")),
             "1,000th up": nth / first <= TARGETS["nth"],
             "peak RSS": r["rss"] < TARGETS["rss_mb"],
-            "vmnetd start": all((t - dm.bare) * 1e3 <= TARGETS["daemon_start_ms"]
-                                for t in dm.starts.values()),
-            "vmnetd served": n_ok >= TARGETS["daemon_served"] * a.daemon_clients,
-            "vmnetd ups/s": dm.ups_s() >= TARGETS["daemon_ups_s"] and not dm.thr_fails,
+            **verdict_d,
         }
         for k, ok in verdict.items():
             print(f"  {k:<16} {'met' if ok else 'MISSED'}")

@@ -246,10 +246,13 @@ def test_fds_handed_out_survive_the_daemon(ns: Netns, state_dir: str, tmp_path: 
 
 
 CLIENT_DOOR = """
-import sys
+import posix, sys
 sys.path.insert(0, {root!r})
 door = sys.argv[1]
 sys.argv = [door, *sys.argv[2:]]
+def _exit(code):  # a served door ends with posix._exit: here, so that we can look after
+    raise SystemExit(code)
+posix._exit = _exit
 try:
     if door == "vmnet":
         from vmnet.daemon.client import main
@@ -258,13 +261,14 @@ try:
         from vmnet.integrations.qemu.scripts import main_ifup
         main_ifup()
     else:
-        from vmnet.integrations.libvirt.hook import main
+        from vmnet.daemon.libvirt_hook import main
         sys.exit(main())
 except SystemExit as e:
     code = e.code
-heavy = ("os", "typing", "re", "json", "vmnet.model", "vmnet.config", "vmnet.engine.ops",
-         "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args", "vmnet.cli.main",
-         "vmnet.errors", "vmnet.integrations.qemu.ifup")
+heavy = ("os", "typing", "__future__", "re", "json", "vmnet.model", "vmnet.config",
+         "vmnet.engine.ops", "vmnet.state.store", "vmnet.kernel.linux", "vmnet.cli.args",
+         "vmnet.cli.main", "vmnet.errors", "vmnet.integrations.qemu.ifup",
+         "vmnet.integrations.libvirt.hook")
 sys.stderr.write(f"EXIT {{code}} HEAVY {{sorted(m for m in heavy if m in sys.modules)}}\\n")
 """
 

@@ -392,7 +392,7 @@ def test_install_writes_an_executable_hook_with_settings(tmp_path: Path) -> None
     assert path.stat().st_mode & 0o777 == 0o755
     text = path.read_text()
     assert text.startswith(f"#!{sys.executable} -IS\n") and hookinstall.MARKER in text
-    assert "from vmnet.integrations.libvirt.hook import main" in text
+    assert "from vmnet.daemon.libvirt_hook import main" in text
     assert f"--state-dir={tmp_path / 'st'}" in text and f"--config={tmp_path / 'c.toml'}" in text
     assert hookinstall.install(settings(tmp_path), str(hooks)).action == "unchanged"
     # The installed file runs, with no PATH at all, and ignores other operations.

@@ -522,8 +522,8 @@ def test_installed_hook_quotes_hostile_paths(tmp_path: Path) -> None:
     res = hookinstall.install(hookinstall.HookSettings(
         python=sys.executable, state_dir=state, config=cfg, lock_timeout=5), str(hooks))
     text = Path(res.path).read_text()
-    assert "from vmnet.integrations.libvirt.hook import main\n" in text
-    text = text.replace("from vmnet.integrations.libvirt.hook import main\n", "import json\n"
+    assert "from vmnet.daemon.libvirt_hook import main\n" in text
+    text = text.replace("from vmnet.daemon.libvirt_hook import main\n", "import json\n"
                         "def main(argv):\n    print(json.dumps(argv))\n    return 0\n")
     Path(res.path).write_text(text)  # the same settings, but printing the argv
     r = subprocess.run([res.path, "dom", "started", "begin", "-"], capture_output=True,

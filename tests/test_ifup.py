@@ -241,7 +241,9 @@ def test_checkout_shims(ns: Netns, state_dir: str, lab: str) -> None:
 
 def test_ifup_imports_stay_light(ns: Netns, state_dir: str, lab: str) -> None:
     """A whole ifup run loads no click, jinja2, pyroute2 or planner (QEMU waits on it)."""
-    code = ("import sys\n"
+    code = ("import posix, sys\n"
+            "def _exit(code):\n    raise SystemExit(code)\n"
+            "posix._exit = _exit  # through vmnetd the door ends with _exit: look after it\n"
             "from vmnet.integrations.qemu.ifup import main_ifup\n"
             "try:\n    main_ifup(['vm1-0'])\n"
             "except SystemExit as e:\n    assert e.code == 0, e.code\n"

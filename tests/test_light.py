@@ -96,7 +96,7 @@ def test_vm_starts_load_nothing_heavy(ns: Netns, tmp_path: Path, public: Path) -
            b"<uuid>6f1c2b3a-4d5e-4f60-8a7b-9c0d1e2f3a4b</uuid><metadata>"
            b"<vmnet:vmnet xmlns:vmnet='urn:vmnet:libvirt:1'><vmnet:vm name='k1'/>"
            b"</vmnet:vmnet></metadata></domain>")
-    assert probe(ns, "vmnet.integrations.libvirt.hook", "main", f"--state-dir={state}",
+    assert probe(ns, "vmnet.daemon.libvirt_hook", "main", f"--state-dir={state}",
                  f"--config={cfg}", "d1", "prepare", "begin", "-", stdin=xml) == []
     assert "k1-0" in ns.links()
     st = json.loads(subprocess.run(

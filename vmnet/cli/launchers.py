@@ -28,7 +28,7 @@ COMMANDS = {
     "vmnet": ("vmnet.daemon.client", "main"),
     "vmnet-qemu-ifup": ("vmnet.integrations.qemu.scripts", "main_ifup"),
     "vmnet-qemu-ifdown": ("vmnet.integrations.qemu.scripts", "main_ifdown"),
-    "vmnet-libvirt-hook": ("vmnet.integrations.libvirt.hook", "main"),
+    "vmnet-libvirt-hook": ("vmnet.daemon.libvirt_hook", "main"),
     "vmnetd": ("vmnet.daemon.main", "main"),
     "vmnet-bridge-helper": ("vmnet.integrations.qemu.helper", "main"),
 }

@@ -54,6 +54,9 @@ class UnknownFormat(StateError):
     """A record written in a format this vmnet cannot read."""
 
 
+_ME: Proc | None = None  # Proc.me(), once read
+
+
 class Proc(Value):
     """A process identity that survives pid reuse: pid + start time (clock ticks)."""
 
@@ -65,7 +68,15 @@ class Proc(Value):
 
     @classmethod
     def me(cls) -> Proc:
-        return cls.of(os.getpid()) or cls(os.getpid(), 0)
+        """This process (read once per pid: vmnetd asks on every request)."""
+        global _ME
+        pid = os.getpid()
+        if _ME is None or _ME.pid != pid:  # (a fork is another process)
+            me = cls.of(pid)
+            if me is None:
+                return cls(pid, 0)
+            _ME = me
+        return _ME
 
     @classmethod
     def of(cls, pid: int) -> Proc | None:

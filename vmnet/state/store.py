@@ -640,9 +640,15 @@ class StateStore:
                 return False
         return True
 
-    def cleanup_dir(self) -> None:
-        """Remove temp files of dead writers; the directory once it holds no records."""
-        self._remove_dead_tmp()
+    def cleanup_dir(self, *, tidy: bool = True) -> None:
+        """Remove temp files of dead writers; the directory once it holds no records.
+
+        tidy=False: only the latter, for a caller that wrote nothing (the ifup/ifdown
+        scripts): the temp-file sweep lists every record directory, which a VM start
+        should not pay for next to 1,000 VMs; the writers' own cleanup (up, down, gc)
+        sweeps them."""
+        if tidy:
+            self._remove_dead_tmp()
         if not self.is_empty():
             return
         _rmtree_quietly(os.path.join(self.dir, "ports"))

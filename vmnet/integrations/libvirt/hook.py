@@ -16,9 +16,10 @@ replacement XML), leave no child behind, and do not block forever (libvirtd
 waits without a timeout, so lock waits are bounded).  A non-zero exit at
 `prepare` aborts the start and libvirt shows our one stderr line.
 
-Import-light on purpose: builtins only at import (libvirtd runs this for
-every event of every domain); the XML reader (pyexpat), the config and
-vmnet.engine.ops are imported only when there is work.
+The process entry point is vmnet.daemon.libvirt_hook (vmnetd first); this is
+the hook's logic, which vmnetd runs (vmnet.daemon.doors) or that entry runs
+in-process.  Import-light all the same: builtins only at import; the XML reader
+(pyexpat), the config and vmnet.engine.ops are imported only when there is work.
 """
 
 from __future__ import annotations
@@ -26,21 +27,17 @@ from __future__ import annotations
 import sys
 
 from vmnet.consts import DEFAULT_STATE_DIR, HOOK_LOCK_TIMEOUT, MAX_XML_BYTES
+from vmnet.daemon.libvirt_hook import PREPARE, RELEASE, STARTED, read_bounded, say
+from vmnet.daemon.libvirt_hook import main as main
 
 TYPE_CHECKING = False  # typing costs ~2 ms to import; mypy treats this name as true
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import IO
 
-    from vmnet.errors import VmnetError
     from vmnet.integrations.libvirt.domainxml import DomainInfo
 
 DEFAULT_LOCK_TIMEOUT = HOOK_LOCK_TIMEOUT
-# (op, subop) pairs with work; libvirt 9.0 also calls start/started/stopped,
-# reconnect, migrate, restore, attach: none of them concerns the taps.
-PREPARE = ("prepare", "begin")
-STARTED = ("started", "begin")  # QEMU runs: it becomes the holder of the domain's VMs
-RELEASE = ("release", "end")
 
 
 class Call:
@@ -80,36 +77,6 @@ def parse_args(argv: Sequence[str]) -> Call:
     return Call(state_dir=opts.get("state-dir") or DEFAULT_STATE_DIR,
                 config=opts.get("config") or None, lock_timeout=timeout,
                 domain=pos[0], op=pos[1], subop=pos[2])
-
-
-def _route(argv: Sequence[str]) -> tuple[str, tuple[str, str]]:
-    """The state directory and (op, subop) of a call, read without validating anything
-    (parse_args does, wherever the call is handled): all the client needs."""
-    state_dir = DEFAULT_STATE_DIR
-    pos: list[str] = []
-    for arg in argv:
-        if arg.startswith("--state-dir=") and not pos:
-            state_dir = arg[len("--state-dir="):] or DEFAULT_STATE_DIR
-        elif not (arg.startswith("--") and "=" in arg and not pos):
-            pos.append(arg)
-    return state_dir, (pos[1], pos[2]) if len(pos) >= 3 else ("", "")
-
-
-def read_bounded(stream: IO[bytes], limit: int = MAX_XML_BYTES) -> bytes:
-    """Read at most limit+1 bytes; more than `limit` is refused (not parsed)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= limit:
-        chunk = stream.read(min(65536, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > limit:
-        from vmnet.errors import InputError
-
-        raise InputError(f"domain XML on stdin is larger than {limit >> 20} MiB; refused")
-    return b"".join(chunks)
 
 
 def _drain(stream: IO[bytes]) -> None:
@@ -270,47 +237,6 @@ def run(argv: Sequence[str], stdin: IO[bytes]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Process entry point (`vmnet-libvirt-hook`, `python -m vmnet.integrations.libvirt.hook`,
-    the installed hook file); one line on error.  Through vmnetd when one serves the
-    state directory (the XML and this process's network namespace go with the request)."""
-    # Nothing may reach stdout, whatever a library prints: libvirt may read
-    # it as replacement XML.
-    import posix  # (built in; os costs a millisecond for os.environ)
-
-    try:
-        devnull = posix.open("/dev/null", posix.O_WRONLY)
-        posix.dup2(devnull, 1)
-        posix.close(devnull)
-    except OSError:
-        pass
-    args = sys.argv[1:] if argv is None else list(argv)
-    stdin = sys.stdin.buffer
-    try:
-        state_dir, op = _route(args)
-        if op in (PREPARE, STARTED, RELEASE):
-            data = read_bounded(stdin)
-            from vmnet.daemon.client import call as ask
-            from vmnet.daemon.client import environ, print_reply
-
-            got = ask(state_dir, "hook", args, environ(), stdin=data)
-            if got is not None:
-                for fd in got[1]:
-                    posix.close(fd)
-                return print_reply(got[0])
-            import io
-
-            stdin = io.BytesIO(data)
-    except Exception as e:
-        from vmnet.errors import VmnetError
-
-        if not isinstance(e, VmnetError):
-            raise
-        _say(f"vmnet: error: {e.one_line()}")
-        return 1
-    return handle(args, stdin)
-
-
 def handle(args: Sequence[str], stdin: IO[bytes]) -> int:
     """The hook for one call, errors as their one line on stderr; the exit status."""
     from vmnet.errors import VmnetError
@@ -318,21 +244,13 @@ def handle(args: Sequence[str], stdin: IO[bytes]) -> int:
     try:
         return run(args, stdin)
     except VmnetError as e:
-        _say(f"vmnet: error: {e.one_line()}")
+        say(f"vmnet: error: {e.one_line()}")
         return 1
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a bug: still one line, never a traceback in libvirt's error
-        _say(f"vmnet: internal error: {type(e).__name__}: {e}")
+        say(f"vmnet: internal error: {type(e).__name__}: {e}")
         return 1
-
-
-def _say(line: str) -> None:
-    try:
-        sys.stderr.write(" ".join(line.split()) + "\n")
-        sys.stderr.flush()
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def hook_path(hooks_dir: str = DEFAULT_HOOKS_DIR) -> str:
 
 
 def hook_script(s: HookSettings, paths: list[str]) -> str:
-    """The hook file's text: a launcher of vmnet.integrations.libvirt.hook, settings baked in.
+    """The hook file's text: a launcher of the hook (vmnet.daemon.libvirt_hook), settings
+    baked in.
 
     `paths` is the interpreter's import path beyond `-IS` (vmnet.cli.launchers).
     """
@@ -71,7 +72,7 @@ def hook_script(s: HookSettings, paths: list[str]) -> str:
         "# 'prepare begin' and 'release end' of domains whose metadata names a vmnet VM.",
         "import sys",
         f"sys.path += {paths!r}",
-        "from vmnet.integrations.libvirt.hook import main",
+        "from vmnet.daemon.libvirt_hook import main",
         f"sys.exit(main({args!r} + sys.argv[1:]))",
         "",
     ])

@@ -133,7 +133,8 @@ def ifup(tap: str, env: Mapping[str, str], ctx: Context, daemon: bool = False) -
         try:
             port = _ifup_locked(tap, env, ctx, store)
         finally:
-            store.cleanup_dir()  # the lock made the namespace's directory: gone if empty
+            # the lock made the namespace's directory: gone if empty (ifup writes nothing)
+            store.cleanup_dir(tidy=False)
     if port.ovn is not None:
         _ovn_up(port, env, ctx, daemon)
     return port
@@ -238,7 +239,7 @@ def ifdown(tap: str, env: Mapping[str, str], ctx: Context, daemon: bool = False)
                     return
             k.set_link(tap, nomaster=detach, up=False)
         finally:
-            store.cleanup_dir()
+            store.cleanup_dir(tidy=False)
 
 
 def serve(prog: str, action: Callable[[str, Mapping[str, str], Context, bool], object],
