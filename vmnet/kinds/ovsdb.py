@@ -88,8 +88,12 @@ def _schema(address: str, schema: str) -> Any:
             last = f"{remote}: {resp.error}"
             continue
         return resp.result
+    hint = _hint(schema)
+    if "ssl:" in address:
+        hint += "; for ssl:, that the server's CA signed ssl_cert and ssl_ca signed the " \
+                "server's certificate"
     raise OvnError(f"the {_label(schema)} database is not reachable at {address} ({last})",
-                   hint=_hint(schema), errno=errno.ECONNREFUSED)
+                   hint=hint, errno=errno.ECONNREFUSED)
 
 
 def _label(schema: str) -> str:
