@@ -457,3 +457,20 @@ def test_config_errors_name_the_key() -> None:
     two = parse_config(base + 'switch = "s"\n[networks.p]\nkind = "ovn"\nswitch = "t"\n',
                        "c.toml")
     assert two.networks["o"].bridge == two.networks["p"].bridge == "br-int"
+
+
+def test_the_libvirt_hook_plugs_at_prepare_and_unplugs_at_release(
+        world: OvnWorld, hosts: dict[str, Host]) -> None:
+    from tests.test_hook import UUID_A, domain_xml, run_hook
+    from vmnet.config import Overrides
+
+    a = hosts["a"]
+    xml = domain_xml("d1", UUID_A, [("vm1", Overrides())], a.config)
+    res = run_hook(a.ch.ns, a.state, a.config, "d1", "prepare", "begin", xml)
+    assert (res.returncode, res.stderr) == (0, b""), res
+    assert world.bound("vmnet-vm1-0") == "a" and a.ports() == ["vm1-0"]
+    assert a.iface_ids("vm1-0").get("ovn-installed") == "true"
+    res = run_hook(a.ch.ns, a.state, a.config, "d1", "release", "end", xml)
+    assert (res.returncode, res.stderr) == (0, b""), res
+    assert lsp(world, "vmnet-vm1-0") is None and a.ports() == []
+    assert a.ch.ns.link("vm1-0") is None
