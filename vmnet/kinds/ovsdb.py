@@ -281,3 +281,4 @@ def close_all() -> None:
             with contextlib.suppress(Exception):
                 got.ovsdb_connection.stop(timeout=1)
         _apis.clear()
+        _wanted.clear()
