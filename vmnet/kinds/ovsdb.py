@@ -272,13 +272,3 @@ def run(a: Any, what: str, commands: Sequence[Any]) -> None:
     with transaction(a, what) as txn:
         for c in commands:
             txn.add(c)
-
-
-def close_all() -> None:
-    """Stop every connection's thread (a CLI run, at exit; tests)."""
-    with _lock:
-        for got in _apis.values():
-            with contextlib.suppress(Exception):
-                got.ovsdb_connection.stop(timeout=1)
-        _apis.clear()
-        _wanted.clear()
