@@ -57,6 +57,7 @@ __all__ = [
     "OvnWorldError",
     "ovn_missing",
     "ovn_world",
+    "ovsdbapp_missing",
     "wait_until",
 ]
 
@@ -86,6 +87,15 @@ def _which(name: str) -> str | None:
     return shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
     )
+
+
+def ovsdbapp_missing() -> str | None:
+    """Why vmnet's ovn networks cannot run in this interpreter (no ovsdbapp), or None."""
+    import importlib.util
+
+    if importlib.util.find_spec("ovsdbapp") is None:
+        return "ovsdbapp is not installed (pip install '.[ovn]'; scripts/test installs it)"
+    return None
 
 
 def ovn_missing() -> str | None:

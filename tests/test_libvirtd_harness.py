@@ -148,7 +148,9 @@ def test_start_and_clean_up() -> None:
             # ... while nothing of libvirt's appears in the host's /run.
             assert not Path("/run/libvirt").exists()
             # libvirt-python reaches the same socket.
-            libvirt = pytest.importorskip("libvirt")
+            libvirt = pytest.importorskip(
+                "libvirt", reason="libvirt-python is not installed (pip install '.[libvirt]'; "
+                                  "scripts/test installs it)")
             conn = libvirt.open(d.uri)
             try:
                 assert conn.getLibVersion() >= 9_000_000

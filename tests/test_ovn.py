@@ -22,12 +22,14 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Vmnetd
-from tests.ovnworld import Chassis, OvnWorld, ovn_missing, ovn_world, wait_until
+from tests.ovnworld import Chassis, OvnWorld, ovn_missing, ovn_world, ovsdbapp_missing, wait_until
 from tests.tapholder import hold_tap
 from tests.vmnetcli import vmnet
 
 pytestmark = [pytest.mark.kernel,
-              pytest.mark.skipif(ovn_missing() is not None, reason=str(ovn_missing()))]
+              pytest.mark.skipif(ovn_missing() is not None, reason=str(ovn_missing())),
+              pytest.mark.skipif(ovsdbapp_missing() is not None,
+                                 reason=str(ovsdbapp_missing()))]
 
 SWITCH = "ls0"
 MAC1 = "52:54:00:0a:00:01"

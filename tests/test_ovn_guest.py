@@ -24,12 +24,14 @@ from pathlib import Path
 import pytest
 
 from tests.guest import Guest, GuestImage, guest_argv
-from tests.ovnworld import OvnWorld, ovn_missing
+from tests.ovnworld import OvnWorld, ovn_missing, ovsdbapp_missing
 from tests.test_ovn import SWITCH, Host, world  # noqa: F401 - the OVN world fixture
 from tests.test_run import BOOT_TIMEOUT, image  # noqa: F401 - the guest fixture
 
 pytestmark = [pytest.mark.kernel, pytest.mark.qemu,
-              pytest.mark.skipif(ovn_missing() is not None, reason=str(ovn_missing()))]
+              pytest.mark.skipif(ovn_missing() is not None, reason=str(ovn_missing())),
+              pytest.mark.skipif(ovsdbapp_missing() is not None,
+                                 reason=str(ovsdbapp_missing()))]
 
 MAC2 = "52:54:00:0a:00:02"
 SPOOF_MAC = "52:54:00:ba:d0:09"

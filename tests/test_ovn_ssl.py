@@ -19,12 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.nsutil import Netns, netns
-from tests.ovnworld import ovn_missing, wait_until
+from tests.ovnworld import ovn_missing, ovsdbapp_missing, wait_until
 from tests.world import stop_process
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.skipif(ovn_missing() is not None, reason=str(ovn_missing())),
-              pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")]
+              pytest.mark.skipif(ovsdbapp_missing() is not None,
+                                 reason=str(ovsdbapp_missing())),
+              pytest.mark.skipif(shutil.which("openssl") is None,
+                                 reason="openssl missing (apt-get install openssl; "
+                                        "scripts/install-deps --test installs it)")]
 
 PORT = 16641
 NB_SCHEMA = "/usr/share/ovn/ovn-nb.ovsschema"

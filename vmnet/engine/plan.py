@@ -330,7 +330,7 @@ def plan_up(vm: Vm, view: HostView, claims: Claims,
         view.planned(LinkInfo(0, nic.tap, "tun", nic.tap_mac, mtu or 1500, True, False,
                               br.index, spec.alias), bridge)
     claims.add(vm.name, nic_records)
-    if nics != list(vm.nics):
+    if chassis:  # (an ovn NIC's MTU and vnet_hdr are this chassis')
         vm = Vm(name=vm.name, uid=vm.uid, gid=vm.gid, nics=tuple(nics), user=vm.user)
     return UpPlan(vm=vm, steps=steps, nics=nic_records, new_bridges=new,
                   changed_bridges=changed, notes=notes)
@@ -343,26 +343,14 @@ def _plan_ovn_nic(vm: Vm, nic: Nic, view: HostView, claims: Claims, ch: Chassis,
     its logical switch port (vmnet.kinds.ovn).  Returns the NIC as it will be."""
     from vmnet.kinds import ovn
 
-    other = claims.mac_owner(nic.network.bridge, nic.mac)
-    if other is not None and other != vm.name:
-        raise ConflictError(f"MAC {nic.mac} of {vm.name!r} NIC {nic.index} is already "
-                            f"used by VM {other!r} on this chassis' OVN networks",
-                            hint="give a different --mac (or set it in the config file)")
+    _check_mac_claim(vm, nic, claims)
     link = view.link(nic.tap)
     op = ovn.plan_nic(vm, nic, ch, view, move=move)
     nic = Nic(**{**nic.as_dict(), "mtu": op.mtu, "vnet_hdr": op.vnet_hdr})  # type: ignore[arg-type]
     steps += op.before
     if link is not None:
         _check_existing_tap(vm, nic, link)
-        held = link.carrier and not force
-        new_mac = nic.tap_mac if link.mac != nic.tap_mac else None
-        if new_mac and held:
-            raise BusyError(f"tap {nic.tap!r} of VM {vm.name!r} is held by a running guest, "
-                            f"whose MAC is fixed in its QEMU: MAC {nic.mac} would not reach "
-                            "it", ifname=nic.tap, hint="stop the VM, then `vmnet up` again")
-        if new_mac or link.mtu != op.mtu:
-            steps.append(ConfigureTap(nic.tap, new_mac, op.mtu if link.mtu != op.mtu else None,
-                                      link.mac, link.mtu))
+        steps += _retune_tap(vm, nic, link, op.mtu, force)
         if not link.up:
             steps.append(SetUp(nic.tap))
         steps += [s for s in op.after if s.check(view) is not None]
@@ -432,17 +420,8 @@ def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | 
     Its MTU may change under a running guest; its MAC (fixed in the guest's QEMU) and
     its bridge (the guest would lose its network) only while no process holds it.
     """
-    out: list[Step] = []
+    out = _retune_tap(vm, nic, link, mtu, force)
     held = link.carrier and not force
-    new_mac = nic.tap_mac if link.mac != nic.tap_mac else None
-    new_mtu = mtu if mtu and link.mtu != mtu else None
-    if new_mac and held:
-        raise BusyError(f"tap {nic.tap!r} of VM {vm.name!r} is held by a running guest, whose "
-                        f"MAC is fixed in its QEMU: MAC {nic.mac} would not reach it",
-                        ifname=nic.tap, hint="stop the VM, then `vmnet up` with the new "
-                                             "--mac (--force changes the tap anyway)")
-    if new_mac or new_mtu:
-        out.append(ConfigureTap(nic.tap, new_mac, new_mtu, link.mac, link.mtu))
     if link.master != br.index or not link.up:
         if held and link.master is not None and link.master != br.index:
             raise BusyError(f"tap {nic.tap!r} of VM {vm.name!r} is held by a running guest: "
@@ -451,6 +430,22 @@ def _change_existing(vm: Vm, nic: Nic, link: LinkInfo, br: LinkInfo, mtu: int | 
                             hint="stop the VM first (--force moves it anyway)")
         out.append(AttachTap(nic.tap, nic.network.bridge))
     return out
+
+
+def _retune_tap(vm: Vm, nic: Nic, link: LinkInfo, mtu: int | None,
+                force: bool) -> list[Step]:
+    """An existing tap's MAC and MTU to the NIC's: the MTU at any time, the MAC (fixed in
+    the guest's QEMU) only while no process holds the tap (unless `force`)."""
+    new_mac = nic.tap_mac if link.mac != nic.tap_mac else None
+    new_mtu = mtu if mtu and link.mtu != mtu else None
+    if new_mac and link.carrier and not force:
+        raise BusyError(f"tap {nic.tap!r} of VM {vm.name!r} is held by a running guest, whose "
+                        f"MAC is fixed in its QEMU: MAC {nic.mac} would not reach it",
+                        ifname=nic.tap, hint="stop the VM, then `vmnet up` with the new "
+                                             "--mac (--force changes the tap anyway)")
+    if new_mac or new_mtu:
+        return [ConfigureTap(nic.tap, new_mac, new_mtu, link.mac, link.mtu)]
+    return []
 
 
 def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
@@ -476,8 +471,9 @@ def plan_up_many(vms: list[Vm], view: HostView, claims: Claims,
     return plans
 
 
-def _check_mac(vm: Vm, nic: Nic, claims: Claims, view: HostView, link: LinkInfo | None,
-               br: LinkInfo) -> None:
+def _check_mac_claim(vm: Vm, nic: Nic, claims: Claims) -> None:
+    """No other VM's record claims this MAC on the NIC's bridge (an ovn network's: the
+    integration bridge, shared by this chassis' ovn networks)."""
     bridge = nic.network.bridge
     other = claims.mac_owner(bridge, nic.mac)
     if other is not None and other != vm.name:
@@ -486,6 +482,12 @@ def _check_mac(vm: Vm, nic: Nic, claims: Claims, view: HostView, link: LinkInfo 
                             hint="give a different --mac (or set it in the config file); "
                                  "with thousands of VMs, defaults.mac_scheme = \"local\" "
                                  "derives 40 bits instead of 24")
+
+
+def _check_mac(vm: Vm, nic: Nic, claims: Claims, view: HostView, link: LinkInfo | None,
+               br: LinkInfo) -> None:
+    _check_mac_claim(vm, nic, claims)
+    bridge = nic.network.bridge
     if link is not None and link.master == br.index:
         return  # our own port, checked when it was made
     for mac in (nic.mac, nic.tap_mac):

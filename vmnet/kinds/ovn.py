@@ -275,10 +275,6 @@ def _vsctl(net: Ovn, *words: str) -> str:
     return command("ovs-vsctl", f"--db={net.ovs}", *words)
 
 
-def _kv(pairs: tuple[tuple[str, str], ...]) -> str:
-    return ",".join(f'"{k}"="{v}"' for k, v in pairs)
-
-
 class PutLsp(Step):
     """Create or update a logical switch port as this VM's, requested to this chassis;
     the down twin puts back what was there (`prev`) or removes the port."""
@@ -357,8 +353,12 @@ class RestoreLsp(Step):
         self.prev = prev
 
     def ip(self, netns: str | None = None) -> str:
-        return _nbctl(self.net, "set", "Logical_Switch_Port", self.prev.name,
-                      f"# back to {self.prev.options.get(REQUESTED) or 'no chassis'}")
+        p = self.prev
+        return _nbctl(self.net, "lsp-set-addresses", p.name, *p.addresses, "--",
+                      "lsp-set-port-security", p.name, *p.port_security, "--",
+                      "set", "Logical_Switch_Port", p.name,
+                      *(f'options:"{k}"="{v}"' for k, v in p.options.items()),
+                      *(f'external_ids:"{k}"="{v}"' for k, v in p.external_ids.items()))
 
     def run(self, k: Kernel) -> None:
         a = ovsdb.nb(self.net)

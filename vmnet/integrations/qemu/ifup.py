@@ -148,9 +148,9 @@ def _ovn_up(port: Port, env: Mapping[str, str], ctx: Context, daemon: bool) -> N
                              "writes to OVN's databases only through vmnetd",
                              hint="start vmnetd; or open the tap with `vmnet run` or "
                                   "`vmnet qemu-args` (ifname mode) after `vmnet up`")
-    from vmnet.config import Overrides, load_config, resolve_vm
+    from vmnet.config import Overrides, load_config
     from vmnet.engine import ops
-    from vmnet.engine.desired import as_config
+    from vmnet.engine.desired import desired
     from vmnet.engine.plan import BridgeRecords
 
     store = ctx.store()
@@ -159,8 +159,7 @@ def _ovn_up(port: Port, env: Mapping[str, str], ctx: Context, daemon: bool) -> N
     def resolve(name: str, rec: VmRecord | None) -> Vm:
         if rec is None:
             raise NotFoundError(f"VM {name!r} went down while its tap {port.tap} came up")
-        return resolve_vm(as_config(cfg, rec, BridgeRecords(store)), name, Overrides(),
-                          env=env)
+        return desired(cfg, name, Overrides(), rec, BridgeRecords(store), env)
 
     ops.up_resolved(ctx, [vm], resolve)
 
