@@ -14,7 +14,7 @@ import pytest
 from tests.daemon import leftovers
 from tests.nsutil import Netns
 from tests.tapholder import hold_tap
-from tests.vmnetcli import host_snapshot, status_json, vmnet
+from tests.vmnetcli import host_snapshot, replace_file, status_json, vmnet
 
 BOTH_WAYS = True  # every test in-process and through vmnetd (tests/conftest.py)
 
@@ -330,7 +330,7 @@ def test_records_of_a_dead_namespace_with_a_reused_inode_are_set_aside(
     assert (nsdir / "cookie").read_text().strip().isdigit()
     # Make the records look like a dead namespace's that had this inode, and make
     # this namespace's own state unlike what they describe.
-    (nsdir / "cookie").write_text("1\n")
+    replace_file(nsdir / "cookie", "1\n")
     ns.ip("link", "del", "vm1-0")
     r = vmnet(ns, state_dir, "gc", check=True)
     assert "nothing to do" in r.stdout
@@ -351,7 +351,7 @@ def test_a_record_of_an_unknown_format_is_refused_and_never_collected(
     path = Path(state_dir) / f"ns-{ns.inode}" / "vms" / "vm1.json"
     data = json.loads(path.read_text())
     data["format"] = 3
-    path.write_text(json.dumps(data))
+    replace_file(path, json.dumps(data))
     before = path.read_bytes()
     for args in (("up", "vm1"), ("down", "vm1")):
         r = vmnet(ns, state_dir, *args)
@@ -362,7 +362,7 @@ def test_a_record_of_an_unknown_format_is_refused_and_never_collected(
     assert path.read_bytes() == before and "vm1-0" in ns.links()
     data["format"] = 1
     del data["nics"][0]["model"]
-    path.write_text(json.dumps(data))
+    replace_file(path, json.dumps(data))
     r = vmnet(ns, state_dir, "up", "vm1", "--mtu", "1400", check=True)
     assert json.loads(path.read_text())["format"] == 2
 

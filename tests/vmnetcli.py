@@ -66,6 +66,17 @@ def vmnet(ns: Netns | None, state_dir: str, *args: str, env: dict[str, str] | No
     return r
 
 
+def replace_file(path: str | os.PathLike[str], text: str) -> None:
+    """Put a state file in place the way vmnet writes its own (a new file renamed over
+    the old), for tests that tamper with records: with a vmnetd serving, its watcher
+    runs gc after a namespace's first request, and gc removes a record it catches
+    half-written (truncated by an in-place write) as corrupt."""
+    tmp = f"{os.fspath(path)}.test-tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def status_json(ns: Netns, state_dir: str, *args: str) -> dict[str, Any]:
     r = vmnet(ns, state_dir, "status", "--json", *args, check=True)
     return dict(json.loads(r.stdout))
