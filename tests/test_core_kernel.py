@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import leftovers
-from tests.nsutil import Netns
+from tests.nsutil import Netns, netns
 from tests.tapholder import hold_tap
 from tests.vmnetcli import host_snapshot, replace_file, status_json, vmnet
 
@@ -365,6 +365,21 @@ def test_a_record_of_an_unknown_format_is_refused_and_never_collected(
     replace_file(path, json.dumps(data))
     r = vmnet(ns, state_dir, "up", "vm1", "--mtu", "1400", check=True)
     assert json.loads(path.read_text())["format"] == 2
+
+
+def test_a_holder_of_a_same_named_tap_in_another_namespace_is_not_named(
+        ns: Netns, state_dir: str) -> None:
+    """fdinfo names a tap, not its namespace: the holders vmnet names (status, the
+    refusal of a second QEMU) are the ones in the namespace of the VM's taps."""
+    vmnet(ns, state_dir, "up", "vm1", check=True)
+    with netns() as other, hold_tap(other, "vm1-0") as theirs, \
+            hold_tap(ns, "vm1-0") as mine:
+        nic = status_json(ns, state_dir)["vms"][0]["nics"][0]
+        assert nic["held"] and [h.split(" (")[0] for h in nic["holders"]] == [f"pid {mine.pid}"], nic
+        r = vmnet(ns, state_dir, "run", "vm1", "--", "true")
+        assert r.returncode != 0 and f"held by pid {mine.pid} " in r.stderr, r.stderr
+        assert f"pid {theirs.pid} " not in r.stderr
+    vmnet(ns, state_dir, "down", "vm1", check=True)
 
 
 def test_down_of_an_unknown_name_says_so(ns: Netns, state_dir: str, tmp_path: Path) -> None:

@@ -8,21 +8,24 @@ import os
 def tap_holders(names: set[str], netns: int | None = None) -> dict[str, list[str]]:
     """Map tap name -> ['pid 123 (qemu-system-x86)', ...] for taps in `names`.
 
-    fdinfo names a tap, not its namespace: with `netns` (an inode), only processes in
-    that network namespace count, so a tap of the same name elsewhere is not taken
-    for ours (a holder in another namespace is then missed: its carrier still tells)."""
+    fdinfo names a tap, not its namespace: only processes in network namespace `netns`
+    (an inode; default: the one this process is in, where vmnet reads the taps) count,
+    so a same-named tap in another namespace is not taken for ours (a holder in another
+    namespace is then missed: its tap's carrier still tells, and callers say "a
+    process")."""
     out: dict[str, list[str]] = {}
     if not names:
         return out
+    if netns is None:
+        netns = os.stat("/proc/self/ns/net").st_ino
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
-        if netns is not None:
-            try:
-                if os.stat(f"/proc/{pid}/ns/net").st_ino != netns:
-                    continue
-            except OSError:
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != netns:
                 continue
+        except OSError:
+            continue
         fdinfo = f"/proc/{pid}/fdinfo"
         try:
             fds = os.listdir(fdinfo)

@@ -29,7 +29,7 @@ from vmnet.engine.plan import (
 )
 from vmnet.engine.steps import CreateTap, DeleteLinks
 from vmnet.errors import BusyError, ConflictError, NotFoundError, PrivilegeError, StateError
-from vmnet.kernel.netns import current_inode, has_net_admin
+from vmnet.kernel.netns import has_net_admin
 from vmnet.model.value import Value
 from vmnet.nicpolicy.filters import UnprotectPorts
 from vmnet.nicpolicy.filters import merge as merge_filters
@@ -463,7 +463,7 @@ def gc(ctx: Context, *, dry_run: bool = False,
                 # Carrier off is not proof enough: a process that holds a tap fd is asked
                 # for in /proc before its tap goes (the watcher reaps on carrier loss).
                 live = {n.tap for n in rec.nics if view.link(n.tap) is not None}
-                holders = tap_holders(live, current_inode()) if live else {}
+                holders = tap_holders(live) if live else {}
                 if holders:
                     tap = sorted(holders)[0]
                     report.skipped.append(f"{name}: in use ({tap} held by "
