@@ -375,7 +375,8 @@ def test_a_holder_of_a_same_named_tap_in_another_namespace_is_not_named(
     with netns() as other, hold_tap(other, "vm1-0") as theirs, \
             hold_tap(ns, "vm1-0") as mine:
         nic = status_json(ns, state_dir)["vms"][0]["nics"][0]
-        assert nic["held"] and [h.split(" (")[0] for h in nic["holders"]] == [f"pid {mine.pid}"], nic
+        pids = [h.split(" (")[0] for h in nic["holders"]]
+        assert nic["held"] and pids == [f"pid {mine.pid}"], nic
         r = vmnet(ns, state_dir, "run", "vm1", "--", "true")
         assert r.returncode != 0 and f"held by pid {mine.pid} " in r.stderr, r.stderr
         assert f"pid {theirs.pid} " not in r.stderr

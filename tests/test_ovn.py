@@ -209,6 +209,20 @@ def test_a_restarted_controller_binds_the_port_again(
     a.ch.vsctl("remove", "Interface", "vm1-0", "external_ids", "ovn-installed")
     st = json.loads(a.vmnet("status", "--json").stdout)["vms"][0]["nics"][0]
     assert st["state"] == "unbound" and st["ovn"]["bound"] is None
+    assert "southbound_error" not in st["ovn"]  # read, and unbound
+    # a southbound database vmnet cannot read is no answer: "unknown", never "no chassis"
+    remote = a.ch.vsctl("get", "Open_vSwitch", ".", "external_ids:ovn-remote").strip()
+    a.ch.vsctl("set", "Open_vSwitch", ".", "external_ids:ovn-remote=tcp:127.0.0.1:1")
+    try:
+        st = json.loads(a.vmnet("status", "--json").stdout)["vms"][0]["nics"][0]
+        assert st["ovn"]["bound"] is None and st["ovn"]["up"] is False
+        assert "not reachable at tcp:127.0.0.1:1" in st["ovn"]["southbound_error"], st
+        text = a.vmnet("status").stdout
+        assert "port vmnet-vm1-0 on switch ls0: binding unknown (the OVN southbound " \
+            "database is not reachable at tcp:127.0.0.1:1" in text, text
+        assert "no chassis" not in text
+    finally:
+        a.ch.vsctl("set", "Open_vSwitch", ".", f"external_ids:ovn-remote={remote}")
     a.ch.start_controller()
     wait_until(lambda: world.bound("vmnet-vm1-0") == "a", 20, "rebound to a")
     wait_until(lambda: a.iface_ids("vm1-0").get("ovn-installed") == "true", 20,

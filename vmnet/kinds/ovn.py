@@ -240,14 +240,13 @@ def installed(net: Ovn, name: str, iface_id: str) -> bool:
 
 
 def binding_chassis(net: Ovn, sb_address: str | None, port: str) -> str | None:
-    """The chassis the southbound database says has bound `port` (None: unbound or the
-    southbound database is not reachable)."""
+    """The chassis the southbound database says has bound `port` (None: unbound);
+    OvnError when that database cannot be read, which is no answer, not "unbound"."""
     if not sb_address:
-        return None
-    try:
-        a = ovsdb.sb(sb_address)
-    except OvnError:
-        return None
+        raise OvnError("this chassis names no southbound database (external_ids:ovn-remote "
+                       "of Open_vSwitch is unset)",
+                       hint="configure ovn-controller's ovn-remote")
+    a = ovsdb.sb(sb_address)
     ovsdb.want(a, "Port_Binding", ["logical_port", "==", port])
     with a.ovsdb_connection.lock:
         pb = ovsdb.lookup(a, "Port_Binding", port)
@@ -676,7 +675,12 @@ def port_status(n: NicRecord) -> dict[str, object] | None:
             return {**out, "error": f"port {port} is missing from the northbound database"}
         local = iface(net, n.tap)
         me = chassis(net)
-        out.update(bound=binding_chassis(net, me.sb, port), up=bool(p.up),
+        try:
+            bound = binding_chassis(net, me.sb, port)
+        except OvnError as e:  # the rest is still worth showing
+            bound = None
+            out["southbound_error"] = e.message
+        out.update(bound=bound, up=bool(p.up),
                    installed=local is not None and local.installed,
                    requested=p.chassis, here=me.name, addresses=list(p.addresses),
                    port_security=list(p.port_security))
@@ -692,6 +696,8 @@ def status_text(d: dict[str, object]) -> str:
         return f"{head}: {d['error']}"
     moved = "" if d["requested"] == d["here"] else f", requested to {d['requested']} (moved)"
     addrs = " ".join(str(a) for a in d["addresses"]) or "-"  # type: ignore[attr-defined]
-    return (f"{head}: bound to {d['bound'] or 'no chassis'} ({'up' if d['up'] else 'down'}, "
+    bound = f"bound to {d['bound'] or 'no chassis'}" if "southbound_error" not in d else \
+        f"binding unknown ({d['southbound_error']})"
+    return (f"{head}: {bound} ({'up' if d['up'] else 'down'}, "
             f"{'installed' if d['installed'] else 'not installed'} here{moved}), "
             f"addresses {addrs}")
