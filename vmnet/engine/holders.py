@@ -17,7 +17,9 @@ def tap_holders(names: set[str], netns: int | None = None) -> dict[str, list[str
     if not names:
         return out
     if netns is None:
-        netns = os.stat("/proc/self/ns/net").st_ino
+        from vmnet.kernel.netns import current_inode
+
+        netns = current_inode()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
